@@ -1,0 +1,153 @@
+//! The command line: `keygate serve`, `keygate admin create`.
+
+use std::{io::Read, process::ExitCode};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use secrecy::{ExposeSecret, SecretString};
+use uuid::Uuid;
+
+use crate::{
+    config::{MIN_ADMIN_PASSWORD, Settings, SettingsArgs},
+    crypto::AdminPasswordHasher,
+    domain::{AccountName, Email},
+    startup::{self, Application},
+    store::{self, AdminId, NewAdmin, StoreError},
+    telemetry,
+};
+
+#[derive(Debug, Parser)]
+#[command(name = "keygate", version, about = "API keys in, signed JWTs out.")]
+pub struct Cli {
+    #[command(flatten)]
+    settings: SettingsArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the HTTP server.
+    Serve,
+    /// Manage admins.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminCommand {
+    /// Add an admin to an account (creating the account if new). Safe while the server runs.
+    Create {
+        #[arg(long)]
+        email: String,
+        #[arg(long)]
+        account: String,
+        /// Read the password from standard input. Required: a password given as an
+        /// argument would be visible to every user of the machine.
+        #[arg(long, required = true)]
+        password_stdin: bool,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match Settings::load(&cli.settings, |name| std::env::var(name).ok()) {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command, settings)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
+    match command {
+        Command::Serve => {
+            telemetry::init(&settings.log_filter, settings.log_format);
+            let app = Application::build(&settings).await?;
+            app.run_until(shutdown_signal()).await?;
+            tracing::info!("stopped");
+            Ok(())
+        }
+        Command::Admin(AdminCommand::Create {
+            email,
+            account,
+            password_stdin: _,
+        }) => {
+            let email = Email::parse(&email).map_err(|e| anyhow::anyhow!("--email: {e}"))?;
+            let account =
+                AccountName::parse(&account).map_err(|e| anyhow::anyhow!("--account: {e}"))?;
+            let password = read_password_stdin()?;
+            let store = startup::open_store(&settings).await?;
+            let admin = NewAdmin {
+                id: AdminId(Uuid::new_v4()),
+                email: email.clone(),
+                password_hash: AdminPasswordHasher::new(1, 0).hash(password).await?,
+                created_at: store::now(),
+            };
+            match store.create_admin(&account, &admin).await {
+                Ok(account_id) => {
+                    println!(
+                        "created admin {email} in account {} ({account_id})",
+                        account.as_str()
+                    );
+                    Ok(())
+                }
+                Err(StoreError::Conflict) => {
+                    anyhow::bail!("an admin with email {email} already exists")
+                }
+                Err(e) => Err(e).context("cannot create the admin"),
+            }
+        }
+    }
+}
+
+fn read_password_stdin() -> anyhow::Result<SecretString> {
+    let mut raw = String::new();
+    std::io::stdin()
+        .take(4096)
+        .read_to_string(&mut raw)
+        .context("cannot read the password from stdin")?;
+    let password = SecretString::from(raw.trim_end_matches(['\r', '\n']).to_owned());
+    let len = password.expose_secret().chars().count();
+    if len < MIN_ADMIN_PASSWORD {
+        anyhow::bail!("the password must be at least {MIN_ADMIN_PASSWORD} characters");
+    }
+    if len > 1024 {
+        anyhow::bail!("the password must be at most 1024 characters");
+    }
+    Ok(password)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { () = ctrl_c => {}, () = term => {} }
+    tracing::info!("shutting down");
+}

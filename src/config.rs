@@ -1,0 +1,472 @@
+//! Typed settings, validated once at start-up. Precedence: defaults < TOML file
+//! (`--config`) < environment (`KEYGATE_…`) < flags. Unknown file keys are an error, and a
+//! bad value stops start-up with one line naming the setting.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    str::FromStr,
+};
+
+use clap::Args;
+use secrecy::SecretString;
+use serde::Deserialize;
+
+use crate::{crypto::signing::SigningAlg, domain::Email};
+
+/// Settings given as flags or environment variables. Secrets are deliberately not flags:
+/// command lines are visible to every user of the machine (`ps`).
+#[derive(Debug, Default, Clone, Args)]
+pub struct SettingsArgs {
+    /// TOML settings file.
+    #[arg(long, env = "KEYGATE_CONFIG", global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on (port 0 picks a free port) [default: 127.0.0.1:8080].
+    #[arg(long, env = "KEYGATE_LISTEN", global = true, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Directory for the embedded store and generated secrets [default: ./data].
+    #[arg(long, env = "KEYGATE_DATA_DIR", global = true, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// sqlite://… [default: a SQLite file in the data dir].
+    #[arg(
+        long,
+        env = "KEYGATE_DATABASE_URL",
+        global = true,
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub database_url: Option<String>,
+    /// The tokens' `iss` claim [default: http://<listen>].
+    #[arg(long, env = "KEYGATE_ISSUER", global = true, value_name = "URL")]
+    pub issuer: Option<String>,
+    /// The tokens' `aud` claim [default: keygate].
+    #[arg(long, env = "KEYGATE_AUDIENCE", global = true)]
+    pub audience: Option<String>,
+    /// Access-token lifetime in seconds, 60 to 86400 [default: 900].
+    #[arg(long, env = "KEYGATE_TOKEN_TTL", global = true, value_name = "SECONDS")]
+    pub token_ttl: Option<String>,
+    /// Mark the admin session cookie `Secure` [default: true].
+    #[arg(
+        long,
+        env = "KEYGATE_COOKIE_SECURE",
+        global = true,
+        value_name = "BOOL"
+    )]
+    pub cookie_secure: Option<String>,
+    /// Admin sessions end after this many idle seconds [default: 1800].
+    #[arg(
+        long,
+        env = "KEYGATE_SESSION_IDLE_TIMEOUT",
+        global = true,
+        value_name = "SECONDS"
+    )]
+    pub session_idle_timeout: Option<String>,
+    /// Admin sessions end this many seconds after login, however active [default: 43200].
+    #[arg(
+        long,
+        env = "KEYGATE_SESSION_LIFETIME",
+        global = true,
+        value_name = "SECONDS"
+    )]
+    pub session_lifetime: Option<String>,
+    /// JWT signature algorithm: ES256 or EdDSA [default: ES256].
+    #[arg(long, env = "KEYGATE_SIGNING_ALG", global = true, value_name = "ALG")]
+    pub signing_alg: Option<String>,
+    /// Log filter, in tracing's EnvFilter syntax [default: info].
+    #[arg(long, env = "KEYGATE_LOG", global = true, value_name = "FILTER")]
+    pub log: Option<String>,
+    /// Log format: text or json [default: text].
+    #[arg(long, env = "KEYGATE_LOG_FORMAT", global = true, value_name = "FORMAT")]
+    pub log_format: Option<String>,
+}
+
+/// The same settings in a TOML file, with their natural types.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSettings {
+    listen: Option<String>,
+    data_dir: Option<PathBuf>,
+    database_url: Option<String>,
+    issuer: Option<String>,
+    audience: Option<String>,
+    token_ttl: Option<u64>,
+    cookie_secure: Option<bool>,
+    session_idle_timeout: Option<u64>,
+    session_lifetime: Option<u64>,
+    signing_alg: Option<String>,
+    log: Option<String>,
+    log_format: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub database_url: String,
+    pub issuer: String,
+    pub audience: String,
+    pub token_ttl: u64,
+    pub cookie_secure: bool,
+    pub session_idle_timeout: u64,
+    pub session_lifetime: u64,
+    pub signing_alg: SigningAlg,
+    /// `KEYGATE_MASTER_KEY`, if given; otherwise the embedded default keeps one in the data dir.
+    pub master_key: Option<SecretString>,
+    /// `KEYGATE_BOOTSTRAP_ADMIN_EMAIL` / `_PASSWORD`, used only on a store with no admin.
+    pub bootstrap_admin: Option<(Email, SecretString)>,
+    pub log_filter: String,
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid setting {name}: {reason}")]
+pub struct ConfigError {
+    pub name: &'static str,
+    pub reason: String,
+}
+
+fn bad(name: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        name,
+        reason: reason.into(),
+    }
+}
+
+/// Minimum length for any admin password keygate accepts on creation.
+pub const MIN_ADMIN_PASSWORD: usize = 12;
+
+impl Settings {
+    /// Builds settings from `args` (flags and environment already merged by clap), the
+    /// optional file they name, and the secrets read from `env`.
+    pub fn load(
+        args: &SettingsArgs,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileSettings::default(),
+        };
+
+        let listen_raw = args
+            .listen
+            .clone()
+            .or(file.listen)
+            .unwrap_or_else(|| "127.0.0.1:8080".into());
+        let listen = SocketAddr::from_str(&listen_raw)
+            .map_err(|_| bad("KEYGATE_LISTEN", "expected IP:PORT, e.g. 127.0.0.1:8080"))?;
+
+        let data_dir = args
+            .data_dir
+            .clone()
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from("./data"));
+        let database_url = args
+            .database_url
+            .clone()
+            .or(file.database_url)
+            .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("keygate.db").display()));
+        if !database_url.starts_with("sqlite:") {
+            return Err(bad("KEYGATE_DATABASE_URL", "expected sqlite://…"));
+        }
+
+        let issuer = args
+            .issuer
+            .clone()
+            .or(file.issuer)
+            .unwrap_or_else(|| format!("http://{listen}"));
+        if issuer.is_empty() || issuer.len() > 512 {
+            return Err(bad("KEYGATE_ISSUER", "must be 1 to 512 characters"));
+        }
+        let audience = args
+            .audience
+            .clone()
+            .or(file.audience)
+            .unwrap_or_else(|| "keygate".into());
+        if audience.is_empty() || audience.len() > 512 {
+            return Err(bad("KEYGATE_AUDIENCE", "must be 1 to 512 characters"));
+        }
+
+        let token_ttl = seconds(
+            "KEYGATE_TOKEN_TTL",
+            args.token_ttl.as_deref(),
+            file.token_ttl,
+            900,
+            60..=86_400,
+        )?;
+        let session_idle_timeout = seconds(
+            "KEYGATE_SESSION_IDLE_TIMEOUT",
+            args.session_idle_timeout.as_deref(),
+            file.session_idle_timeout,
+            1_800,
+            60..=604_800,
+        )?;
+        let session_lifetime = seconds(
+            "KEYGATE_SESSION_LIFETIME",
+            args.session_lifetime.as_deref(),
+            file.session_lifetime,
+            43_200,
+            60..=2_592_000,
+        )?;
+
+        let cookie_secure = match args.cookie_secure.as_deref() {
+            Some(raw) => parse_bool(raw)
+                .ok_or_else(|| bad("KEYGATE_COOKIE_SECURE", "expected true or false"))?,
+            None => file.cookie_secure.unwrap_or(true),
+        };
+
+        let signing_alg = args
+            .signing_alg
+            .clone()
+            .or(file.signing_alg)
+            .map(|raw| SigningAlg::from_str(&raw))
+            .transpose()
+            .map_err(|_| bad("KEYGATE_SIGNING_ALG", "expected ES256 or EdDSA"))?
+            .unwrap_or(SigningAlg::Es256);
+
+        let log_filter = args
+            .log
+            .clone()
+            .or(file.log)
+            .unwrap_or_else(|| "info".into());
+        tracing_subscriber::EnvFilter::try_new(&log_filter).map_err(|_| {
+            bad(
+                "KEYGATE_LOG",
+                "not a valid filter (e.g. info, keygate=debug)",
+            )
+        })?;
+        let log_format = match args.log_format.clone().or(file.log_format).as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(_) => return Err(bad("KEYGATE_LOG_FORMAT", "expected text or json")),
+        };
+
+        let master_key = env("KEYGATE_MASTER_KEY")
+            .filter(|s| !s.is_empty())
+            .map(SecretString::from);
+        let bootstrap_admin = match (
+            env("KEYGATE_BOOTSTRAP_ADMIN_EMAIL"),
+            env("KEYGATE_BOOTSTRAP_ADMIN_PASSWORD"),
+        ) {
+            (None, None) => None,
+            (Some(email), Some(password)) => {
+                let email =
+                    Email::parse(&email).map_err(|e| bad("KEYGATE_BOOTSTRAP_ADMIN_EMAIL", e.0))?;
+                if password.chars().count() < MIN_ADMIN_PASSWORD {
+                    return Err(bad(
+                        "KEYGATE_BOOTSTRAP_ADMIN_PASSWORD",
+                        format!("must be at least {MIN_ADMIN_PASSWORD} characters"),
+                    ));
+                }
+                Some((email, SecretString::from(password)))
+            }
+            (Some(_), None) => {
+                return Err(bad(
+                    "KEYGATE_BOOTSTRAP_ADMIN_PASSWORD",
+                    "required with KEYGATE_BOOTSTRAP_ADMIN_EMAIL",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(bad(
+                    "KEYGATE_BOOTSTRAP_ADMIN_EMAIL",
+                    "required with KEYGATE_BOOTSTRAP_ADMIN_PASSWORD",
+                ));
+            }
+        };
+
+        Ok(Self {
+            listen,
+            data_dir,
+            database_url,
+            issuer,
+            audience,
+            token_ttl,
+            cookie_secure,
+            session_idle_timeout,
+            session_lifetime,
+            signing_alg,
+            master_key,
+            bootstrap_admin,
+            log_filter,
+            log_format,
+        })
+    }
+
+    pub fn is_embedded(&self) -> bool {
+        self.database_url.starts_with("sqlite:")
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileSettings, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| bad("KEYGATE_CONFIG", format!("{}: {e}", path.display())))?;
+    toml::from_str(&text).map_err(|e| {
+        bad(
+            "KEYGATE_CONFIG",
+            format!("{}: {}", path.display(), e.message()),
+        )
+    })
+}
+
+fn seconds(
+    name: &'static str,
+    arg: Option<&str>,
+    file: Option<u64>,
+    default: u64,
+    range: std::ops::RangeInclusive<u64>,
+) -> Result<u64, ConfigError> {
+    let value = match arg {
+        Some(raw) => raw.trim().parse::<u64>().ok(),
+        None => Some(file.unwrap_or(default)),
+    };
+    value.filter(|v| range.contains(v)).ok_or_else(|| {
+        bad(
+            name,
+            format!(
+                "expected a whole number of seconds from {} to {}",
+                range.start(),
+                range.end()
+            ),
+        )
+    })
+}
+
+fn parse_bool(raw: &str) -> Option<bool> {
+    match raw.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Some(true),
+        "false" | "0" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(args: SettingsArgs) -> Result<Settings, ConfigError> {
+        Settings::load(&args, |_| None)
+    }
+
+    #[test]
+    fn defaults() {
+        let s = load(SettingsArgs::default()).unwrap();
+        assert_eq!(s.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(s.token_ttl, 900);
+        assert!(s.cookie_secure);
+        assert_eq!(s.database_url, "sqlite://./data/keygate.db");
+        assert_eq!(s.issuer, "http://127.0.0.1:8080");
+        assert_eq!(s.signing_alg, SigningAlg::Es256);
+    }
+
+    #[test]
+    fn bad_values_name_the_setting() {
+        let cases = [
+            (
+                SettingsArgs {
+                    listen: Some("nope".into()),
+                    ..Default::default()
+                },
+                "KEYGATE_LISTEN",
+            ),
+            (
+                SettingsArgs {
+                    token_ttl: Some("5".into()),
+                    ..Default::default()
+                },
+                "KEYGATE_TOKEN_TTL",
+            ),
+            (
+                SettingsArgs {
+                    token_ttl: Some("abc".into()),
+                    ..Default::default()
+                },
+                "KEYGATE_TOKEN_TTL",
+            ),
+            (
+                SettingsArgs {
+                    cookie_secure: Some("maybe".into()),
+                    ..Default::default()
+                },
+                "KEYGATE_COOKIE_SECURE",
+            ),
+            (
+                SettingsArgs {
+                    signing_alg: Some("HS256".into()),
+                    ..Default::default()
+                },
+                "KEYGATE_SIGNING_ALG",
+            ),
+            (
+                SettingsArgs {
+                    database_url: Some("mysql://x".into()),
+                    ..Default::default()
+                },
+                "KEYGATE_DATABASE_URL",
+            ),
+        ];
+        for (args, name) in cases {
+            let err = load(args).unwrap_err();
+            assert_eq!(err.name, name);
+            assert!(
+                err.to_string()
+                    .starts_with(&format!("invalid setting {name}"))
+            );
+        }
+    }
+
+    #[test]
+    fn file_is_below_flags_and_rejects_unknown_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keygate.toml");
+        std::fs::write(&path, "token_ttl = 120\nlisten = \"127.0.0.1:9000\"\n").unwrap();
+        let s = load(SettingsArgs {
+            config: Some(path.clone()),
+            token_ttl: Some("300".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(s.token_ttl, 300);
+        assert_eq!(s.listen.port(), 9000);
+
+        std::fs::write(&path, "tokn_ttl = 120\n").unwrap();
+        let err = load(SettingsArgs {
+            config: Some(path),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert_eq!(err.name, "KEYGATE_CONFIG");
+        assert!(err.reason.contains("tokn_ttl"), "{}", err.reason);
+    }
+
+    #[test]
+    fn bootstrap_admin_needs_both_and_a_long_password() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        let args = SettingsArgs::default();
+        assert!(
+            Settings::load(&args, env(&[("KEYGATE_BOOTSTRAP_ADMIN_EMAIL", "a@b.io")])).is_err()
+        );
+        let short = [
+            ("KEYGATE_BOOTSTRAP_ADMIN_EMAIL", "a@b.io"),
+            ("KEYGATE_BOOTSTRAP_ADMIN_PASSWORD", "short"),
+        ];
+        assert!(Settings::load(&args, env(Box::leak(Box::new(short)))).is_err());
+        let ok = [
+            ("KEYGATE_BOOTSTRAP_ADMIN_EMAIL", "A@b.io"),
+            ("KEYGATE_BOOTSTRAP_ADMIN_PASSWORD", "long enough pass"),
+        ];
+        let s = Settings::load(&args, env(Box::leak(Box::new(ok)))).unwrap();
+        assert_eq!(s.bootstrap_admin.unwrap().0.as_str(), "a@b.io");
+    }
+}

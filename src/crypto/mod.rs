@@ -1,0 +1,35 @@
+//! Secrets and signatures: no HTTP and no storage here.
+//!
+//! Which primitive guards which secret, and why:
+//! - API passwords are machine-generated with 190 bits of entropy, so a slow hash buys
+//!   nothing; a keyed HMAC-SHA256 makes a stolen database useless without the master key
+//!   and keeps logins fast (`ApiPasswordHasher`).
+//! - Admin passwords are chosen by people, so they get argon2id on a bounded blocking pool
+//!   (`AdminPasswordHasher`).
+//! - Session ids are 256 random bits; the store keeps only their SHA-256, so a database
+//!   read does not yield live sessions (`session`).
+//! - JWTs are signed asymmetrically, so gateways can verify with public keys alone; the
+//!   private halves are sealed at rest under a key derived from the master key (`signing`).
+
+mod admin_password;
+mod api_password;
+mod master;
+pub mod session;
+pub mod signing;
+
+pub use admin_password::{AdminPasswordHasher, HashPoolError};
+pub use api_password::ApiPasswordHasher;
+pub use master::{MasterKey, MasterKeyError, private_file};
+
+/// Fills `buf` from the operating system's CSPRNG.
+pub fn fill_random(buf: &mut [u8]) {
+    // Without an OS RNG no secret we could make would be safe; stopping is the only answer.
+    #[allow(clippy::expect_used)]
+    getrandom::fill(buf).expect("the OS random number generator failed");
+}
+
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut out = [0u8; N];
+    fill_random(&mut out);
+    out
+}

@@ -1,0 +1,414 @@
+//! JWT signing keys: generation, sealing at rest, and the in-memory key ring that signs
+//! access tokens and verifies them.
+
+use std::{collections::HashMap, fmt, str::FromStr};
+
+use aws_lc_rs::signature::{
+    ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair,
+};
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use chacha20poly1305::{
+    XChaCha20Poly1305, XNonce,
+    aead::{Aead, KeyInit, Payload},
+};
+use jsonwebtoken::{
+    Algorithm, DecodingKey, EncodingKey, Header, Validation,
+    jwk::{
+        AlgorithmParameters, CommonParameters, EllipticCurve, EllipticCurveKeyParameters,
+        EllipticCurveKeyType, Jwk, JwkSet, KeyAlgorithm, OctetKeyPairParameters, OctetKeyPairType,
+        PublicKeyUse, ThumbprintHash,
+    },
+};
+use secrecy::{ExposeSecret, SecretBox};
+use serde::{Deserialize, Serialize};
+
+/// The signature algorithms keygate issues. Both are asymmetric: gateways verify with the
+/// published public key and can never mint tokens themselves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SigningAlg {
+    Es256,
+    EdDsa,
+}
+
+impl SigningAlg {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Es256 => "ES256",
+            Self::EdDsa => "EdDSA",
+        }
+    }
+
+    pub fn jwt(self) -> Algorithm {
+        match self {
+            Self::Es256 => Algorithm::ES256,
+            Self::EdDsa => Algorithm::EdDSA,
+        }
+    }
+}
+
+impl FromStr for SigningAlg {
+    type Err = SigningError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "ES256" => Ok(Self::Es256),
+            "EdDSA" => Ok(Self::EdDsa),
+            _ => Err(SigningError::UnknownAlgorithm),
+        }
+    }
+}
+
+impl fmt::Display for SigningAlg {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SigningError {
+    #[error("unknown signing algorithm (expected ES256 or EdDSA)")]
+    UnknownAlgorithm,
+    #[error("key generation failed")]
+    Generate,
+    #[error(
+        "a stored signing key cannot be opened: wrong KEYGATE_MASTER_KEY, or the key was altered"
+    )]
+    Unseal,
+    #[error("a stored signing key is malformed")]
+    Malformed,
+    #[error("no active signing key")]
+    NoActiveKey,
+    #[error("token signing failed")]
+    Sign,
+}
+
+/// A signing key as it is stored: the private half sealed, the public half in the clear.
+#[derive(Clone)]
+pub struct SealedKey {
+    pub kid: String,
+    pub alg: SigningAlg,
+    pub sealed_private: Vec<u8>,
+    pub public_key: Vec<u8>,
+}
+
+impl fmt::Debug for SealedKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SealedKey")
+            .field("kid", &self.kid)
+            .field("alg", &self.alg)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Encrypts and decrypts private keys at rest. XChaCha20-Poly1305 with a random 192-bit
+/// nonce (no counter to coordinate between replicas), and the kid and algorithm as
+/// associated data, so a sealed blob cannot be swapped onto another key's row.
+pub struct KeySealer(SecretBox<[u8; 32]>);
+
+impl KeySealer {
+    pub fn new(key: [u8; 32]) -> Self {
+        Self(SecretBox::new(Box::new(key)))
+    }
+
+    fn cipher(&self) -> XChaCha20Poly1305 {
+        XChaCha20Poly1305::new(self.0.expose_secret().into())
+    }
+
+    fn aad(kid: &str, alg: SigningAlg) -> Vec<u8> {
+        format!("keygate-signing-key|{kid}|{alg}").into_bytes()
+    }
+
+    fn seal(
+        &self,
+        kid: &str,
+        alg: SigningAlg,
+        private_der: &[u8],
+    ) -> Result<Vec<u8>, SigningError> {
+        let nonce = super::random_bytes::<24>();
+        let aad = Self::aad(kid, alg);
+        let ct = self
+            .cipher()
+            .encrypt(
+                XNonce::from_slice(&nonce),
+                Payload {
+                    msg: private_der,
+                    aad: &aad,
+                },
+            )
+            .map_err(|_| SigningError::Generate)?;
+        Ok([nonce.as_slice(), &ct].concat())
+    }
+
+    fn open(&self, key: &SealedKey) -> Result<SecretBox<Vec<u8>>, SigningError> {
+        if key.sealed_private.len() < 24 {
+            return Err(SigningError::Malformed);
+        }
+        let (nonce, ct) = key.sealed_private.split_at(24);
+        let aad = Self::aad(&key.kid, key.alg);
+        self.cipher()
+            .decrypt(XNonce::from_slice(nonce), Payload { msg: ct, aad: &aad })
+            .map(|pt| SecretBox::new(Box::new(pt)))
+            .map_err(|_| SigningError::Unseal)
+    }
+
+    /// A new key pair, its private half already sealed. The kid is the RFC 7638
+    /// thumbprint of the public key, so it is stable and needs no coordination.
+    pub fn generate(&self, alg: SigningAlg) -> Result<SealedKey, SigningError> {
+        let (private_der, public_key) = match alg {
+            SigningAlg::Es256 => {
+                let pair = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING)
+                    .map_err(|_| SigningError::Generate)?;
+                let der = pair.to_pkcs8v1().map_err(|_| SigningError::Generate)?;
+                (der.as_ref().to_vec(), pair.public_key().as_ref().to_vec())
+            }
+            SigningAlg::EdDsa => {
+                let pair = Ed25519KeyPair::generate().map_err(|_| SigningError::Generate)?;
+                let der = pair.to_pkcs8().map_err(|_| SigningError::Generate)?;
+                (der.as_ref().to_vec(), pair.public_key().as_ref().to_vec())
+            }
+        };
+        let kid = public_jwk(alg, &public_key, None)?.thumbprint(ThumbprintHash::SHA256);
+        let sealed_private = self.seal(&kid, alg, &private_der)?;
+        Ok(SealedKey {
+            kid,
+            alg,
+            sealed_private,
+            public_key,
+        })
+    }
+}
+
+/// The public JWK for a raw public key (uncompressed P-256 point, or 32 Ed25519 bytes).
+fn public_jwk(alg: SigningAlg, public_key: &[u8], kid: Option<&str>) -> Result<Jwk, SigningError> {
+    let algorithm = match alg {
+        SigningAlg::Es256 => {
+            // SEC1 uncompressed: 0x04 || x (32 bytes) || y (32 bytes).
+            let [4, xy @ ..] = public_key else {
+                return Err(SigningError::Malformed);
+            };
+            if xy.len() != 64 {
+                return Err(SigningError::Malformed);
+            }
+            AlgorithmParameters::EllipticCurve(EllipticCurveKeyParameters {
+                key_type: EllipticCurveKeyType::EC,
+                curve: EllipticCurve::P256,
+                x: URL_SAFE_NO_PAD.encode(&xy[..32]),
+                y: URL_SAFE_NO_PAD.encode(&xy[32..]),
+            })
+        }
+        SigningAlg::EdDsa => {
+            if public_key.len() != 32 {
+                return Err(SigningError::Malformed);
+            }
+            AlgorithmParameters::OctetKeyPair(OctetKeyPairParameters {
+                key_type: OctetKeyPairType::OctetKeyPair,
+                curve: EllipticCurve::Ed25519,
+                x: URL_SAFE_NO_PAD.encode(public_key),
+            })
+        }
+    };
+    let key_algorithm = match alg {
+        SigningAlg::Es256 => KeyAlgorithm::ES256,
+        SigningAlg::EdDsa => KeyAlgorithm::EdDSA,
+    };
+    Ok(Jwk {
+        common: CommonParameters {
+            public_key_use: Some(PublicKeyUse::Signature),
+            key_algorithm: Some(key_algorithm),
+            key_id: kid.map(str::to_owned),
+            ..Default::default()
+        },
+        algorithm,
+    })
+}
+
+/// The claims of an access token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessClaims {
+    pub iss: String,
+    /// The API key's ref, not the key itself.
+    pub sub: String,
+    pub aud: String,
+    pub iat: u64,
+    pub nbf: u64,
+    pub exp: u64,
+    /// Unique per token, so a single token can be revoked.
+    pub jti: String,
+    /// The account (tenant) the key belongs to.
+    pub acc: String,
+    /// The API key (the login identifier), for gateways that want to pass it upstream.
+    pub api_key: String,
+}
+
+struct Verifier {
+    alg: SigningAlg,
+    key: DecodingKey,
+    jwk: Jwk,
+}
+
+/// The keys in use: one that signs, all that still verify. Built from the store at start-up
+/// and rebuilt on rotation; private material lives only here, decrypted, and only for the
+/// active key.
+pub struct KeyRing {
+    active_kid: String,
+    active_alg: SigningAlg,
+    encoding: EncodingKey,
+    verifiers: HashMap<String, Verifier>,
+}
+
+impl fmt::Debug for KeyRing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyRing")
+            .field("active_kid", &self.active_kid)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KeyRing {
+    /// `active` signs; `active` and every key in `verifying` verify.
+    pub fn new(
+        sealer: &KeySealer,
+        active: &SealedKey,
+        verifying: &[SealedKey],
+    ) -> Result<Self, SigningError> {
+        let private = sealer.open(active)?;
+        let encoding = match active.alg {
+            SigningAlg::Es256 => EncodingKey::from_ec_der(private.expose_secret()),
+            SigningAlg::EdDsa => EncodingKey::from_ed_der(private.expose_secret()),
+        };
+        let mut verifiers = HashMap::new();
+        for key in std::iter::once(active).chain(verifying) {
+            let jwk = public_jwk(key.alg, &key.public_key, Some(&key.kid))?;
+            let decoding = DecodingKey::from_jwk(&jwk).map_err(|_| SigningError::Malformed)?;
+            verifiers.insert(
+                key.kid.clone(),
+                Verifier {
+                    alg: key.alg,
+                    key: decoding,
+                    jwk,
+                },
+            );
+        }
+        Ok(Self {
+            active_kid: active.kid.clone(),
+            active_alg: active.alg,
+            encoding,
+            verifiers,
+        })
+    }
+
+    pub fn active_kid(&self) -> &str {
+        &self.active_kid
+    }
+
+    pub fn sign(&self, claims: &AccessClaims) -> Result<String, SigningError> {
+        let mut header = Header::new(self.active_alg.jwt());
+        header.kid = Some(self.active_kid.clone());
+        jsonwebtoken::encode(&header, claims, &self.encoding).map_err(|_| SigningError::Sign)
+    }
+
+    /// Verifies signature, algorithm, `iss`, `aud`, `exp` and `nbf` (with `leeway` seconds).
+    /// The algorithm comes from our key, never from the token's header, so `none` and
+    /// HS256-with-the-public-key tokens fail.
+    pub fn verify(
+        &self,
+        token: &str,
+        issuer: &str,
+        audience: &str,
+        leeway: u64,
+    ) -> Option<AccessClaims> {
+        let header = jsonwebtoken::decode_header(token).ok()?;
+        let verifier = self.verifiers.get(header.kid.as_deref()?)?;
+        if header.alg != verifier.alg.jwt() {
+            return None;
+        }
+        let mut validation = Validation::new(verifier.alg.jwt());
+        validation.leeway = leeway;
+        validation.validate_nbf = true;
+        validation.set_issuer(&[issuer]);
+        validation.set_audience(&[audience]);
+        validation.set_required_spec_claims(&["exp", "nbf", "iat", "iss", "aud", "sub"]);
+        jsonwebtoken::decode::<AccessClaims>(token, &verifier.key, &validation)
+            .ok()
+            .map(|t| t.claims)
+    }
+
+    /// The public keys, for `/.well-known/jwks.json`.
+    pub fn jwks(&self) -> JwkSet {
+        let mut keys: Vec<Jwk> = self.verifiers.values().map(|v| v.jwk.clone()).collect();
+        keys.sort_by(|a, b| a.common.key_id.cmp(&b.common.key_id));
+        JwkSet { keys }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims(now: u64) -> AccessClaims {
+        AccessClaims {
+            iss: "https://issuer".into(),
+            sub: "ref".into(),
+            aud: "api".into(),
+            iat: now,
+            nbf: now,
+            exp: now + 60,
+            jti: "j".into(),
+            acc: "a".into(),
+            api_key: "K".into(),
+        }
+    }
+
+    fn now() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+
+    #[test]
+    fn sign_and_verify_each_algorithm() {
+        let sealer = KeySealer::new([9; 32]);
+        for alg in [SigningAlg::Es256, SigningAlg::EdDsa] {
+            let key = sealer.generate(alg).unwrap();
+            let ring = KeyRing::new(&sealer, &key, &[]).unwrap();
+            let token = ring.sign(&claims(now())).unwrap();
+            assert_eq!(
+                ring.verify(&token, "https://issuer", "api", 0),
+                Some(claims_of(&token))
+            );
+            assert!(ring.verify(&token, "https://other", "api", 0).is_none());
+            assert!(ring.verify(&token, "https://issuer", "other", 0).is_none());
+            let header = jsonwebtoken::decode_header(&token).unwrap();
+            assert_eq!(header.kid.as_deref(), Some(key.kid.as_str()));
+            assert_eq!(header.alg, alg.jwt());
+        }
+    }
+
+    fn claims_of(token: &str) -> AccessClaims {
+        let payload = token.split('.').nth(1).unwrap();
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn sealed_keys_need_the_right_key_and_row() {
+        let sealer = KeySealer::new([1; 32]);
+        let key = sealer.generate(SigningAlg::Es256).unwrap();
+        assert!(KeyRing::new(&KeySealer::new([2; 32]), &key, &[]).is_err());
+        let mut moved = key.clone();
+        moved.kid = "another".into();
+        assert!(KeyRing::new(&sealer, &moved, &[]).is_err());
+    }
+
+    #[test]
+    fn jwks_has_only_public_parts() {
+        let sealer = KeySealer::new([1; 32]);
+        let key = sealer.generate(SigningAlg::Es256).unwrap();
+        let ring = KeyRing::new(&sealer, &key, &[]).unwrap();
+        let json = serde_json::to_value(ring.jwks()).unwrap();
+        let k = &json["keys"][0];
+        assert_eq!(k["kid"], key.kid.as_str());
+        assert_eq!(k["alg"], "ES256");
+        assert_eq!(k["use"], "sig");
+        assert!(k.get("d").is_none());
+    }
+}

@@ -1,0 +1,35 @@
+//! Domain types. Each is built only by parsing, so a value in hand is a valid one;
+//! nothing here does I/O or knows about HTTP.
+
+mod account;
+mod api_key;
+mod email;
+mod key_ref;
+
+pub use account::{AccountId, AccountName};
+pub use api_key::{ApiKeyId, ApiPassword};
+pub use email::Email;
+pub use key_ref::KeyRef;
+
+/// Why a value was refused. The text is safe to show to the caller: it never echoes the input.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ParseError(pub &'static str);
+
+/// Uniformly random characters from `alphabet`, drawn from the OS CSPRNG.
+/// Rejection sampling keeps every character equally likely (a plain `% len` would not).
+pub(crate) fn random_string(alphabet: &[u8], len: usize) -> String {
+    debug_assert!(!alphabet.is_empty() && alphabet.len() <= 256);
+    let limit = 256 - (256 % alphabet.len());
+    let mut out = String::with_capacity(len);
+    let mut buf = [0u8; 64];
+    while out.len() < len {
+        crate::crypto::fill_random(&mut buf);
+        for &b in &buf {
+            if (b as usize) < limit && out.len() < len {
+                out.push(alphabet[b as usize % alphabet.len()] as char);
+            }
+        }
+    }
+    out
+}

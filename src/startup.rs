@@ -1,0 +1,257 @@
+//! Builds the application from settings: store, secrets, first admin, signing keys,
+//! listener. `main` and the tests start keygate the same way.
+
+use std::{future::Future, io::IsTerminal, net::SocketAddr, path::Path, sync::Arc};
+
+use anyhow::Context;
+use secrecy::{ExposeSecret, SecretString};
+use tokio::net::TcpListener;
+use uuid::Uuid;
+
+use crate::{
+    config::Settings,
+    crypto::{
+        AdminPasswordHasher, ApiPasswordHasher, MasterKey, private_file,
+        signing::{KeyRing, KeySealer, SigningAlg},
+    },
+    domain::{AccountName, ApiPassword, Email},
+    http::{self, AppState, SessionCookie},
+    service::{AuthService, Policy},
+    store::{self, AdminId, NewAdmin, Store},
+};
+
+/// HKDF labels: one per derived key, never reused for anything else.
+const API_PASSWORD_HMAC_LABEL: &str = "keygate/api-password-hmac/v1";
+const SIGNING_KEY_SEAL_LABEL: &str = "keygate/signing-key-seal/v1";
+
+pub const INITIAL_PASSWORD_FILE: &str = "initial-admin-password";
+const DEFAULT_ADMIN_EMAIL: &str = "admin@localhost";
+const DEFAULT_ACCOUNT: &str = "default";
+
+pub struct Application {
+    listener: TcpListener,
+    router: axum::Router,
+}
+
+impl Application {
+    pub async fn build(settings: &Settings) -> anyhow::Result<Self> {
+        let store = open_store(settings).await?;
+        let master = master_key(settings)?;
+        // Leave one core to the async workers when there is more than one.
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let admin_hasher = AdminPasswordHasher::new(workers, 64);
+
+        bootstrap_admin(store.as_ref(), settings, &admin_hasher).await?;
+        let sealer = KeySealer::new(master.derive(SIGNING_KEY_SEAL_LABEL));
+        let ring = load_key_ring(
+            store.as_ref(),
+            &sealer,
+            settings.signing_alg,
+            settings.token_ttl,
+        )
+        .await?;
+        tracing::info!(kid = ring.active_kid(), alg = %settings.signing_alg, "signing key loaded");
+
+        let policy = Policy {
+            issuer: settings.issuer.clone(),
+            audience: settings.audience.clone(),
+            token_ttl: settings.token_ttl,
+            session_idle_timeout: settings.session_idle_timeout,
+            session_lifetime: settings.session_lifetime,
+        };
+        let api_hasher = ApiPasswordHasher::new(master.derive(API_PASSWORD_HMAC_LABEL));
+        let auth = Arc::new(AuthService::new(
+            store,
+            policy,
+            api_hasher,
+            admin_hasher,
+            ring,
+        ));
+        let state = AppState {
+            auth,
+            cookie: SessionCookie::new(settings.cookie_secure, settings.session_lifetime),
+        };
+
+        let listener = TcpListener::bind(settings.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", settings.listen))?;
+        Ok(Self {
+            listener,
+            router: http::router(state),
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        tracing::info!("listening on http://{}", self.local_addr()?);
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(shutdown)
+            .await
+    }
+}
+
+/// Opens the store named by the settings, creating the data directory for the embedded one.
+pub async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
+    if settings.is_embedded() {
+        create_private_dir(&settings.data_dir)?;
+    }
+    store::connect(&settings.database_url)
+        .await
+        .context("cannot open the database")
+}
+
+fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder
+        .create(dir)
+        .with_context(|| format!("cannot create data directory {}", dir.display()))
+}
+
+fn master_key(settings: &Settings) -> anyhow::Result<MasterKey> {
+    match &settings.master_key {
+        Some(encoded) => MasterKey::from_base64(encoded.expose_secret())
+            .context("invalid setting KEYGATE_MASTER_KEY"),
+        None if settings.is_embedded() => {
+            let path = settings.data_dir.join("master.key");
+            MasterKey::load_or_create(&path)
+                .context("invalid setting KEYGATE_MASTER_KEY (from the data directory)")
+        }
+        None => {
+            anyhow::bail!("invalid setting KEYGATE_MASTER_KEY: required with a shared database")
+        }
+    }
+}
+
+/// On a store with no admin, creates the first one: from the bootstrap settings, or
+/// `admin@localhost` with a random password written to a private file.
+async fn bootstrap_admin(
+    store: &dyn Store,
+    settings: &Settings,
+    hasher: &AdminPasswordHasher,
+) -> anyhow::Result<()> {
+    if store.any_admin().await? {
+        return Ok(());
+    }
+    let (email, password, file) = match &settings.bootstrap_admin {
+        Some((email, password)) => (
+            email.clone(),
+            SecretString::from(password.expose_secret()),
+            None,
+        ),
+        None => {
+            // Reuse the API-password generator: 190 random bits, nothing to guess.
+            let password = ApiPassword::generate().expose().to_owned();
+            let email = Email::parse(DEFAULT_ADMIN_EMAIL).map_err(|e| anyhow::anyhow!(e))?;
+            (
+                email,
+                SecretString::from(password),
+                Some(settings.data_dir.join(INITIAL_PASSWORD_FILE)),
+            )
+        }
+    };
+    let admin = NewAdmin {
+        id: AdminId(Uuid::new_v4()),
+        email: email.clone(),
+        password_hash: hasher
+            .hash(SecretString::from(password.expose_secret()))
+            .await?,
+        created_at: store::now(),
+    };
+    // The password is on disk before the admin exists, so a crash in between cannot leave an
+    // admin whose password nobody knows. It goes to a file of this attempt's own, renamed
+    // into place only if this process created the admin (another replica may win).
+    let pending = file
+        .as_ref()
+        .map(|path| path.with_extension(format!("{}.pending", Uuid::new_v4().simple())));
+    if let Some(pending) = &pending {
+        create_private_dir(&settings.data_dir)?;
+        write_secret_file(pending, password.expose_secret())?;
+    }
+    let account = AccountName::parse(DEFAULT_ACCOUNT).map_err(|e| anyhow::anyhow!(e))?;
+    let created = store.bootstrap_admin(&account, &admin).await;
+    if let (Some(pending), Some(path)) = (&pending, &file) {
+        if matches!(created, Ok(true)) {
+            std::fs::rename(pending, path)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        } else {
+            let _ = std::fs::remove_file(pending);
+        }
+    }
+    match (&file, created?) {
+        (Some(_), false) | (None, false) => {}
+        (Some(path), true) => {
+            tracing::info!(email = %email, file = %path.display(), "created the first admin; its password is in the file");
+            // Told on the terminal only: stderr that is not a terminal is usually a log.
+            if std::io::stderr().is_terminal() {
+                eprintln!(
+                    "\n  First admin: {email}\n  Password:    {}\n  (also in {})\n",
+                    password.expose_secret(),
+                    path.display()
+                );
+            }
+        }
+        (None, true) => {
+            tracing::info!(email = %email, "created the first admin from the bootstrap settings")
+        }
+    }
+    Ok(())
+}
+
+fn write_secret_file(path: &Path, secret: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut file =
+        private_file(path).with_context(|| format!("cannot write {}", path.display()))?;
+    file.write_all(format!("{secret}\n").as_bytes())?;
+    file.sync_all()?;
+    Ok(())
+}
+
+/// Loads the signing keys, creating the first one (or rotating to the configured algorithm)
+/// as needed. Retired keys stay for verification while tokens they signed can still be live.
+pub async fn load_key_ring(
+    store: &dyn Store,
+    sealer: &KeySealer,
+    alg: SigningAlg,
+    token_ttl: u64,
+) -> anyhow::Result<KeyRing> {
+    let mut records = store.signing_keys().await?;
+    match records.iter().find(|r| r.retired_at.is_none()) {
+        None => {
+            store
+                .insert_first_signing_key(&sealer.generate(alg)?, store::now())
+                .await?;
+            records = store.signing_keys().await?;
+        }
+        Some(active) if active.key.alg != alg => {
+            tracing::info!(from = %active.key.alg, to = %alg, "signing algorithm changed: rotating to a new key");
+            store
+                .rotate_signing_key(&sealer.generate(alg)?, store::now())
+                .await?;
+            records = store.signing_keys().await?;
+        }
+        Some(_) => {}
+    }
+    let now = store::now();
+    let active = records
+        .iter()
+        .find(|r| r.retired_at.is_none())
+        .context("no active signing key after creating one")?;
+    let verifying: Vec<_> = records
+        .iter()
+        .filter(|r| {
+            r.retired_at
+                .is_some_and(|retired| retired + token_ttl as i64 + 60 > now)
+        })
+        .map(|r| r.key.clone())
+        .collect();
+    Ok(KeyRing::new(sealer, &active.key, &verifying)?)
+}

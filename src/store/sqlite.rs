@@ -1,0 +1,325 @@
+//! The embedded default: one SQLite file in WAL mode, so the CLI can add admins while the
+//! server runs and readers never wait for the writer.
+
+use std::{str::FromStr, time::Duration};
+
+use async_trait::async_trait;
+use sqlx::{
+    Row, SqlitePool,
+    sqlite::{
+        SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+    },
+};
+use uuid::Uuid;
+
+use super::*;
+use crate::crypto::signing::SigningAlg;
+
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+impl SqliteStore {
+    pub async fn connect(url: &str) -> Result<Self> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // NORMAL is durable in WAL mode except for the last commits before a power cut.
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(5));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options)
+            .await?;
+        MIGRATOR.run(&pool).await?;
+        Ok(Self { pool })
+    }
+}
+
+fn admin_id(row: &SqliteRow, col: &str) -> Result<AdminId> {
+    let raw: String = row.try_get(col)?;
+    Uuid::try_parse(&raw)
+        .map(AdminId)
+        .map_err(corrupt("admin id"))
+}
+
+fn account_id(row: &SqliteRow, col: &str) -> Result<AccountId> {
+    AccountId::parse(&row.try_get::<String, _>(col)?).map_err(corrupt("account id"))
+}
+
+fn key_ref(row: &SqliteRow) -> Result<KeyRef> {
+    KeyRef::parse(&row.try_get::<String, _>("key_ref")?).map_err(corrupt("key ref"))
+}
+
+fn api_key(row: &SqliteRow) -> Result<ApiKeyId> {
+    ApiKeyId::parse(&row.try_get::<String, _>("api_key")?).map_err(corrupt("api key"))
+}
+
+async fn insert_account_admin(
+    tx: &mut sqlx::SqliteConnection,
+    account: &AccountName,
+    admin: &NewAdmin,
+) -> Result<AccountId> {
+    let existing: Option<String> = sqlx::query_scalar("SELECT id FROM accounts WHERE name = ?")
+        .bind(account.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+    let account_id = match existing {
+        Some(id) => AccountId::parse(&id).map_err(corrupt("account id"))?,
+        None => {
+            let id = AccountId::generate();
+            sqlx::query("INSERT INTO accounts (id, name, created_at) VALUES (?, ?, ?)")
+                .bind(id.to_string())
+                .bind(account.as_str())
+                .bind(admin.created_at)
+                .execute(&mut *tx)
+                .await?;
+            id
+        }
+    };
+    sqlx::query("INSERT INTO admins (id, account_id, email, password_hash, created_at) VALUES (?, ?, ?, ?, ?)")
+        .bind(admin.id.0.to_string())
+        .bind(account_id.to_string())
+        .bind(admin.email.as_str())
+        .bind(&admin.password_hash)
+        .bind(admin.created_at)
+        .execute(&mut *tx)
+        .await?;
+    Ok(account_id)
+}
+
+#[async_trait]
+impl AdminStore for SqliteStore {
+    async fn create_admin(&self, account: &AccountName, admin: &NewAdmin) -> Result<AccountId> {
+        // IMMEDIATE takes the write lock up front, so the account look-up and the inserts
+        // see no interleaved writer.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let id = insert_account_admin(&mut tx, account, admin).await?;
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    async fn bootstrap_admin(&self, account: &AccountName, admin: &NewAdmin) -> Result<bool> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let any: Option<i64> = sqlx::query_scalar("SELECT 1 FROM admins LIMIT 1")
+            .fetch_optional(&mut *tx)
+            .await?;
+        if any.is_some() {
+            return Ok(false);
+        }
+        insert_account_admin(&mut tx, account, admin).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn find_admin(&self, email: &Email) -> Result<Option<AdminRecord>> {
+        let row =
+            sqlx::query("SELECT id, account_id, email, password_hash FROM admins WHERE email = ?")
+                .bind(email.as_str())
+                .fetch_optional(&self.pool)
+                .await?;
+        row.map(|row| {
+            Ok(AdminRecord {
+                id: admin_id(&row, "id")?,
+                account_id: account_id(&row, "account_id")?,
+                email: Email::parse(&row.try_get::<String, _>("email")?)
+                    .map_err(corrupt("email"))?,
+                password_hash: row.try_get("password_hash")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn any_admin(&self) -> Result<bool> {
+        let any: Option<i64> = sqlx::query_scalar("SELECT 1 FROM admins LIMIT 1")
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(any.is_some())
+    }
+}
+
+#[async_trait]
+impl KeyStore for SqliteStore {
+    async fn insert_key(&self, key: &KeyRecord) -> Result<()> {
+        sqlx::query("INSERT INTO api_keys (key_ref, account_id, api_key, secret_hash, created_at) VALUES (?, ?, ?, ?, ?)")
+            .bind(key.key_ref.to_string())
+            .bind(key.account_id.to_string())
+            .bind(key.api_key.as_str())
+            .bind(&key.secret_hash)
+            .bind(key.created_at)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn find_key(&self, api_key_id: &ApiKeyId) -> Result<Option<KeyRecord>> {
+        let row = sqlx::query("SELECT key_ref, account_id, api_key, secret_hash, created_at FROM api_keys WHERE api_key = ?")
+            .bind(api_key_id.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|row| {
+            Ok(KeyRecord {
+                key_ref: key_ref(&row)?,
+                account_id: account_id(&row, "account_id")?,
+                api_key: api_key(&row)?,
+                secret_hash: row.try_get("secret_hash")?,
+                created_at: row.try_get("created_at")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn list_keys(&self, account: AccountId) -> Result<Vec<KeySummary>> {
+        let rows = sqlx::query(
+            "SELECT key_ref, api_key, created_at FROM api_keys WHERE account_id = ? ORDER BY created_at, key_ref",
+        )
+        .bind(account.to_string())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(KeySummary {
+                    key_ref: key_ref(row)?,
+                    api_key: api_key(row)?,
+                    created_at: row.try_get("created_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn delete_key(&self, account: AccountId, key_ref: KeyRef) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM api_keys WHERE key_ref = ? AND account_id = ?")
+            .bind(key_ref.to_string())
+            .bind(account.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+}
+
+#[async_trait]
+impl SessionStore for SqliteStore {
+    async fn insert_session(&self, hash: &SessionHash, s: &SessionRecord) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO sessions (id_hash, admin_id, account_id, created_at, last_seen_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(hash.as_slice())
+        .bind(s.admin_id.0.to_string())
+        .bind(s.account_id.to_string())
+        .bind(s.created_at)
+        .bind(s.last_seen_at)
+        .bind(s.expires_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn find_session(&self, hash: &SessionHash) -> Result<Option<SessionRecord>> {
+        let row = sqlx::query(
+            "SELECT admin_id, account_id, created_at, last_seen_at, expires_at FROM sessions WHERE id_hash = ?",
+        )
+        .bind(hash.as_slice())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| {
+            Ok(SessionRecord {
+                admin_id: admin_id(&row, "admin_id")?,
+                account_id: account_id(&row, "account_id")?,
+                created_at: row.try_get("created_at")?,
+                last_seen_at: row.try_get("last_seen_at")?,
+                expires_at: row.try_get("expires_at")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn touch_session(&self, hash: &SessionHash, now: UnixTime) -> Result<()> {
+        sqlx::query("UPDATE sessions SET last_seen_at = ? WHERE id_hash = ?")
+            .bind(now)
+            .bind(hash.as_slice())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn delete_session(&self, hash: &SessionHash) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM sessions WHERE id_hash = ?")
+            .bind(hash.as_slice())
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+}
+
+#[async_trait]
+impl SigningKeyStore for SqliteStore {
+    async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>> {
+        let rows = sqlx::query(
+            "SELECT kid, alg, sealed_private, public_key, created_at, retired_at FROM signing_keys \
+             ORDER BY retired_at IS NOT NULL, created_at DESC, kid",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let alg: String = row.try_get("alg")?;
+                Ok(SigningKeyRecord {
+                    key: SealedKey {
+                        kid: row.try_get("kid")?,
+                        alg: SigningAlg::from_str(&alg).map_err(corrupt("signing alg"))?,
+                        sealed_private: row.try_get("sealed_private")?,
+                        public_key: row.try_get("public_key")?,
+                    },
+                    created_at: row.try_get("created_at")?,
+                    retired_at: row.try_get("retired_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn insert_first_signing_key(&self, key: &SealedKey, now: UnixTime) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO signing_keys (kid, alg, sealed_private, public_key, created_at) \
+             SELECT ?, ?, ?, ?, ? WHERE NOT EXISTS (SELECT 1 FROM signing_keys WHERE retired_at IS NULL)",
+        )
+        .bind(&key.kid)
+        .bind(key.alg.as_str())
+        .bind(&key.sealed_private)
+        .bind(&key.public_key)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn rotate_signing_key(&self, key: &SealedKey, now: UnixTime) -> Result<()> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::query("UPDATE signing_keys SET retired_at = ? WHERE retired_at IS NULL")
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("INSERT INTO signing_keys (kid, alg, sealed_private, public_key, created_at) VALUES (?, ?, ?, ?, ?)")
+            .bind(&key.kid)
+            .bind(key.alg.as_str())
+            .bind(&key.sealed_private)
+            .bind(&key.public_key)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,360 @@
+//! Black-box harness: each test starts the real `keygate` binary on port 0 against a fresh
+//! store, and talks to it over HTTP like any client would.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::{Arc, Mutex, mpsc},
+    time::Duration,
+};
+
+use reqwest::{Client, Response, StatusCode};
+use serde_json::{Value, json};
+
+pub const ADMIN_EMAIL: &str = "admin@example.com";
+pub const ADMIN_PASSWORD: &str = "correct horse battery staple";
+
+pub struct TestApp {
+    pub base: String,
+    /// Keeps cookies, like a browser.
+    pub client: Client,
+    pub dir: Arc<tempfile::TempDir>,
+    env: Vec<(String, String)>,
+    child: Child,
+    logs: Arc<Mutex<String>>,
+}
+
+pub struct Builder {
+    env: Vec<(String, String)>,
+    dir: Option<Arc<tempfile::TempDir>>,
+    bootstrap: bool,
+}
+
+impl Builder {
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// No bootstrap admin settings: the server must invent the first admin itself.
+    pub fn without_bootstrap_admin(mut self) -> Self {
+        self.bootstrap = false;
+        self
+    }
+
+    /// Reuse another app's data directory (and so its store and master key).
+    pub fn dir(mut self, dir: Arc<tempfile::TempDir>) -> Self {
+        self.dir = Some(dir);
+        self
+    }
+
+    pub async fn spawn(self) -> TestApp {
+        let dir = self
+            .dir
+            .unwrap_or_else(|| Arc::new(tempfile::tempdir().expect("temp dir")));
+        let mut env = vec![
+            ("KEYGATE_LISTEN".to_owned(), "127.0.0.1:0".to_owned()),
+            (
+                "KEYGATE_DATA_DIR".to_owned(),
+                dir.path().join("data").display().to_string(),
+            ),
+            ("KEYGATE_COOKIE_SECURE".to_owned(), "false".to_owned()),
+            (
+                "KEYGATE_ISSUER".to_owned(),
+                "https://keygate.test".to_owned(),
+            ),
+            ("KEYGATE_LOG".to_owned(), "info".to_owned()),
+        ];
+        if self.bootstrap {
+            env.push(("KEYGATE_BOOTSTRAP_ADMIN_EMAIL".into(), ADMIN_EMAIL.into()));
+            env.push((
+                "KEYGATE_BOOTSTRAP_ADMIN_PASSWORD".into(),
+                ADMIN_PASSWORD.into(),
+            ));
+        }
+        for (k, v) in self.env {
+            env.retain(|(key, _)| *key != k);
+            env.push((k, v));
+        }
+        TestApp::start(dir, env).await
+    }
+}
+
+pub fn keygate_command(env: &[(String, String)]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_keygate"));
+    // The test's own environment must not leak settings into the server under test.
+    for (key, _) in std::env::vars() {
+        if key.starts_with("KEYGATE_") || key == "RUST_LOG" {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.envs(env.iter().map(|(k, v)| (k, v)));
+    cmd
+}
+
+impl TestApp {
+    pub fn builder() -> Builder {
+        Builder {
+            env: Vec::new(),
+            dir: None,
+            bootstrap: true,
+        }
+    }
+
+    pub async fn spawn() -> TestApp {
+        Self::builder().spawn().await
+    }
+
+    async fn start(dir: Arc<tempfile::TempDir>, env: Vec<(String, String)>) -> TestApp {
+        let mut child = keygate_command(&env)
+            .arg("serve")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start keygate");
+        let logs = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = mpsc::channel();
+        let stderr = child.stderr.take().expect("stderr");
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(addr) = line.split("listening on ").nth(1) {
+                    let _ = tx.send(addr.trim().to_owned());
+                }
+                let mut logs = sink.lock().unwrap();
+                logs.push_str(&line);
+                logs.push('\n');
+            }
+        });
+        let base = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(60)))
+            .await
+            .unwrap()
+            .unwrap_or_else(|_| {
+                let _ = child.kill();
+                panic!("keygate did not start:\n{}", logs.lock().unwrap())
+            });
+        let client = Client::builder().cookie_store(true).build().unwrap();
+        TestApp {
+            base,
+            client,
+            dir,
+            env,
+            child,
+            logs,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap().clone()
+    }
+
+    /// A builder for another server on the same data directory and settings.
+    pub fn sibling(&self) -> Builder {
+        let mut builder = TestApp::builder().dir(self.dir.clone());
+        builder.env = self.env.clone();
+        builder
+    }
+
+    /// Stops this server and starts a new one on the same store and settings.
+    pub async fn restart(mut self) -> TestApp {
+        self.kill();
+        TestApp::start(self.dir.clone(), self.env.clone()).await
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Runs the `keygate` CLI against the same store and settings.
+    pub fn cli(&self, args: &[&str], stdin: &str) -> Output {
+        let mut child = keygate_command(&self.env)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run keygate CLI");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> Response {
+        self.client
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Logs in as the bootstrap admin; the session cookie stays in `self.client`.
+    pub async fn admin_login(&self) {
+        self.login_admin_as(&self.client, ADMIN_EMAIL, ADMIN_PASSWORD)
+            .await;
+    }
+
+    pub async fn login_admin_as(&self, client: &Client, email: &str, password: &str) {
+        let r = client
+            .post(self.url("/auth/login"))
+            .json(&json!({"email": email, "password": password}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status(),
+            StatusCode::OK,
+            "admin login failed: {}",
+            r.text().await.unwrap()
+        );
+    }
+
+    /// A new client with its own cookie jar, logged in as a new admin of `account`.
+    pub async fn new_admin(&self, email: &str, account: &str) -> Client {
+        let out = self.cli(
+            &[
+                "admin",
+                "create",
+                "--email",
+                email,
+                "--account",
+                account,
+                "--password-stdin",
+            ],
+            ADMIN_PASSWORD,
+        );
+        assert!(
+            out.status.success(),
+            "admin create failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let client = Client::builder().cookie_store(true).build().unwrap();
+        self.login_admin_as(&client, email, ADMIN_PASSWORD).await;
+        client
+    }
+
+    /// Generates a key with `client`'s session; returns (api_key, password).
+    pub async fn generate_key_with(&self, client: &Client) -> (String, String) {
+        let r = client
+            .post(self.url("/auth/keys/generate"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        let body: Value = r.json().await.unwrap();
+        (
+            body["api_key"].as_str().unwrap().to_owned(),
+            body["password"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    pub async fn generate_key(&self) -> (String, String) {
+        self.generate_key_with(&self.client).await
+    }
+
+    /// The account's keys as (api_key_ref, api_key).
+    pub async fn list_keys_with(&self, client: &Client) -> Vec<(String, String)> {
+        let r = client
+            .get(self.url("/auth/keys/list"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        let body: Vec<Value> = r.json().await.unwrap();
+        body.iter()
+            .map(|k| {
+                (
+                    k["api_key_ref"].as_str().unwrap().to_owned(),
+                    k["api_key"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    }
+
+    pub async fn list_keys(&self) -> Vec<(String, String)> {
+        self.list_keys_with(&self.client).await
+    }
+
+    pub async fn ref_of(&self, api_key: &str) -> String {
+        self.list_keys()
+            .await
+            .into_iter()
+            .find(|(_, k)| k == api_key)
+            .expect("key listed")
+            .0
+    }
+
+    pub async fn api_login(&self, api_key: &str, password: &str) -> Response {
+        Client::new()
+            .post(self.url("/auth/login"))
+            .json(&json!({"api_key": api_key, "password": password}))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Logs in with a key and returns its token.
+    pub async fn token(&self, api_key: &str, password: &str) -> String {
+        let r = self.api_login(api_key, password).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        r.json::<String>().await.unwrap()
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Asserts an RFC 9457 problem response with `status`, and returns its body.
+pub async fn assert_problem(response: Response, status: StatusCode) -> Value {
+    assert_eq!(response.status(), status);
+    let ct = response
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned());
+    assert_eq!(ct.as_deref(), Some("application/problem+json"));
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["status"], status.as_u16());
+    assert!(body["title"].is_string() && body["detail"].is_string());
+    body
+}
+
+/// Every file under `dir`, read as bytes.
+pub fn read_tree(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(read_tree(&path));
+        } else {
+            out.push((path.clone(), std::fs::read(&path).unwrap()));
+        }
+    }
+    out
+}
+
+pub fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
+}
