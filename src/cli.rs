@@ -83,14 +83,9 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             tracing::info!("stopped");
             Ok(())
         }
-        Command::Admin(AdminCommand::Create {
-            email,
-            account,
-            password_stdin: _,
-        }) => {
+        Command::Admin(AdminCommand::Create { email, account, password_stdin: _ }) => {
             let email = Email::parse(&email).map_err(|e| anyhow::anyhow!("--email: {e}"))?;
-            let account =
-                AccountName::parse(&account).map_err(|e| anyhow::anyhow!("--account: {e}"))?;
+            let account = AccountName::parse(&account).map_err(|e| anyhow::anyhow!("--account: {e}"))?;
             let password = read_password_stdin()?;
             let store = startup::open_store(&settings).await?;
             let admin = NewAdmin {
@@ -101,10 +96,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             };
             match store.create_admin(&account, &admin).await {
                 Ok(account_id) => {
-                    println!(
-                        "created admin {email} in account {} ({account_id})",
-                        account.as_str()
-                    );
+                    println!("created admin {email} in account {} ({account_id})", account.as_str());
                     Ok(())
                 }
                 Err(StoreError::Conflict) => {
@@ -118,10 +110,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
 
 fn read_password_stdin() -> anyhow::Result<SecretString> {
     let mut raw = String::new();
-    std::io::stdin()
-        .take(4096)
-        .read_to_string(&mut raw)
-        .context("cannot read the password from stdin")?;
+    std::io::stdin().take(4096).read_to_string(&mut raw).context("cannot read the password from stdin")?;
     let password = SecretString::from(raw.trim_end_matches(['\r', '\n']).to_owned());
     let len = password.expose_secret().chars().count();
     if len < MIN_ADMIN_PASSWORD {

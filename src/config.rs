@@ -28,13 +28,7 @@ pub struct SettingsArgs {
     #[arg(long, env = "KEYGATE_DATA_DIR", global = true, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
     /// sqlite://… [default: a SQLite file in the data dir].
-    #[arg(
-        long,
-        env = "KEYGATE_DATABASE_URL",
-        global = true,
-        value_name = "URL",
-        hide_env_values = true
-    )]
+    #[arg(long, env = "KEYGATE_DATABASE_URL", global = true, value_name = "URL", hide_env_values = true)]
     pub database_url: Option<String>,
     /// The tokens' `iss` claim [default: http://<listen>].
     #[arg(long, env = "KEYGATE_ISSUER", global = true, value_name = "URL")]
@@ -46,28 +40,13 @@ pub struct SettingsArgs {
     #[arg(long, env = "KEYGATE_TOKEN_TTL", global = true, value_name = "SECONDS")]
     pub token_ttl: Option<String>,
     /// Mark the admin session cookie `Secure` [default: true].
-    #[arg(
-        long,
-        env = "KEYGATE_COOKIE_SECURE",
-        global = true,
-        value_name = "BOOL"
-    )]
+    #[arg(long, env = "KEYGATE_COOKIE_SECURE", global = true, value_name = "BOOL")]
     pub cookie_secure: Option<String>,
     /// Admin sessions end after this many idle seconds [default: 1800].
-    #[arg(
-        long,
-        env = "KEYGATE_SESSION_IDLE_TIMEOUT",
-        global = true,
-        value_name = "SECONDS"
-    )]
+    #[arg(long, env = "KEYGATE_SESSION_IDLE_TIMEOUT", global = true, value_name = "SECONDS")]
     pub session_idle_timeout: Option<String>,
     /// Admin sessions end this many seconds after login, however active [default: 43200].
-    #[arg(
-        long,
-        env = "KEYGATE_SESSION_LIFETIME",
-        global = true,
-        value_name = "SECONDS"
-    )]
+    #[arg(long, env = "KEYGATE_SESSION_LIFETIME", global = true, value_name = "SECONDS")]
     pub session_lifetime: Option<String>,
     /// JWT signature algorithm: ES256 or EdDSA [default: ES256].
     #[arg(long, env = "KEYGATE_SIGNING_ALG", global = true, value_name = "ALG")]
@@ -132,10 +111,7 @@ pub struct ConfigError {
 }
 
 fn bad(name: &'static str, reason: impl Into<String>) -> ConfigError {
-    ConfigError {
-        name,
-        reason: reason.into(),
-    }
+    ConfigError { name, reason: reason.into() }
 }
 
 /// Minimum length for any admin password keygate accepts on creation.
@@ -144,28 +120,17 @@ pub const MIN_ADMIN_PASSWORD: usize = 12;
 impl Settings {
     /// Builds settings from `args` (flags and environment already merged by clap), the
     /// optional file they name, and the secrets read from `env`.
-    pub fn load(
-        args: &SettingsArgs,
-        env: impl Fn(&str) -> Option<String>,
-    ) -> Result<Self, ConfigError> {
+    pub fn load(args: &SettingsArgs, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let file = match &args.config {
             Some(path) => read_file(path)?,
             None => FileSettings::default(),
         };
 
-        let listen_raw = args
-            .listen
-            .clone()
-            .or(file.listen)
-            .unwrap_or_else(|| "127.0.0.1:8080".into());
+        let listen_raw = args.listen.clone().or(file.listen).unwrap_or_else(|| "127.0.0.1:8080".into());
         let listen = SocketAddr::from_str(&listen_raw)
             .map_err(|_| bad("KEYGATE_LISTEN", "expected IP:PORT, e.g. 127.0.0.1:8080"))?;
 
-        let data_dir = args
-            .data_dir
-            .clone()
-            .or(file.data_dir)
-            .unwrap_or_else(|| PathBuf::from("./data"));
+        let data_dir = args.data_dir.clone().or(file.data_dir).unwrap_or_else(|| PathBuf::from("./data"));
         let database_url = args
             .database_url
             .clone()
@@ -175,30 +140,16 @@ impl Settings {
             return Err(bad("KEYGATE_DATABASE_URL", "expected sqlite://…"));
         }
 
-        let issuer = args
-            .issuer
-            .clone()
-            .or(file.issuer)
-            .unwrap_or_else(|| format!("http://{listen}"));
+        let issuer = args.issuer.clone().or(file.issuer).unwrap_or_else(|| format!("http://{listen}"));
         if issuer.is_empty() || issuer.len() > 512 {
             return Err(bad("KEYGATE_ISSUER", "must be 1 to 512 characters"));
         }
-        let audience = args
-            .audience
-            .clone()
-            .or(file.audience)
-            .unwrap_or_else(|| "keygate".into());
+        let audience = args.audience.clone().or(file.audience).unwrap_or_else(|| "keygate".into());
         if audience.is_empty() || audience.len() > 512 {
             return Err(bad("KEYGATE_AUDIENCE", "must be 1 to 512 characters"));
         }
 
-        let token_ttl = seconds(
-            "KEYGATE_TOKEN_TTL",
-            args.token_ttl.as_deref(),
-            file.token_ttl,
-            900,
-            60..=86_400,
-        )?;
+        let token_ttl = seconds("KEYGATE_TOKEN_TTL", args.token_ttl.as_deref(), file.token_ttl, 900, 60..=86_400)?;
         let session_idle_timeout = seconds(
             "KEYGATE_SESSION_IDLE_TIMEOUT",
             args.session_idle_timeout.as_deref(),
@@ -215,8 +166,7 @@ impl Settings {
         )?;
 
         let cookie_secure = match args.cookie_secure.as_deref() {
-            Some(raw) => parse_bool(raw)
-                .ok_or_else(|| bad("KEYGATE_COOKIE_SECURE", "expected true or false"))?,
+            Some(raw) => parse_bool(raw).ok_or_else(|| bad("KEYGATE_COOKIE_SECURE", "expected true or false"))?,
             None => file.cookie_secure.unwrap_or(true),
         };
 
@@ -229,34 +179,20 @@ impl Settings {
             .map_err(|_| bad("KEYGATE_SIGNING_ALG", "expected ES256 or EdDSA"))?
             .unwrap_or(SigningAlg::Es256);
 
-        let log_filter = args
-            .log
-            .clone()
-            .or(file.log)
-            .unwrap_or_else(|| "info".into());
-        tracing_subscriber::EnvFilter::try_new(&log_filter).map_err(|_| {
-            bad(
-                "KEYGATE_LOG",
-                "not a valid filter (e.g. info, keygate=debug)",
-            )
-        })?;
+        let log_filter = args.log.clone().or(file.log).unwrap_or_else(|| "info".into());
+        tracing_subscriber::EnvFilter::try_new(&log_filter)
+            .map_err(|_| bad("KEYGATE_LOG", "not a valid filter (e.g. info, keygate=debug)"))?;
         let log_format = match args.log_format.clone().or(file.log_format).as_deref() {
             None | Some("text") => LogFormat::Text,
             Some("json") => LogFormat::Json,
             Some(_) => return Err(bad("KEYGATE_LOG_FORMAT", "expected text or json")),
         };
 
-        let master_key = env("KEYGATE_MASTER_KEY")
-            .filter(|s| !s.is_empty())
-            .map(SecretString::from);
-        let bootstrap_admin = match (
-            env("KEYGATE_BOOTSTRAP_ADMIN_EMAIL"),
-            env("KEYGATE_BOOTSTRAP_ADMIN_PASSWORD"),
-        ) {
+        let master_key = env("KEYGATE_MASTER_KEY").filter(|s| !s.is_empty()).map(SecretString::from);
+        let bootstrap_admin = match (env("KEYGATE_BOOTSTRAP_ADMIN_EMAIL"), env("KEYGATE_BOOTSTRAP_ADMIN_PASSWORD")) {
             (None, None) => None,
             (Some(email), Some(password)) => {
-                let email =
-                    Email::parse(&email).map_err(|e| bad("KEYGATE_BOOTSTRAP_ADMIN_EMAIL", e.0))?;
+                let email = Email::parse(&email).map_err(|e| bad("KEYGATE_BOOTSTRAP_ADMIN_EMAIL", e.0))?;
                 if password.chars().count() < MIN_ADMIN_PASSWORD {
                     return Err(bad(
                         "KEYGATE_BOOTSTRAP_ADMIN_PASSWORD",
@@ -266,16 +202,10 @@ impl Settings {
                 Some((email, SecretString::from(password)))
             }
             (Some(_), None) => {
-                return Err(bad(
-                    "KEYGATE_BOOTSTRAP_ADMIN_PASSWORD",
-                    "required with KEYGATE_BOOTSTRAP_ADMIN_EMAIL",
-                ));
+                return Err(bad("KEYGATE_BOOTSTRAP_ADMIN_PASSWORD", "required with KEYGATE_BOOTSTRAP_ADMIN_EMAIL"));
             }
             (None, Some(_)) => {
-                return Err(bad(
-                    "KEYGATE_BOOTSTRAP_ADMIN_EMAIL",
-                    "required with KEYGATE_BOOTSTRAP_ADMIN_PASSWORD",
-                ));
+                return Err(bad("KEYGATE_BOOTSTRAP_ADMIN_EMAIL", "required with KEYGATE_BOOTSTRAP_ADMIN_PASSWORD"));
             }
         };
 
@@ -303,14 +233,8 @@ impl Settings {
 }
 
 fn read_file(path: &Path) -> Result<FileSettings, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| bad("KEYGATE_CONFIG", format!("{}: {e}", path.display())))?;
-    toml::from_str(&text).map_err(|e| {
-        bad(
-            "KEYGATE_CONFIG",
-            format!("{}: {}", path.display(), e.message()),
-        )
-    })
+    let text = std::fs::read_to_string(path).map_err(|e| bad("KEYGATE_CONFIG", format!("{}: {e}", path.display())))?;
+    toml::from_str(&text).map_err(|e| bad("KEYGATE_CONFIG", format!("{}: {}", path.display(), e.message())))
 }
 
 fn seconds(
@@ -325,14 +249,7 @@ fn seconds(
         None => Some(file.unwrap_or(default)),
     };
     value.filter(|v| range.contains(v)).ok_or_else(|| {
-        bad(
-            name,
-            format!(
-                "expected a whole number of seconds from {} to {}",
-                range.start(),
-                range.end()
-            ),
-        )
+        bad(name, format!("expected a whole number of seconds from {} to {}", range.start(), range.end()))
     })
 }
 
@@ -366,56 +283,17 @@ mod tests {
     #[test]
     fn bad_values_name_the_setting() {
         let cases = [
-            (
-                SettingsArgs {
-                    listen: Some("nope".into()),
-                    ..Default::default()
-                },
-                "KEYGATE_LISTEN",
-            ),
-            (
-                SettingsArgs {
-                    token_ttl: Some("5".into()),
-                    ..Default::default()
-                },
-                "KEYGATE_TOKEN_TTL",
-            ),
-            (
-                SettingsArgs {
-                    token_ttl: Some("abc".into()),
-                    ..Default::default()
-                },
-                "KEYGATE_TOKEN_TTL",
-            ),
-            (
-                SettingsArgs {
-                    cookie_secure: Some("maybe".into()),
-                    ..Default::default()
-                },
-                "KEYGATE_COOKIE_SECURE",
-            ),
-            (
-                SettingsArgs {
-                    signing_alg: Some("HS256".into()),
-                    ..Default::default()
-                },
-                "KEYGATE_SIGNING_ALG",
-            ),
-            (
-                SettingsArgs {
-                    database_url: Some("mysql://x".into()),
-                    ..Default::default()
-                },
-                "KEYGATE_DATABASE_URL",
-            ),
+            (SettingsArgs { listen: Some("nope".into()), ..Default::default() }, "KEYGATE_LISTEN"),
+            (SettingsArgs { token_ttl: Some("5".into()), ..Default::default() }, "KEYGATE_TOKEN_TTL"),
+            (SettingsArgs { token_ttl: Some("abc".into()), ..Default::default() }, "KEYGATE_TOKEN_TTL"),
+            (SettingsArgs { cookie_secure: Some("maybe".into()), ..Default::default() }, "KEYGATE_COOKIE_SECURE"),
+            (SettingsArgs { signing_alg: Some("HS256".into()), ..Default::default() }, "KEYGATE_SIGNING_ALG"),
+            (SettingsArgs { database_url: Some("mysql://x".into()), ..Default::default() }, "KEYGATE_DATABASE_URL"),
         ];
         for (args, name) in cases {
             let err = load(args).unwrap_err();
             assert_eq!(err.name, name);
-            assert!(
-                err.to_string()
-                    .starts_with(&format!("invalid setting {name}"))
-            );
+            assert!(err.to_string().starts_with(&format!("invalid setting {name}")));
         }
     }
 
@@ -424,21 +302,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keygate.toml");
         std::fs::write(&path, "token_ttl = 120\nlisten = \"127.0.0.1:9000\"\n").unwrap();
-        let s = load(SettingsArgs {
-            config: Some(path.clone()),
-            token_ttl: Some("300".into()),
-            ..Default::default()
-        })
-        .unwrap();
+        let s = load(SettingsArgs { config: Some(path.clone()), token_ttl: Some("300".into()), ..Default::default() })
+            .unwrap();
         assert_eq!(s.token_ttl, 300);
         assert_eq!(s.listen.port(), 9000);
 
         std::fs::write(&path, "tokn_ttl = 120\n").unwrap();
-        let err = load(SettingsArgs {
-            config: Some(path),
-            ..Default::default()
-        })
-        .unwrap_err();
+        let err = load(SettingsArgs { config: Some(path), ..Default::default() }).unwrap_err();
         assert_eq!(err.name, "KEYGATE_CONFIG");
         assert!(err.reason.contains("tokn_ttl"), "{}", err.reason);
     }
@@ -446,26 +316,14 @@ mod tests {
     #[test]
     fn bootstrap_admin_needs_both_and_a_long_password() {
         let env = |pairs: &'static [(&'static str, &'static str)]| {
-            move |k: &str| {
-                pairs
-                    .iter()
-                    .find(|(n, _)| *n == k)
-                    .map(|(_, v)| v.to_string())
-            }
+            move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
         };
         let args = SettingsArgs::default();
-        assert!(
-            Settings::load(&args, env(&[("KEYGATE_BOOTSTRAP_ADMIN_EMAIL", "a@b.io")])).is_err()
-        );
-        let short = [
-            ("KEYGATE_BOOTSTRAP_ADMIN_EMAIL", "a@b.io"),
-            ("KEYGATE_BOOTSTRAP_ADMIN_PASSWORD", "short"),
-        ];
+        assert!(Settings::load(&args, env(&[("KEYGATE_BOOTSTRAP_ADMIN_EMAIL", "a@b.io")])).is_err());
+        let short = [("KEYGATE_BOOTSTRAP_ADMIN_EMAIL", "a@b.io"), ("KEYGATE_BOOTSTRAP_ADMIN_PASSWORD", "short")];
         assert!(Settings::load(&args, env(Box::leak(Box::new(short)))).is_err());
-        let ok = [
-            ("KEYGATE_BOOTSTRAP_ADMIN_EMAIL", "A@b.io"),
-            ("KEYGATE_BOOTSTRAP_ADMIN_PASSWORD", "long enough pass"),
-        ];
+        let ok =
+            [("KEYGATE_BOOTSTRAP_ADMIN_EMAIL", "A@b.io"), ("KEYGATE_BOOTSTRAP_ADMIN_PASSWORD", "long enough pass")];
         let s = Settings::load(&args, env(Box::leak(Box::new(ok)))).unwrap();
         assert_eq!(s.bootstrap_admin.unwrap().0.as_str(), "a@b.io");
     }

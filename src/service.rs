@@ -95,13 +95,7 @@ impl AuthService {
         admin_hasher: AdminPasswordHasher,
         keys: KeyRing,
     ) -> Self {
-        Self {
-            store,
-            policy,
-            api_hasher,
-            admin_hasher,
-            keys: RwLock::new(Arc::new(keys)),
-        }
+        Self { store, policy, api_hasher, admin_hasher, keys: RwLock::new(Arc::new(keys)) }
     }
 
     pub fn store(&self) -> &dyn Store {
@@ -113,17 +107,13 @@ impl AuthService {
     }
 
     pub fn key_ring(&self) -> Arc<KeyRing> {
-        self.keys
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
+        self.keys.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
     }
 
     /// API client login: the key's password against its stored HMAC, then a signed token.
     #[tracing::instrument(skip_all)]
     pub async fn api_login(&self, api_key: &str, password: &str) -> Result<IssuedToken> {
-        let (Ok(api_key), Ok(password)) = (ApiKeyId::parse(api_key), ApiPassword::parse(password))
-        else {
+        let (Ok(api_key), Ok(password)) = (ApiKeyId::parse(api_key), ApiPassword::parse(password)) else {
             return Err(AuthError::InvalidCredentials);
         };
         let Some(key) = self.store.find_key(&api_key).await? else {
@@ -157,12 +147,7 @@ impl AuthService {
     /// Admin login. An unknown email costs one argon2 check against a dummy hash, so it
     /// answers exactly as slowly and exactly as a wrong password does.
     #[tracing::instrument(skip_all)]
-    pub async fn admin_login(
-        &self,
-        email: &str,
-        password: &str,
-        previous: Option<&str>,
-    ) -> Result<NewSession> {
+    pub async fn admin_login(&self, email: &str, password: &str, previous: Option<&str>) -> Result<NewSession> {
         if password.len() > MAX_PASSWORD_LEN {
             return Err(AuthError::InvalidCredentials);
         }
@@ -172,10 +157,7 @@ impl AuthService {
             None => None,
         };
         let stored = admin.as_ref().map(|a| a.password_hash.clone());
-        let ok = self
-            .admin_hasher
-            .verify(stored, SecretString::from(password))
-            .await?;
+        let ok = self.admin_hasher.verify(stored, SecretString::from(password)).await?;
         let (Some(admin), true) = (admin, ok) else {
             tracing::info!("admin login failed");
             return Err(AuthError::InvalidCredentials);
@@ -183,9 +165,7 @@ impl AuthService {
         // A fresh id at every login, and the one the browser came with is dropped, so a
         // session id planted before login (fixation) is worthless after it.
         if let Some(previous) = previous {
-            self.store
-                .delete_session(&session::hash_session(previous))
-                .await?;
+            self.store.delete_session(&session::hash_session(previous)).await?;
         }
         let (token, hash) = session::new_session();
         let now = store::now();
@@ -198,11 +178,7 @@ impl AuthService {
         };
         self.store.insert_session(&hash, &record).await?;
         tracing::info!(account = %admin.account_id, admin = %admin.id.0, "admin login");
-        Ok(NewSession {
-            token: SecretString::from(token),
-            account_id: admin.account_id,
-            email: admin.email,
-        })
+        Ok(NewSession { token: SecretString::from(token), account_id: admin.account_id, email: admin.email })
     }
 
     /// The live session behind a cookie value, enforcing absolute and idle expiry.
@@ -211,26 +187,16 @@ impl AuthService {
             return Err(AuthError::NoSession);
         }
         let hash = session::hash_session(token);
-        let record = self
-            .store
-            .find_session(&hash)
-            .await?
-            .ok_or(AuthError::NoSession)?;
+        let record = self.store.find_session(&hash).await?.ok_or(AuthError::NoSession)?;
         let now = store::now();
-        if now >= record.expires_at
-            || now - record.last_seen_at >= self.policy.session_idle_timeout as i64
-        {
+        if now >= record.expires_at || now - record.last_seen_at >= self.policy.session_idle_timeout as i64 {
             self.store.delete_session(&hash).await?;
             return Err(AuthError::NoSession);
         }
         if now - record.last_seen_at >= TOUCH_INTERVAL {
             self.store.touch_session(&hash, now).await?;
         }
-        Ok(AdminSession {
-            hash,
-            admin_id: record.admin_id,
-            account_id: record.account_id,
-        })
+        Ok(AdminSession { hash, admin_id: record.admin_id, account_id: record.account_id })
     }
 
     pub async fn logout(&self, session: &AdminSession) -> Result<()> {
@@ -283,9 +249,6 @@ impl AuthService {
 
     /// Hashes a new admin password on the bounded pool.
     pub async fn hash_admin_password(&self, password: &SecretString) -> Result<String> {
-        Ok(self
-            .admin_hasher
-            .hash(SecretString::from(password.expose_secret()))
-            .await?)
+        Ok(self.admin_hasher.hash(SecretString::from(password.expose_secret())).await?)
     }
 }

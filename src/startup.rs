@@ -43,13 +43,7 @@ impl Application {
 
         bootstrap_admin(store.as_ref(), settings, &admin_hasher).await?;
         let sealer = KeySealer::new(master.derive(SIGNING_KEY_SEAL_LABEL));
-        let ring = load_key_ring(
-            store.as_ref(),
-            &sealer,
-            settings.signing_alg,
-            settings.token_ttl,
-        )
-        .await?;
+        let ring = load_key_ring(store.as_ref(), &sealer, settings.signing_alg, settings.token_ttl).await?;
         tracing::info!(kid = ring.active_kid(), alg = %settings.signing_alg, "signing key loaded");
 
         let policy = Policy {
@@ -60,39 +54,22 @@ impl Application {
             session_lifetime: settings.session_lifetime,
         };
         let api_hasher = ApiPasswordHasher::new(master.derive(API_PASSWORD_HMAC_LABEL));
-        let auth = Arc::new(AuthService::new(
-            store,
-            policy,
-            api_hasher,
-            admin_hasher,
-            ring,
-        ));
-        let state = AppState {
-            auth,
-            cookie: SessionCookie::new(settings.cookie_secure, settings.session_lifetime),
-        };
+        let auth = Arc::new(AuthService::new(store, policy, api_hasher, admin_hasher, ring));
+        let state = AppState { auth, cookie: SessionCookie::new(settings.cookie_secure, settings.session_lifetime) };
 
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
-        Ok(Self {
-            listener,
-            router: http::router(state),
-        })
+        Ok(Self { listener, router: http::router(state) })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
     }
 
-    pub async fn run_until(
-        self,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> std::io::Result<()> {
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         tracing::info!("listening on http://{}", self.local_addr()?);
-        axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown)
-            .await
+        axum::serve(self.listener, self.router).with_graceful_shutdown(shutdown).await
     }
 }
 
@@ -101,9 +78,7 @@ pub async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
     if settings.is_embedded() {
         create_private_dir(&settings.data_dir)?;
     }
-    store::connect(&settings.database_url)
-        .await
-        .context("cannot open the database")
+    store::connect(&settings.database_url).await.context("cannot open the database")
 }
 
 fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
@@ -111,19 +86,15 @@ fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
     builder.recursive(true);
     #[cfg(unix)]
     std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-    builder
-        .create(dir)
-        .with_context(|| format!("cannot create data directory {}", dir.display()))
+    builder.create(dir).with_context(|| format!("cannot create data directory {}", dir.display()))
 }
 
 fn master_key(settings: &Settings) -> anyhow::Result<MasterKey> {
     match &settings.master_key {
-        Some(encoded) => MasterKey::from_base64(encoded.expose_secret())
-            .context("invalid setting KEYGATE_MASTER_KEY"),
+        Some(encoded) => MasterKey::from_base64(encoded.expose_secret()).context("invalid setting KEYGATE_MASTER_KEY"),
         None if settings.is_embedded() => {
             let path = settings.data_dir.join("master.key");
-            MasterKey::load_or_create(&path)
-                .context("invalid setting KEYGATE_MASTER_KEY (from the data directory)")
+            MasterKey::load_or_create(&path).context("invalid setting KEYGATE_MASTER_KEY (from the data directory)")
         }
         None => {
             anyhow::bail!("invalid setting KEYGATE_MASTER_KEY: required with a shared database")
@@ -133,45 +104,29 @@ fn master_key(settings: &Settings) -> anyhow::Result<MasterKey> {
 
 /// On a store with no admin, creates the first one: from the bootstrap settings, or
 /// `admin@localhost` with a random password written to a private file.
-async fn bootstrap_admin(
-    store: &dyn Store,
-    settings: &Settings,
-    hasher: &AdminPasswordHasher,
-) -> anyhow::Result<()> {
+async fn bootstrap_admin(store: &dyn Store, settings: &Settings, hasher: &AdminPasswordHasher) -> anyhow::Result<()> {
     if store.any_admin().await? {
         return Ok(());
     }
     let (email, password, file) = match &settings.bootstrap_admin {
-        Some((email, password)) => (
-            email.clone(),
-            SecretString::from(password.expose_secret()),
-            None,
-        ),
+        Some((email, password)) => (email.clone(), SecretString::from(password.expose_secret()), None),
         None => {
             // Reuse the API-password generator: 190 random bits, nothing to guess.
             let password = ApiPassword::generate().expose().to_owned();
             let email = Email::parse(DEFAULT_ADMIN_EMAIL).map_err(|e| anyhow::anyhow!(e))?;
-            (
-                email,
-                SecretString::from(password),
-                Some(settings.data_dir.join(INITIAL_PASSWORD_FILE)),
-            )
+            (email, SecretString::from(password), Some(settings.data_dir.join(INITIAL_PASSWORD_FILE)))
         }
     };
     let admin = NewAdmin {
         id: AdminId(Uuid::new_v4()),
         email: email.clone(),
-        password_hash: hasher
-            .hash(SecretString::from(password.expose_secret()))
-            .await?,
+        password_hash: hasher.hash(SecretString::from(password.expose_secret())).await?,
         created_at: store::now(),
     };
     // The password is on disk before the admin exists, so a crash in between cannot leave an
     // admin whose password nobody knows. It goes to a file of this attempt's own, renamed
     // into place only if this process created the admin (another replica may win).
-    let pending = file
-        .as_ref()
-        .map(|path| path.with_extension(format!("{}.pending", Uuid::new_v4().simple())));
+    let pending = file.as_ref().map(|path| path.with_extension(format!("{}.pending", Uuid::new_v4().simple())));
     if let Some(pending) = &pending {
         create_private_dir(&settings.data_dir)?;
         write_secret_file(pending, password.expose_secret())?;
@@ -180,8 +135,7 @@ async fn bootstrap_admin(
     let created = store.bootstrap_admin(&account, &admin).await;
     if let (Some(pending), Some(path)) = (&pending, &file) {
         if matches!(created, Ok(true)) {
-            std::fs::rename(pending, path)
-                .with_context(|| format!("cannot write {}", path.display()))?;
+            std::fs::rename(pending, path).with_context(|| format!("cannot write {}", path.display()))?;
         } else {
             let _ = std::fs::remove_file(pending);
         }
@@ -208,8 +162,7 @@ async fn bootstrap_admin(
 
 fn write_secret_file(path: &Path, secret: &str) -> anyhow::Result<()> {
     use std::io::Write;
-    let mut file =
-        private_file(path).with_context(|| format!("cannot write {}", path.display()))?;
+    let mut file = private_file(path).with_context(|| format!("cannot write {}", path.display()))?;
     file.write_all(format!("{secret}\n").as_bytes())?;
     file.sync_all()?;
     Ok(())
@@ -226,31 +179,21 @@ pub async fn load_key_ring(
     let mut records = store.signing_keys().await?;
     match records.iter().find(|r| r.retired_at.is_none()) {
         None => {
-            store
-                .insert_first_signing_key(&sealer.generate(alg)?, store::now())
-                .await?;
+            store.insert_first_signing_key(&sealer.generate(alg)?, store::now()).await?;
             records = store.signing_keys().await?;
         }
         Some(active) if active.key.alg != alg => {
             tracing::info!(from = %active.key.alg, to = %alg, "signing algorithm changed: rotating to a new key");
-            store
-                .rotate_signing_key(&sealer.generate(alg)?, store::now())
-                .await?;
+            store.rotate_signing_key(&sealer.generate(alg)?, store::now()).await?;
             records = store.signing_keys().await?;
         }
         Some(_) => {}
     }
     let now = store::now();
-    let active = records
-        .iter()
-        .find(|r| r.retired_at.is_none())
-        .context("no active signing key after creating one")?;
+    let active = records.iter().find(|r| r.retired_at.is_none()).context("no active signing key after creating one")?;
     let verifying: Vec<_> = records
         .iter()
-        .filter(|r| {
-            r.retired_at
-                .is_some_and(|retired| retired + token_ttl as i64 + 60 > now)
-        })
+        .filter(|r| r.retired_at.is_some_and(|retired| retired + token_ttl as i64 + 60 > now))
         .map(|r| r.key.clone())
         .collect();
     Ok(KeyRing::new(sealer, &active.key, &verifying)?)

@@ -7,9 +7,9 @@ use common::*;
 use reqwest::StatusCode;
 use serde_json::json;
 
-#[tokio::test]
-async fn admin_generates_lists_and_deletes_keys_that_log_in() {
-    let app = TestApp::spawn().await;
+backends! {
+async fn admin_generates_lists_and_deletes_keys_that_log_in(builder: Builder) {
+    let app = builder.spawn().await;
     app.admin_login().await;
     let (api_key, password) = app.generate_key().await;
     assert_eq!(api_key.len(), 20);
@@ -41,9 +41,8 @@ async fn admin_generates_lists_and_deletes_keys_that_log_in() {
     .await;
 }
 
-#[tokio::test]
-async fn username_is_accepted_as_the_api_key() {
-    let app = TestApp::spawn().await;
+async fn username_is_accepted_as_the_api_key(builder: Builder) {
+    let app = builder.spawn().await;
     app.admin_login().await;
     let (api_key, password) = app.generate_key().await;
     let r = app
@@ -53,4 +52,5 @@ async fn username_is_accepted_as_the_api_key() {
         )
         .await;
     assert_eq!(r.status(), StatusCode::OK);
+}
 }

@@ -45,14 +45,10 @@ impl AdminPasswordHasher {
     pub fn new(workers: usize, queue: usize) -> Self {
         let workers = workers.max(1);
         let dummy_password = super::random_bytes::<16>();
-        let salt =
-            SaltString::encode_b64(&super::random_bytes::<16>()).unwrap_or_else(|_| unreachable!());
+        let salt = SaltString::encode_b64(&super::random_bytes::<16>()).unwrap_or_else(|_| unreachable!());
         // Hashing a fixed-size buffer with valid parameters cannot fail.
         #[allow(clippy::expect_used)]
-        let dummy = argon2()
-            .hash_password(&dummy_password, &salt)
-            .expect("argon2 hash of 16 bytes")
-            .to_string();
+        let dummy = argon2().hash_password(&dummy_password, &salt).expect("argon2 hash of 16 bytes").to_string();
         Self {
             running: Arc::new(Semaphore::new(workers)),
             admitted: Arc::new(AtomicUsize::new(0)),
@@ -64,8 +60,7 @@ impl AdminPasswordHasher {
     /// A PHC string (`$argon2id$v=19$m=19456,t=2,p=1$…`) for a new password.
     pub async fn hash(&self, password: SecretString) -> Result<String, HashPoolError> {
         self.run(move || {
-            let salt = SaltString::encode_b64(&super::random_bytes::<16>())
-                .map_err(|_| HashPoolError::Failed)?;
+            let salt = SaltString::encode_b64(&super::random_bytes::<16>()).map_err(|_| HashPoolError::Failed)?;
             argon2()
                 .hash_password(password.expose_secret().as_bytes(), &salt)
                 .map(|h| h.to_string())
@@ -75,42 +70,24 @@ impl AdminPasswordHasher {
     }
 
     /// Checks `password` against `stored`, or against the dummy hash when there is no user.
-    pub async fn verify(
-        &self,
-        stored: Option<String>,
-        password: SecretString,
-    ) -> Result<bool, HashPoolError> {
+    pub async fn verify(&self, stored: Option<String>, password: SecretString) -> Result<bool, HashPoolError> {
         let dummy = self.dummy.clone();
         let is_real = stored.is_some();
         let ok = self
             .run(move || {
                 let phc = stored.as_deref().unwrap_or(&dummy);
                 PasswordHash::new(phc)
-                    .map(|parsed| {
-                        argon2()
-                            .verify_password(password.expose_secret().as_bytes(), &parsed)
-                            .is_ok()
-                    })
+                    .map(|parsed| argon2().verify_password(password.expose_secret().as_bytes(), &parsed).is_ok())
                     .unwrap_or(false)
             })
             .await?;
         Ok(ok && is_real)
     }
 
-    async fn run<T: Send + 'static>(
-        &self,
-        work: impl FnOnce() -> T + Send + 'static,
-    ) -> Result<T, HashPoolError> {
-        let _admission =
-            Admission::try_new(&self.admitted, self.max_admitted).ok_or(HashPoolError::Busy)?;
-        let _permit = self
-            .running
-            .acquire()
-            .await
-            .map_err(|_| HashPoolError::Failed)?;
-        tokio::task::spawn_blocking(work)
-            .await
-            .map_err(|_| HashPoolError::Failed)
+    async fn run<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> Result<T, HashPoolError> {
+        let _admission = Admission::try_new(&self.admitted, self.max_admitted).ok_or(HashPoolError::Busy)?;
+        let _permit = self.running.acquire().await.map_err(|_| HashPoolError::Failed)?;
+        tokio::task::spawn_blocking(work).await.map_err(|_| HashPoolError::Failed)
     }
 }
 
@@ -121,9 +98,7 @@ struct Admission<'a>(&'a AtomicUsize);
 impl<'a> Admission<'a> {
     fn try_new(count: &'a AtomicUsize, max: usize) -> Option<Self> {
         count
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max).then_some(n + 1)
-            })
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
             .ok()
             .map(|_| Self(count))
     }
@@ -142,34 +117,12 @@ mod tests {
     #[tokio::test]
     async fn hash_then_verify() {
         let h = AdminPasswordHasher::new(1, 4);
-        let phc = h
-            .hash(SecretString::from("correct horse battery"))
-            .await
-            .unwrap();
+        let phc = h.hash(SecretString::from("correct horse battery")).await.unwrap();
         assert!(phc.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"));
-        assert!(
-            h.verify(
-                Some(phc.clone()),
-                SecretString::from("correct horse battery")
-            )
-            .await
-            .unwrap()
-        );
-        assert!(
-            !h.verify(Some(phc), SecretString::from("wrong horse battery"))
-                .await
-                .unwrap()
-        );
-        assert!(
-            !h.verify(None, SecretString::from("anything"))
-                .await
-                .unwrap()
-        );
-        assert!(
-            !h.verify(Some("garbage".into()), SecretString::from("x"))
-                .await
-                .unwrap()
-        );
+        assert!(h.verify(Some(phc.clone()), SecretString::from("correct horse battery")).await.unwrap());
+        assert!(!h.verify(Some(phc), SecretString::from("wrong horse battery")).await.unwrap());
+        assert!(!h.verify(None, SecretString::from("anything")).await.unwrap());
+        assert!(!h.verify(Some("garbage".into()), SecretString::from("x")).await.unwrap());
     }
 
     #[tokio::test]

@@ -15,17 +15,12 @@ pub enum MasterKeyError {
     #[error("must be 32 bytes, base64-encoded (e.g. `openssl rand -base64 32`)")]
     Malformed,
     #[error("cannot read or write {path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    Io { path: String, source: std::io::Error },
 }
 
 impl MasterKey {
     pub fn from_base64(encoded: &str) -> Result<Self, MasterKeyError> {
-        let bytes = STANDARD
-            .decode(encoded.trim())
-            .map_err(|_| MasterKeyError::Malformed)?;
+        let bytes = STANDARD.decode(encoded.trim()).map_err(|_| MasterKeyError::Malformed)?;
         let key: [u8; 32] = bytes.try_into().map_err(|_| MasterKeyError::Malformed)?;
         Ok(Self(SecretBox::new(Box::new(key))))
     }
@@ -33,10 +28,7 @@ impl MasterKey {
     /// Reads the key file, or creates it with a fresh key, readable by its owner alone.
     /// `create_new` makes a race between two starts end with one key, not two.
     pub fn load_or_create(path: &Path) -> Result<Self, MasterKeyError> {
-        let io = |source| MasterKeyError::Io {
-            path: path.display().to_string(),
-            source,
-        };
+        let io = |source| MasterKeyError::Io { path: path.display().to_string(), source };
         match std::fs::read_to_string(path) {
             Ok(text) => return Self::from_base64(&text),
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(e)),
@@ -44,9 +36,7 @@ impl MasterKey {
         }
         let key = super::random_bytes::<32>();
         let mut file = private_file(path).map_err(io)?;
-        file.write_all(format!("{}\n", STANDARD.encode(key)).as_bytes())
-            .and_then(|()| file.sync_all())
-            .map_err(io)?;
+        file.write_all(format!("{}\n", STANDARD.encode(key)).as_bytes()).and_then(|()| file.sync_all()).map_err(io)?;
         Ok(Self(SecretBox::new(Box::new(key))))
     }
 
@@ -56,8 +46,7 @@ impl MasterKey {
         let mut out = [0u8; 32];
         // 32 bytes is far below HKDF-SHA256's 8160-byte limit, so this cannot fail.
         #[allow(clippy::expect_used)]
-        hk.expand(label.as_bytes(), &mut out)
-            .expect("32-byte HKDF output");
+        hk.expand(label.as_bytes(), &mut out).expect("32-byte HKDF output");
         out
     }
 }

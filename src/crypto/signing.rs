@@ -3,9 +3,7 @@
 
 use std::{collections::HashMap, fmt, str::FromStr};
 
-use aws_lc_rs::signature::{
-    ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair,
-};
+use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair};
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use chacha20poly1305::{
     XChaCha20Poly1305, XNonce,
@@ -14,9 +12,8 @@ use chacha20poly1305::{
 use jsonwebtoken::{
     Algorithm, DecodingKey, EncodingKey, Header, Validation,
     jwk::{
-        AlgorithmParameters, CommonParameters, EllipticCurve, EllipticCurveKeyParameters,
-        EllipticCurveKeyType, Jwk, JwkSet, KeyAlgorithm, OctetKeyPairParameters, OctetKeyPairType,
-        PublicKeyUse, ThumbprintHash,
+        AlgorithmParameters, CommonParameters, EllipticCurve, EllipticCurveKeyParameters, EllipticCurveKeyType, Jwk,
+        JwkSet, KeyAlgorithm, OctetKeyPairParameters, OctetKeyPairType, PublicKeyUse, ThumbprintHash,
     },
 };
 use secrecy::{ExposeSecret, SecretBox};
@@ -69,9 +66,7 @@ pub enum SigningError {
     UnknownAlgorithm,
     #[error("key generation failed")]
     Generate,
-    #[error(
-        "a stored signing key cannot be opened: wrong KEYGATE_MASTER_KEY, or the key was altered"
-    )]
+    #[error("a stored signing key cannot be opened: wrong KEYGATE_MASTER_KEY, or the key was altered")]
     Unseal,
     #[error("a stored signing key is malformed")]
     Malformed,
@@ -92,10 +87,7 @@ pub struct SealedKey {
 
 impl fmt::Debug for SealedKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SealedKey")
-            .field("kid", &self.kid)
-            .field("alg", &self.alg)
-            .finish_non_exhaustive()
+        f.debug_struct("SealedKey").field("kid", &self.kid).field("alg", &self.alg).finish_non_exhaustive()
     }
 }
 
@@ -117,23 +109,12 @@ impl KeySealer {
         format!("keygate-signing-key|{kid}|{alg}").into_bytes()
     }
 
-    fn seal(
-        &self,
-        kid: &str,
-        alg: SigningAlg,
-        private_der: &[u8],
-    ) -> Result<Vec<u8>, SigningError> {
+    fn seal(&self, kid: &str, alg: SigningAlg, private_der: &[u8]) -> Result<Vec<u8>, SigningError> {
         let nonce = super::random_bytes::<24>();
         let aad = Self::aad(kid, alg);
         let ct = self
             .cipher()
-            .encrypt(
-                XNonce::from_slice(&nonce),
-                Payload {
-                    msg: private_der,
-                    aad: &aad,
-                },
-            )
+            .encrypt(XNonce::from_slice(&nonce), Payload { msg: private_der, aad: &aad })
             .map_err(|_| SigningError::Generate)?;
         Ok([nonce.as_slice(), &ct].concat())
     }
@@ -155,8 +136,8 @@ impl KeySealer {
     pub fn generate(&self, alg: SigningAlg) -> Result<SealedKey, SigningError> {
         let (private_der, public_key) = match alg {
             SigningAlg::Es256 => {
-                let pair = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING)
-                    .map_err(|_| SigningError::Generate)?;
+                let pair =
+                    EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING).map_err(|_| SigningError::Generate)?;
                 let der = pair.to_pkcs8v1().map_err(|_| SigningError::Generate)?;
                 (der.as_ref().to_vec(), pair.public_key().as_ref().to_vec())
             }
@@ -168,12 +149,7 @@ impl KeySealer {
         };
         let kid = public_jwk(alg, &public_key, None)?.thumbprint(ThumbprintHash::SHA256);
         let sealed_private = self.seal(&kid, alg, &private_der)?;
-        Ok(SealedKey {
-            kid,
-            alg,
-            sealed_private,
-            public_key,
-        })
+        Ok(SealedKey { kid, alg, sealed_private, public_key })
     }
 }
 
@@ -257,19 +233,13 @@ pub struct KeyRing {
 
 impl fmt::Debug for KeyRing {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("KeyRing")
-            .field("active_kid", &self.active_kid)
-            .finish_non_exhaustive()
+        f.debug_struct("KeyRing").field("active_kid", &self.active_kid).finish_non_exhaustive()
     }
 }
 
 impl KeyRing {
     /// `active` signs; `active` and every key in `verifying` verify.
-    pub fn new(
-        sealer: &KeySealer,
-        active: &SealedKey,
-        verifying: &[SealedKey],
-    ) -> Result<Self, SigningError> {
+    pub fn new(sealer: &KeySealer, active: &SealedKey, verifying: &[SealedKey]) -> Result<Self, SigningError> {
         let private = sealer.open(active)?;
         let encoding = match active.alg {
             SigningAlg::Es256 => EncodingKey::from_ec_der(private.expose_secret()),
@@ -279,21 +249,9 @@ impl KeyRing {
         for key in std::iter::once(active).chain(verifying) {
             let jwk = public_jwk(key.alg, &key.public_key, Some(&key.kid))?;
             let decoding = DecodingKey::from_jwk(&jwk).map_err(|_| SigningError::Malformed)?;
-            verifiers.insert(
-                key.kid.clone(),
-                Verifier {
-                    alg: key.alg,
-                    key: decoding,
-                    jwk,
-                },
-            );
+            verifiers.insert(key.kid.clone(), Verifier { alg: key.alg, key: decoding, jwk });
         }
-        Ok(Self {
-            active_kid: active.kid.clone(),
-            active_alg: active.alg,
-            encoding,
-            verifiers,
-        })
+        Ok(Self { active_kid: active.kid.clone(), active_alg: active.alg, encoding, verifiers })
     }
 
     pub fn active_kid(&self) -> &str {
@@ -309,13 +267,7 @@ impl KeyRing {
     /// Verifies signature, algorithm, `iss`, `aud`, `exp` and `nbf` (with `leeway` seconds).
     /// The algorithm comes from our key, never from the token's header, so `none` and
     /// HS256-with-the-public-key tokens fail.
-    pub fn verify(
-        &self,
-        token: &str,
-        issuer: &str,
-        audience: &str,
-        leeway: u64,
-    ) -> Option<AccessClaims> {
+    pub fn verify(&self, token: &str, issuer: &str, audience: &str, leeway: u64) -> Option<AccessClaims> {
         let header = jsonwebtoken::decode_header(token).ok()?;
         let verifier = self.verifiers.get(header.kid.as_deref()?)?;
         if header.alg != verifier.alg.jwt() {
@@ -327,9 +279,7 @@ impl KeyRing {
         validation.set_issuer(&[issuer]);
         validation.set_audience(&[audience]);
         validation.set_required_spec_claims(&["exp", "nbf", "iat", "iss", "aud", "sub"]);
-        jsonwebtoken::decode::<AccessClaims>(token, &verifier.key, &validation)
-            .ok()
-            .map(|t| t.claims)
+        jsonwebtoken::decode::<AccessClaims>(token, &verifier.key, &validation).ok().map(|t| t.claims)
     }
 
     /// The public keys, for `/.well-known/jwks.json`.
@@ -359,10 +309,7 @@ mod tests {
     }
 
     fn now() -> u64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs()
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
     }
 
     #[test]
@@ -372,10 +319,7 @@ mod tests {
             let key = sealer.generate(alg).unwrap();
             let ring = KeyRing::new(&sealer, &key, &[]).unwrap();
             let token = ring.sign(&claims(now())).unwrap();
-            assert_eq!(
-                ring.verify(&token, "https://issuer", "api", 0),
-                Some(claims_of(&token))
-            );
+            assert_eq!(ring.verify(&token, "https://issuer", "api", 0), Some(claims_of(&token)));
             assert!(ring.verify(&token, "https://other", "api", 0).is_none());
             assert!(ring.verify(&token, "https://issuer", "other", 0).is_none());
             let header = jsonwebtoken::decode_header(&token).unwrap();

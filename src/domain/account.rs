@@ -15,9 +15,7 @@ impl AccountId {
     }
 
     pub fn parse(raw: &str) -> Result<Self, ParseError> {
-        Uuid::try_parse(raw)
-            .map(Self)
-            .map_err(|_| ParseError("account id is not a UUID"))
+        Uuid::try_parse(raw).map(Self).map_err(|_| ParseError("account id is not a UUID"))
     }
 }
 
@@ -34,14 +32,8 @@ pub struct AccountName(String);
 impl AccountName {
     pub fn parse(raw: &str) -> Result<Self, ParseError> {
         let ok = (1..=64).contains(&raw.len())
-            && raw
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-        if ok {
-            Ok(Self(raw.to_owned()))
-        } else {
-            Err(ParseError("account name must be 1 to 64 of [A-Za-z0-9._-]"))
-        }
+            && raw.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        if ok { Ok(Self(raw.to_owned())) } else { Err(ParseError("account name must be 1 to 64 of [A-Za-z0-9._-]")) }
     }
 
     pub fn as_str(&self) -> &str {

@@ -68,11 +68,7 @@ impl ApiPassword {
             return Err(BAD);
         }
         let (body, sum) = raw.split_at(PASSWORD_LEN - CHECKSUM_LEN);
-        if !body[PASSWORD_PREFIX.len()..]
-            .bytes()
-            .all(|b| BASE62.contains(&b))
-            || checksum(body) != sum
-        {
+        if !body[PASSWORD_PREFIX.len()..].bytes().all(|b| BASE62.contains(&b)) || checksum(body) != sum {
             return Err(BAD);
         }
         Ok(Self(SecretString::from(raw.to_owned())))

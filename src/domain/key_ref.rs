@@ -20,8 +20,7 @@ impl KeyRef {
         if raw.len() != 36 {
             return Err(ParseError("api_key_ref is not a valid reference"));
         }
-        let id =
-            Uuid::try_parse(raw).map_err(|_| ParseError("api_key_ref is not a valid reference"))?;
+        let id = Uuid::try_parse(raw).map_err(|_| ParseError("api_key_ref is not a valid reference"))?;
         if id.hyphenated().to_string() != raw {
             return Err(ParseError("api_key_ref is not a valid reference"));
         }

@@ -35,16 +35,10 @@ enum Identity {
 impl LoginRequest {
     fn identity(self) -> Result<(Identity, String), ApiError> {
         match (self.api_key, self.username, self.email) {
-            (Some(key), None, None) | (None, Some(key), None) => {
-                Ok((Identity::ApiKey(key), self.password))
-            }
+            (Some(key), None, None) | (None, Some(key), None) => Ok((Identity::ApiKey(key), self.password)),
             (None, None, Some(email)) => Ok((Identity::Admin(email), self.password)),
-            (None, None, None) => Err(ApiError::Unprocessable(
-                "one of api_key, username or email is required".into(),
-            )),
-            _ => Err(ApiError::Unprocessable(
-                "give exactly one of api_key, username or email".into(),
-            )),
+            (None, None, None) => Err(ApiError::Unprocessable("one of api_key, username or email is required".into())),
+            _ => Err(ApiError::Unprocessable("give exactly one of api_key, username or email".into())),
         }
     }
 }
@@ -90,15 +84,9 @@ pub async fn login(
         }
         (Identity::Admin(email), password) => {
             let previous = jar.get(state.cookie.name()).map(|c| c.value().to_owned());
-            let session = state
-                .auth
-                .admin_login(&email, &password, previous.as_deref())
-                .await?;
+            let session = state.auth.admin_login(&email, &password, previous.as_deref()).await?;
             let jar = jar.add(state.cookie.issue(session.token.expose_secret().to_owned()));
-            let body = AdminLogin {
-                account_id: session.account_id.to_string(),
-                email: session.email.to_string(),
-            };
+            let body = AdminLogin { account_id: session.account_id.to_string(), email: session.email.to_string() };
             Ok((jar, Json(LoginResponse::Admin(body))))
         }
     }

@@ -11,21 +11,14 @@ pub struct SessionCookie {
 
 impl SessionCookie {
     pub fn new(secure: bool, lifetime: u64) -> Self {
-        Self {
-            secure,
-            lifetime: lifetime as i64,
-        }
+        Self { secure, lifetime: lifetime as i64 }
     }
 
     /// With `Secure` we use the `__Host-` prefix: browsers then refuse the cookie unless it
     /// came over HTTPS with `Path=/` and no `Domain`, so a sibling subdomain cannot plant or
     /// shadow it. Without `Secure` (plain-HTTP development) the prefix is not allowed.
     pub fn name(&self) -> &'static str {
-        if self.secure {
-            "__Host-keygate_session"
-        } else {
-            "keygate_session"
-        }
+        if self.secure { "__Host-keygate_session" } else { "keygate_session" }
     }
 
     pub fn issue(&self, token: String) -> Cookie<'static> {

@@ -68,10 +68,7 @@ pub fn problem(status: StatusCode, detail: impl Into<String>) -> Response {
         detail: detail.into(),
     };
     let mut response = (status, axum::Json(body)).into_response();
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/problem+json"),
-    );
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
     response
 }
 
@@ -89,21 +86,17 @@ impl IntoResponse for ApiError {
         match self {
             // RFC 9110 requires a challenge with every 401.
             Self::InvalidCredentials => {
-                response.headers_mut().insert(
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static("Bearer realm=\"keygate\""),
-                );
-            }
-            Self::NoSession => {
-                response.headers_mut().insert(
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static("Cookie realm=\"keygate\""),
-                );
-            }
-            Self::Unavailable => {
                 response
                     .headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"keygate\""));
+            }
+            Self::NoSession => {
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Cookie realm=\"keygate\""));
+            }
+            Self::Unavailable => {
+                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             _ => {}
         }

@@ -27,10 +27,7 @@ pub struct Admin(pub AdminSession);
 impl FromRequestParts<AppState> for Admin {
     type Rejection = ApiError;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let jar = CookieJar::from_headers(&parts.headers);
         let token = jar.get(state.cookie.name()).ok_or(ApiError::NoSession)?;
         Ok(Self(state.auth.session(token.value()).await?))

@@ -44,15 +44,9 @@ pub struct KeyListItem {
         (status = 401, description = "No valid session", body = Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn generate(
-    State(state): State<AppState>,
-    Admin(session): Admin,
-) -> Result<Json<GeneratedKey>, ApiError> {
+pub async fn generate(State(state): State<AppState>, Admin(session): Admin) -> Result<Json<GeneratedKey>, ApiError> {
     let key = state.auth.generate_key(&session).await?;
-    Ok(Json(GeneratedKey {
-        api_key: key.api_key.to_string(),
-        password: SecretString::from(key.password.expose()),
-    }))
+    Ok(Json(GeneratedKey { api_key: key.api_key.to_string(), password: SecretString::from(key.password.expose()) }))
 }
 
 #[utoipa::path(
@@ -65,17 +59,11 @@ pub async fn generate(
         (status = 401, description = "No valid session", body = Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn list(
-    State(state): State<AppState>,
-    Admin(session): Admin,
-) -> Result<Json<Vec<KeyListItem>>, ApiError> {
+pub async fn list(State(state): State<AppState>, Admin(session): Admin) -> Result<Json<Vec<KeyListItem>>, ApiError> {
     let keys = state.auth.list_keys(&session).await?;
     Ok(Json(
         keys.into_iter()
-            .map(|k| KeyListItem {
-                api_key_ref: k.key_ref.to_string(),
-                api_key: k.api_key.to_string(),
-            })
+            .map(|k| KeyListItem { api_key_ref: k.key_ref.to_string(), api_key: k.api_key.to_string() })
             .collect(),
     ))
 }

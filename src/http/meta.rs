@@ -34,13 +34,7 @@ pub async fn jwks(State(state): State<AppState>) -> impl IntoResponse {
     let set = state.auth.key_ring().jwks();
     // Short enough that a rotated-in key is picked up quickly, long enough to spare us
     // a fetch per request from gateways that honour caching.
-    (
-        [(
-            header::CACHE_CONTROL,
-            HeaderValue::from_static("public, max-age=300"),
-        )],
-        Json(set),
-    )
+    ([(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=300"))], Json(set))
 }
 
 pub async fn openapi() -> Json<utoipa::openapi::OpenApi> {

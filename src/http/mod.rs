@@ -111,9 +111,7 @@ pub fn router(state: AppState) -> Router {
                     header::CACHE_CONTROL,
                     HeaderValue::from_static("no-store"),
                 ))
-                .layer(CatchPanicLayer::custom(|_| {
-                    error::problem(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
-                }))
+                .layer(CatchPanicLayer::custom(|_| error::problem(StatusCode::INTERNAL_SERVER_ERROR, "internal error")))
                 .layer(middleware::map_response(problem_for_bare_errors))
                 .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
                 .layer(middleware::from_fn(refuse_large_bodies))
@@ -124,11 +122,8 @@ pub fn router(state: AppState) -> Router {
 /// Answers 413 from `Content-Length` alone, before any handler or extractor runs; chunked
 /// bodies are capped by `DefaultBodyLimit` as they are read.
 async fn refuse_large_bodies(request: Request, next: Next) -> Response {
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared =
+        request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > MAX_BODY as u64) {
         return error::problem(StatusCode::PAYLOAD_TOO_LARGE, "request body is too large");
     }
@@ -139,8 +134,7 @@ async fn refuse_large_bodies(request: Request, next: Next) -> Response {
 /// with its `Allow`, timeout 408) the same problem+json body as ours, keeping their headers.
 async fn problem_for_bare_errors(response: Response) -> Response {
     let status = response.status();
-    if !(status.is_client_error() || status.is_server_error())
-        || response.headers().contains_key(header::CONTENT_TYPE)
+    if !(status.is_client_error() || status.is_server_error()) || response.headers().contains_key(header::CONTENT_TYPE)
     {
         return response;
     }

@@ -15,10 +15,7 @@ pub mod sqlite;
 pub type UnixTime = i64;
 
 pub fn now() -> UnixTime {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -43,14 +40,10 @@ impl From<sqlx::Error> for StoreError {
         use sqlx::Error as E;
         match e {
             E::Database(ref db) if db.is_unique_violation() => Self::Conflict,
-            E::Io(_) | E::Tls(_) | E::PoolTimedOut | E::PoolClosed | E::WorkerCrashed => {
-                Self::Unavailable(e)
-            }
+            E::Io(_) | E::Tls(_) | E::PoolTimedOut | E::PoolClosed | E::WorkerCrashed => Self::Unavailable(e),
             // SQLite answers SQLITE_BUSY (5) / SQLITE_LOCKED (6) when another writer holds
             // the file past busy_timeout: transient, like a lost connection.
-            E::Database(ref db) if matches!(db.code().as_deref(), Some("5" | "6")) => {
-                Self::Unavailable(e)
-            }
+            E::Database(ref db) if matches!(db.code().as_deref(), Some("5" | "6")) => Self::Unavailable(e),
             other => Self::Other(other),
         }
     }
@@ -169,9 +162,7 @@ pub trait Store: AdminStore + KeyStore + SessionStore + SigningKeyStore {
 /// Opens the backend named by `url` and brings its schema up to date.
 pub async fn connect(url: &str) -> Result<std::sync::Arc<dyn Store>, ConnectError> {
     if url.starts_with("sqlite:") {
-        Ok(std::sync::Arc::new(
-            sqlite::SqliteStore::connect(url).await?,
-        ))
+        Ok(std::sync::Arc::new(sqlite::SqliteStore::connect(url).await?))
     } else {
         Err(ConnectError::UnsupportedScheme)
     }

@@ -32,6 +32,57 @@ pub struct Builder {
     bootstrap: bool,
 }
 
+/// Writes each test once and runs it against every backend:
+///
+/// ```ignore
+/// backends! {
+///     async fn keys_survive_a_restart(builder: Builder) { let app = builder.spawn().await; … }
+/// }
+/// ```
+///
+/// expands to a module per test with a `sqlite` and a `postgres` test. The PostgreSQL half
+/// runs when `KEYGATE_TEST_POSTGRES` names a server, and otherwise passes with a printed
+/// notice that `.ci/run` refuses.
+#[macro_export]
+macro_rules! backends {
+    ($(async fn $name:ident($builder:ident: Builder) $body:block)*) => {
+        $(mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            async fn run($builder: $crate::common::Builder) $body
+            #[tokio::test]
+            async fn sqlite() {
+                run($crate::common::Builder::sqlite()).await
+            }
+            #[tokio::test]
+            async fn postgres() {
+                if let Some(builder) = $crate::common::Builder::postgres().await {
+                    run(builder).await
+                }
+            }
+        })*
+    };
+}
+
+impl Builder {
+    /// A fresh embedded store in a new temporary directory.
+    pub fn sqlite() -> Self {
+        TestApp::builder()
+    }
+
+    /// A fresh, uniquely named PostgreSQL database, or `None` (with a notice) when
+    /// `KEYGATE_TEST_POSTGRES` is unset.
+    pub async fn postgres() -> Option<Self> {
+        if std::env::var("KEYGATE_TEST_POSTGRES").is_err() {
+            eprintln!(
+                "SKIPPED-POSTGRES: set KEYGATE_TEST_POSTGRES=postgres://user@host:port to run the PostgreSQL half"
+            );
+            return None;
+        }
+        todo!("PostgreSQL backend (issue 4)")
+    }
+}
+
 impl Builder {
     pub fn env(mut self, key: &str, value: &str) -> Self {
         self.env.retain(|(k, _)| k != key);
@@ -52,28 +103,17 @@ impl Builder {
     }
 
     pub async fn spawn(self) -> TestApp {
-        let dir = self
-            .dir
-            .unwrap_or_else(|| Arc::new(tempfile::tempdir().expect("temp dir")));
+        let dir = self.dir.unwrap_or_else(|| Arc::new(tempfile::tempdir().expect("temp dir")));
         let mut env = vec![
             ("KEYGATE_LISTEN".to_owned(), "127.0.0.1:0".to_owned()),
-            (
-                "KEYGATE_DATA_DIR".to_owned(),
-                dir.path().join("data").display().to_string(),
-            ),
+            ("KEYGATE_DATA_DIR".to_owned(), dir.path().join("data").display().to_string()),
             ("KEYGATE_COOKIE_SECURE".to_owned(), "false".to_owned()),
-            (
-                "KEYGATE_ISSUER".to_owned(),
-                "https://keygate.test".to_owned(),
-            ),
+            ("KEYGATE_ISSUER".to_owned(), "https://keygate.test".to_owned()),
             ("KEYGATE_LOG".to_owned(), "info".to_owned()),
         ];
         if self.bootstrap {
             env.push(("KEYGATE_BOOTSTRAP_ADMIN_EMAIL".into(), ADMIN_EMAIL.into()));
-            env.push((
-                "KEYGATE_BOOTSTRAP_ADMIN_PASSWORD".into(),
-                ADMIN_PASSWORD.into(),
-            ));
+            env.push(("KEYGATE_BOOTSTRAP_ADMIN_PASSWORD".into(), ADMIN_PASSWORD.into()));
         }
         for (k, v) in self.env {
             env.retain(|(key, _)| *key != k);
@@ -97,11 +137,7 @@ pub fn keygate_command(env: &[(String, String)]) -> Command {
 
 impl TestApp {
     pub fn builder() -> Builder {
-        Builder {
-            env: Vec::new(),
-            dir: None,
-            bootstrap: true,
-        }
+        Builder { env: Vec::new(), dir: None, bootstrap: true }
     }
 
     pub async fn spawn() -> TestApp {
@@ -139,14 +175,7 @@ impl TestApp {
                 panic!("keygate did not start:\n{}", logs.lock().unwrap())
             });
         let client = Client::builder().cookie_store(true).build().unwrap();
-        TestApp {
-            base,
-            client,
-            dir,
-            env,
-            child,
-            logs,
-        }
+        TestApp { base, client, dir, env, child, logs }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -188,28 +217,17 @@ impl TestApp {
             .stderr(Stdio::piped())
             .spawn()
             .expect("run keygate CLI");
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.as_bytes())
-            .unwrap();
+        child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
         child.wait_with_output().unwrap()
     }
 
     pub async fn post_json(&self, path: &str, body: &Value) -> Response {
-        self.client
-            .post(self.url(path))
-            .json(body)
-            .send()
-            .await
-            .unwrap()
+        self.client.post(self.url(path)).json(body).send().await.unwrap()
     }
 
     /// Logs in as the bootstrap admin; the session cookie stays in `self.client`.
     pub async fn admin_login(&self) {
-        self.login_admin_as(&self.client, ADMIN_EMAIL, ADMIN_PASSWORD)
-            .await;
+        self.login_admin_as(&self.client, ADMIN_EMAIL, ADMIN_PASSWORD).await;
     }
 
     pub async fn login_admin_as(&self, client: &Client, email: &str, password: &str) {
@@ -219,33 +237,14 @@ impl TestApp {
             .send()
             .await
             .unwrap();
-        assert_eq!(
-            r.status(),
-            StatusCode::OK,
-            "admin login failed: {}",
-            r.text().await.unwrap()
-        );
+        assert_eq!(r.status(), StatusCode::OK, "admin login failed: {}", r.text().await.unwrap());
     }
 
     /// A new client with its own cookie jar, logged in as a new admin of `account`.
     pub async fn new_admin(&self, email: &str, account: &str) -> Client {
-        let out = self.cli(
-            &[
-                "admin",
-                "create",
-                "--email",
-                email,
-                "--account",
-                account,
-                "--password-stdin",
-            ],
-            ADMIN_PASSWORD,
-        );
-        assert!(
-            out.status.success(),
-            "admin create failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out =
+            self.cli(&["admin", "create", "--email", email, "--account", account, "--password-stdin"], ADMIN_PASSWORD);
+        assert!(out.status.success(), "admin create failed: {}", String::from_utf8_lossy(&out.stderr));
         let client = Client::builder().cookie_store(true).build().unwrap();
         self.login_admin_as(&client, email, ADMIN_PASSWORD).await;
         client
@@ -253,17 +252,10 @@ impl TestApp {
 
     /// Generates a key with `client`'s session; returns (api_key, password).
     pub async fn generate_key_with(&self, client: &Client) -> (String, String) {
-        let r = client
-            .post(self.url("/auth/keys/generate"))
-            .send()
-            .await
-            .unwrap();
+        let r = client.post(self.url("/auth/keys/generate")).send().await.unwrap();
         assert_eq!(r.status(), StatusCode::OK);
         let body: Value = r.json().await.unwrap();
-        (
-            body["api_key"].as_str().unwrap().to_owned(),
-            body["password"].as_str().unwrap().to_owned(),
-        )
+        (body["api_key"].as_str().unwrap().to_owned(), body["password"].as_str().unwrap().to_owned())
     }
 
     pub async fn generate_key(&self) -> (String, String) {
@@ -272,20 +264,11 @@ impl TestApp {
 
     /// The account's keys as (api_key_ref, api_key).
     pub async fn list_keys_with(&self, client: &Client) -> Vec<(String, String)> {
-        let r = client
-            .get(self.url("/auth/keys/list"))
-            .send()
-            .await
-            .unwrap();
+        let r = client.get(self.url("/auth/keys/list")).send().await.unwrap();
         assert_eq!(r.status(), StatusCode::OK);
         let body: Vec<Value> = r.json().await.unwrap();
         body.iter()
-            .map(|k| {
-                (
-                    k["api_key_ref"].as_str().unwrap().to_owned(),
-                    k["api_key"].as_str().unwrap().to_owned(),
-                )
-            })
+            .map(|k| (k["api_key_ref"].as_str().unwrap().to_owned(), k["api_key"].as_str().unwrap().to_owned()))
             .collect()
     }
 
@@ -294,12 +277,7 @@ impl TestApp {
     }
 
     pub async fn ref_of(&self, api_key: &str) -> String {
-        self.list_keys()
-            .await
-            .into_iter()
-            .find(|(_, k)| k == api_key)
-            .expect("key listed")
-            .0
+        self.list_keys().await.into_iter().find(|(_, k)| k == api_key).expect("key listed").0
     }
 
     pub async fn api_login(&self, api_key: &str, password: &str) -> Response {
@@ -328,10 +306,7 @@ impl Drop for TestApp {
 /// Asserts an RFC 9457 problem response with `status`, and returns its body.
 pub async fn assert_problem(response: Response, status: StatusCode) -> Value {
     assert_eq!(response.status(), status);
-    let ct = response
-        .headers()
-        .get("content-type")
-        .map(|v| v.to_str().unwrap().to_owned());
+    let ct = response.headers().get("content-type").map(|v| v.to_str().unwrap().to_owned());
     assert_eq!(ct.as_deref(), Some("application/problem+json"));
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["status"], status.as_u16());
@@ -354,7 +329,5 @@ pub fn read_tree(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
 }
 
 pub fn contains(haystack: &[u8], needle: &str) -> bool {
-    haystack
-        .windows(needle.len())
-        .any(|w| w == needle.as_bytes())
+    haystack.windows(needle.len()).any(|w| w == needle.as_bytes())
 }

@@ -6,9 +6,7 @@ use std::{str::FromStr, time::Duration};
 use async_trait::async_trait;
 use sqlx::{
     Row, SqlitePool,
-    sqlite::{
-        SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-    },
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous},
 };
 use uuid::Uuid;
 
@@ -43,9 +41,7 @@ impl SqliteStore {
 
 fn admin_id(row: &SqliteRow, col: &str) -> Result<AdminId> {
     let raw: String = row.try_get(col)?;
-    Uuid::try_parse(&raw)
-        .map(AdminId)
-        .map_err(corrupt("admin id"))
+    Uuid::try_parse(&raw).map(AdminId).map_err(corrupt("admin id"))
 }
 
 fn account_id(row: &SqliteRow, col: &str) -> Result<AccountId> {
@@ -106,9 +102,7 @@ impl AdminStore for SqliteStore {
 
     async fn bootstrap_admin(&self, account: &AccountName, admin: &NewAdmin) -> Result<bool> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let any: Option<i64> = sqlx::query_scalar("SELECT 1 FROM admins LIMIT 1")
-            .fetch_optional(&mut *tx)
-            .await?;
+        let any: Option<i64> = sqlx::query_scalar("SELECT 1 FROM admins LIMIT 1").fetch_optional(&mut *tx).await?;
         if any.is_some() {
             return Ok(false);
         }
@@ -118,17 +112,15 @@ impl AdminStore for SqliteStore {
     }
 
     async fn find_admin(&self, email: &Email) -> Result<Option<AdminRecord>> {
-        let row =
-            sqlx::query("SELECT id, account_id, email, password_hash FROM admins WHERE email = ?")
-                .bind(email.as_str())
-                .fetch_optional(&self.pool)
-                .await?;
+        let row = sqlx::query("SELECT id, account_id, email, password_hash FROM admins WHERE email = ?")
+            .bind(email.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
         row.map(|row| {
             Ok(AdminRecord {
                 id: admin_id(&row, "id")?,
                 account_id: account_id(&row, "account_id")?,
-                email: Email::parse(&row.try_get::<String, _>("email")?)
-                    .map_err(corrupt("email"))?,
+                email: Email::parse(&row.try_get::<String, _>("email")?).map_err(corrupt("email"))?,
                 password_hash: row.try_get("password_hash")?,
             })
         })
@@ -136,9 +128,7 @@ impl AdminStore for SqliteStore {
     }
 
     async fn any_admin(&self) -> Result<bool> {
-        let any: Option<i64> = sqlx::query_scalar("SELECT 1 FROM admins LIMIT 1")
-            .fetch_optional(&self.pool)
-            .await?;
+        let any: Option<i64> = sqlx::query_scalar("SELECT 1 FROM admins LIMIT 1").fetch_optional(&self.pool).await?;
         Ok(any.is_some())
     }
 }
@@ -146,22 +136,25 @@ impl AdminStore for SqliteStore {
 #[async_trait]
 impl KeyStore for SqliteStore {
     async fn insert_key(&self, key: &KeyRecord) -> Result<()> {
-        sqlx::query("INSERT INTO api_keys (key_ref, account_id, api_key, secret_hash, created_at) VALUES (?, ?, ?, ?, ?)")
-            .bind(key.key_ref.to_string())
-            .bind(key.account_id.to_string())
-            .bind(key.api_key.as_str())
-            .bind(&key.secret_hash)
-            .bind(key.created_at)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "INSERT INTO api_keys (key_ref, account_id, api_key, secret_hash, created_at) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(key.key_ref.to_string())
+        .bind(key.account_id.to_string())
+        .bind(key.api_key.as_str())
+        .bind(&key.secret_hash)
+        .bind(key.created_at)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
     async fn find_key(&self, api_key_id: &ApiKeyId) -> Result<Option<KeyRecord>> {
-        let row = sqlx::query("SELECT key_ref, account_id, api_key, secret_hash, created_at FROM api_keys WHERE api_key = ?")
-            .bind(api_key_id.as_str())
-            .fetch_optional(&self.pool)
-            .await?;
+        let row =
+            sqlx::query("SELECT key_ref, account_id, api_key, secret_hash, created_at FROM api_keys WHERE api_key = ?")
+                .bind(api_key_id.as_str())
+                .fetch_optional(&self.pool)
+                .await?;
         row.map(|row| {
             Ok(KeyRecord {
                 key_ref: key_ref(&row)?,
@@ -248,10 +241,8 @@ impl SessionStore for SqliteStore {
     }
 
     async fn delete_session(&self, hash: &SessionHash) -> Result<bool> {
-        let done = sqlx::query("DELETE FROM sessions WHERE id_hash = ?")
-            .bind(hash.as_slice())
-            .execute(&self.pool)
-            .await?;
+        let done =
+            sqlx::query("DELETE FROM sessions WHERE id_hash = ?").bind(hash.as_slice()).execute(&self.pool).await?;
         Ok(done.rows_affected() > 0)
     }
 }
@@ -303,14 +294,16 @@ impl SigningKeyStore for SqliteStore {
             .bind(now)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("INSERT INTO signing_keys (kid, alg, sealed_private, public_key, created_at) VALUES (?, ?, ?, ?, ?)")
-            .bind(&key.kid)
-            .bind(key.alg.as_str())
-            .bind(&key.sealed_private)
-            .bind(&key.public_key)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "INSERT INTO signing_keys (kid, alg, sealed_private, public_key, created_at) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(&key.kid)
+        .bind(key.alg.as_str())
+        .bind(&key.sealed_private)
+        .bind(&key.public_key)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(())
     }
