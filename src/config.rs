@@ -155,14 +155,14 @@ impl Settings {
             args.session_idle_timeout.as_deref(),
             file.session_idle_timeout,
             1_800,
-            60..=604_800,
+            1..=604_800,
         )?;
         let session_lifetime = seconds(
             "KEYGATE_SESSION_LIFETIME",
             args.session_lifetime.as_deref(),
             file.session_lifetime,
             43_200,
-            60..=2_592_000,
+            1..=2_592_000,
         )?;
 
         let cookie_secure = match args.cookie_secure.as_deref() {

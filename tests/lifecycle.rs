@@ -1,0 +1,240 @@
+//! Start-up, settings, the first admin, the CLI, restarts, and what ends up on disk and in logs.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::*;
+use jsonwebtoken::{DecodingKey, Validation, jwk::JwkSet};
+use reqwest::{Client, StatusCode};
+use serde_json::{Value, json};
+
+fn serve_with(env: &[(&str, &str)]) -> std::process::Output {
+    let dir = tempfile::tempdir().unwrap();
+    let mut all: Vec<(String, String)> = vec![
+        ("KEYGATE_LISTEN".into(), "127.0.0.1:0".into()),
+        ("KEYGATE_DATA_DIR".into(), dir.path().join("data").display().to_string()),
+    ];
+    all.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    keygate_command(&all).arg("serve").output().unwrap()
+}
+
+#[test]
+fn a_bad_setting_stops_start_up_with_one_line_naming_it() {
+    for (name, value) in [
+        ("KEYGATE_LISTEN", "localhost"),
+        ("KEYGATE_TOKEN_TTL", "soon"),
+        ("KEYGATE_TOKEN_TTL", "0"),
+        ("KEYGATE_COOKIE_SECURE", "perhaps"),
+        ("KEYGATE_DATABASE_URL", "mysql://db"),
+        ("KEYGATE_SIGNING_ALG", "none"),
+        ("KEYGATE_MASTER_KEY", "c2hvcnQ="),
+        ("KEYGATE_BOOTSTRAP_ADMIN_EMAIL", "not-an-email"),
+    ] {
+        let mut env = vec![(name, value)];
+        if name == "KEYGATE_BOOTSTRAP_ADMIN_EMAIL" {
+            env.push(("KEYGATE_BOOTSTRAP_ADMIN_PASSWORD", "long enough password"));
+        }
+        let out = serve_with(&env);
+        assert!(!out.status.success(), "{name}={value} was accepted");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let lines: Vec<_> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "{name}: {stderr}");
+        assert!(lines[0].contains(name), "{name}: {stderr}");
+        assert!(!stderr.contains(value) || value.len() < 6, "the bad value should not be echoed: {stderr}");
+    }
+}
+
+#[tokio::test]
+async fn first_start_invents_an_admin_once_and_tells_only_the_file() {
+    let app = TestApp::builder().without_bootstrap_admin().spawn().await;
+    let path = app.data_dir().join("initial-admin-password");
+    let password = std::fs::read_to_string(&path).unwrap().trim().to_owned();
+    assert!(password.len() >= 32);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        let master = app.data_dir().join("master.key");
+        assert_eq!(std::fs::metadata(&master).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(std::fs::metadata(app.data_dir()).unwrap().permissions().mode() & 0o777, 0o700);
+    }
+    // stderr is not a terminal here, so the password is not printed, only where to find it.
+    assert!(!app.logs().contains(&password));
+    assert!(app.logs().contains("initial-admin-password"));
+    app.login_admin_as(&app.client, "admin@localhost", &password).await;
+
+    // A restart does not make another admin or touch the file.
+    let app = app.restart().await;
+    assert_eq!(std::fs::read_to_string(&path).unwrap().trim(), password);
+    assert!(!app.logs().contains("created the first admin"));
+    app.login_admin_as(&app.client, "admin@localhost", &password).await;
+}
+
+#[tokio::test]
+async fn bootstrap_settings_are_used_only_on_an_empty_store() {
+    let app = TestApp::spawn().await;
+    app.admin_login().await;
+    assert!(!app.data_dir().join("initial-admin-password").exists());
+    // Changing the bootstrap settings later creates nobody.
+    let later = app
+        .sibling()
+        .env("KEYGATE_BOOTSTRAP_ADMIN_EMAIL", "late@example.com")
+        .env("KEYGATE_BOOTSTRAP_ADMIN_PASSWORD", "another long password")
+        .spawn()
+        .await;
+    let r = later
+        .post_json("/auth/login", &json!({"email": "late@example.com", "password": "another long password"}))
+        .await;
+    assert_problem(r, StatusCode::UNAUTHORIZED).await;
+}
+
+#[tokio::test]
+async fn admin_create_cli() {
+    let app = TestApp::spawn().await;
+    // Works while the server runs, creates the account, and the admin can log in at once.
+    let client = app.new_admin("Second@Example.com", "acme").await;
+    assert_eq!(client.get(app.url("/auth/keys/list")).send().await.unwrap().status(), StatusCode::OK);
+
+    // A second admin in the same account sees the same keys.
+    let (key, _) = app.generate_key_with(&client).await;
+    let colleague = app.new_admin("third@example.com", "acme").await;
+    assert_eq!(app.list_keys_with(&colleague).await[0].1, key);
+
+    let create = |email: &str, account: &str, password: &str| {
+        app.cli(&["admin", "create", "--email", email, "--account", account, "--password-stdin"], password)
+    };
+    let dup = create("second@example.com", "other", ADMIN_PASSWORD);
+    assert!(!dup.status.success());
+    assert!(String::from_utf8_lossy(&dup.stderr).contains("already exists"));
+    let short = create("short@example.com", "acme", "too short");
+    assert!(!short.status.success());
+    assert!(String::from_utf8_lossy(&short.stderr).contains("at least 12"));
+    assert!(!create("bad", "acme", ADMIN_PASSWORD).status.success());
+    assert!(!create("ok@example.com", "bad account!", ADMIN_PASSWORD).status.success());
+    // The password is never an argument.
+    let out = app.cli(&["admin", "create", "--email", "x@example.com", "--account", "acme"], ADMIN_PASSWORD);
+    assert!(!out.status.success());
+}
+
+backends! {
+async fn keys_and_signing_keys_survive_a_restart(builder: Builder) {
+    let app = builder.spawn().await;
+    app.admin_login().await;
+    let (api_key, password) = app.generate_key().await;
+    let token = app.token(&api_key, &password).await;
+    let jwks_before: Value = Client::new().get(app.url("/.well-known/jwks.json")).send().await.unwrap().json().await.unwrap();
+
+    let app = app.restart().await;
+    let jwks_after: Value = Client::new().get(app.url("/.well-known/jwks.json")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(jwks_before, jwks_after);
+    assert_eq!(app.api_login(&api_key, &password).await.status(), StatusCode::OK);
+    verify_with_jwks(&app, &token).await;
+    let new_token = app.token(&api_key, &password).await;
+    assert_eq!(header(&token)["kid"], header(&new_token)["kid"]);
+}
+
+async fn tokens_carry_the_documented_claims_and_verify_against_the_jwks(builder: Builder) {
+    let app = builder.env("KEYGATE_AUDIENCE", "payments-api").env("KEYGATE_TOKEN_TTL", "120").spawn().await;
+    app.admin_login().await;
+    let (api_key, password) = app.generate_key().await;
+    let key_ref = app.ref_of(&api_key).await;
+    let token = app.token(&api_key, &password).await;
+
+    let h = header(&token);
+    assert_eq!(h["alg"], "ES256");
+    assert!(h["kid"].is_string());
+    let claims = verify_with_jwks(&app, &token).await;
+    assert_eq!(claims["iss"], "https://keygate.test");
+    assert_eq!(claims["aud"], "payments-api");
+    assert_eq!(claims["sub"], key_ref.as_str());
+    assert_eq!(claims["api_key"], api_key.as_str());
+    assert!(claims["acc"].is_string());
+    let iat = claims["iat"].as_u64().unwrap();
+    assert_eq!(claims["nbf"].as_u64().unwrap(), iat);
+    assert_eq!(claims["exp"].as_u64().unwrap(), iat + 120);
+    let other = app.token(&api_key, &password).await;
+    assert_ne!(claims["jti"], verify_with_jwks(&app, &other).await["jti"]);
+
+    // The JWKS carries public parts only.
+    let jwks: Value = Client::new().get(app.url("/.well-known/jwks.json")).send().await.unwrap().json().await.unwrap();
+    for key in jwks["keys"].as_array().unwrap() {
+        assert!(key.get("d").is_none());
+        assert_eq!(key["use"], "sig");
+    }
+}
+
+async fn eddsa_is_selectable(builder: Builder) {
+    let app = builder.env("KEYGATE_SIGNING_ALG", "EdDSA").spawn().await;
+    app.admin_login().await;
+    let (api_key, password) = app.generate_key().await;
+    let token = app.token(&api_key, &password).await;
+    assert_eq!(header(&token)["alg"], "EdDSA");
+    verify_with_jwks(&app, &token).await;
+}
+
+async fn nothing_secret_reaches_the_database_or_the_logs(builder: Builder) {
+    let app = builder.env("KEYGATE_LOG", "debug").spawn().await;
+    let r = app.post_json("/auth/login", &json!({"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD})).await;
+    let session = r.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().split('=').nth(1).unwrap().to_owned();
+    app.login_admin_as(&app.client, ADMIN_EMAIL, ADMIN_PASSWORD).await;
+    let (api_key, password) = app.generate_key().await;
+    let token = app.token(&api_key, &password).await;
+    let _ = app.api_login(&api_key, "kgp_wrongwrongwrongwrongwrongwrongww000000").await;
+    let _ = app.post_json("/auth/login", &json!({"email": ADMIN_EMAIL, "password": "a wrong password"})).await;
+    app.client.post(app.url("/auth/logout")).send().await.unwrap();
+
+    let secrets = [ADMIN_PASSWORD, password.as_str(), session.as_str(), token.as_str()];
+    let logs = app.logs();
+    for secret in secrets {
+        assert!(!logs.contains(secret), "a secret reached the logs");
+    }
+    let app_data = app.data_dir();
+    let files = read_tree(&app_data);
+    assert!(files.iter().any(|(p, _)| p.display().to_string().contains("master.key")) || std::env::var("KEYGATE_TEST_POSTGRES").is_ok());
+    for (path, bytes) in &files {
+        if path.ends_with("master.key") {
+            continue;
+        }
+        for secret in secrets {
+            assert!(!contains(bytes, secret), "a secret is stored in clear in {}", path.display());
+        }
+        // A PKCS#8 EC private key carries the id-ecPublicKey OID; sealed keys do not.
+        let oid = [0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
+        assert!(!bytes.windows(oid.len()).any(|w| w == oid), "an unsealed private key is in {}", path.display());
+    }
+}
+
+async fn the_session_cookie_is_locked_down_by_default(builder: Builder) {
+    let app = builder.env("KEYGATE_COOKIE_SECURE", "true").spawn().await;
+    let r = app.post_json("/auth/login", &json!({"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD})).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let cookie = r.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(cookie.starts_with("__Host-keygate_session="), "{cookie}");
+    for attribute in ["HttpOnly", "Secure", "SameSite=Strict", "Path=/", "Max-Age="] {
+        assert!(cookie.contains(attribute), "{attribute} missing: {cookie}");
+    }
+    assert!(!cookie.contains("Domain"));
+    let value = cookie.split(';').next().unwrap().to_owned();
+    assert!(value.len() >= "__Host-keygate_session=".len() + 43);
+    let r = Client::new().get(app.url("/auth/keys/list")).header("cookie", &value).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+}
+}
+
+fn header(token: &str) -> Value {
+    use base64::Engine;
+    let h = token.split('.').next().unwrap();
+    serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(h).unwrap()).unwrap()
+}
+
+/// Verifies `token` the way a gateway would: with the published JWKS only.
+async fn verify_with_jwks(app: &TestApp, token: &str) -> Value {
+    let jwks: JwkSet = Client::new().get(app.url("/.well-known/jwks.json")).send().await.unwrap().json().await.unwrap();
+    let h = header(token);
+    let jwk = jwks.find(h["kid"].as_str().unwrap()).expect("kid in JWKS");
+    let key = DecodingKey::from_jwk(jwk).unwrap();
+    let alg: jsonwebtoken::Algorithm = h["alg"].as_str().unwrap().parse().unwrap();
+    let mut validation = Validation::new(alg);
+    validation.validate_aud = false;
+    jsonwebtoken::decode::<Value>(token, &key, &validation).expect("valid signature").claims
+}
