@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, RwLock};
 
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use uuid::Uuid;
 
 use crate::{
@@ -245,10 +245,5 @@ impl AuthService {
         }
         tracing::info!(account = %session.account_id, key_ref = %key_ref, "api key deleted");
         Ok(())
-    }
-
-    /// Hashes a new admin password on the bounded pool.
-    pub async fn hash_admin_password(&self, password: &SecretString) -> Result<String> {
-        Ok(self.admin_hasher.hash(SecretString::from(password.expose_secret())).await?)
     }
 }

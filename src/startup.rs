@@ -37,7 +37,7 @@ impl Application {
     pub async fn build(settings: &Settings) -> anyhow::Result<Self> {
         let store = open_store(settings).await?;
         let master = master_key(settings)?;
-        // Leave one core to the async workers when there is more than one.
+        // One argon2 at a time per core: more would only queue inside the OS scheduler.
         let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
         let admin_hasher = AdminPasswordHasher::new(workers, 64);
 
@@ -53,7 +53,7 @@ impl Application {
             session_idle_timeout: settings.session_idle_timeout,
             session_lifetime: settings.session_lifetime,
         };
-        let api_hasher = ApiPasswordHasher::new(master.derive(API_PASSWORD_HMAC_LABEL));
+        let api_hasher = api_password_hasher(&master);
         let auth = Arc::new(AuthService::new(store, policy, api_hasher, admin_hasher, ring));
         let state = AppState { auth, cookie: SessionCookie::new(settings.cookie_secure, settings.session_lifetime) };
 
@@ -89,7 +89,13 @@ fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
     builder.create(dir).with_context(|| format!("cannot create data directory {}", dir.display()))
 }
 
-fn master_key(settings: &Settings) -> anyhow::Result<MasterKey> {
+/// The keyed hash for API passwords, derived from the master key.
+pub fn api_password_hasher(master: &MasterKey) -> ApiPasswordHasher {
+    ApiPasswordHasher::new(master.derive(API_PASSWORD_HMAC_LABEL))
+}
+
+/// The master key: from the settings, or kept in the data directory for the embedded store.
+pub fn master_key(settings: &Settings) -> anyhow::Result<MasterKey> {
     match &settings.master_key {
         Some(encoded) => MasterKey::from_base64(encoded.expose_secret()).context("invalid setting KEYGATE_MASTER_KEY"),
         None if settings.is_embedded() => {
