@@ -260,6 +260,20 @@ pub fn keygate_command(env: &[(String, String)]) -> Command {
     cmd
 }
 
+/// Runs a command that is expected to exit on its own, failing the test if it hangs.
+pub fn run_with_timeout(cmd: &mut Command, limit: Duration) -> Output {
+    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
+    let deadline = std::time::Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("command still running after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
 impl TestApp {
     pub fn builder() -> Builder {
         Builder { env: Vec::new(), dir: None, bootstrap: true, db: None }
