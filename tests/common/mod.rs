@@ -144,7 +144,7 @@ impl PgDatabase {
         sqlx::PgConnection::connect(&self.url).await.expect("connect to the test database")
     }
 
-    /// `SELECT count(*)` of `sql`'s rows in this database.
+    /// `SELECT count(*) FROM <from_where>` in this database, e.g. `count("admins")`.
     pub async fn count(&self, from_where: &str) -> i64 {
         use sqlx::Connection;
         let mut conn = self.connect().await;
