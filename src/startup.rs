@@ -35,8 +35,10 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: &Settings) -> anyhow::Result<Self> {
-        let store = open_store(settings).await?;
+        // The master key first: a replica without the shared key must stop before it
+        // touches the database, whatever state the database is in.
         let master = master_key(settings)?;
+        let store = open_store(settings).await?;
         // One argon2 at a time per core: more would only queue inside the OS scheduler.
         let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
         let admin_hasher = AdminPasswordHasher::new(workers, 64);
@@ -99,12 +101,16 @@ pub fn master_key(settings: &Settings) -> anyhow::Result<MasterKey> {
     match &settings.master_key {
         Some(encoded) => MasterKey::from_base64(encoded.expose_secret()).context("invalid setting KEYGATE_MASTER_KEY"),
         None if settings.is_embedded() => {
+            create_private_dir(&settings.data_dir)?;
             let path = settings.data_dir.join("master.key");
             MasterKey::load_or_create(&path).context("invalid setting KEYGATE_MASTER_KEY (from the data directory)")
         }
-        None => {
-            anyhow::bail!("invalid setting KEYGATE_MASTER_KEY: required with a shared database")
-        }
+        // A key generated here would differ on every replica: tokens signed by one would
+        // not verify on another, and no replica could open the others' signing keys.
+        None => anyhow::bail!(
+            "invalid setting KEYGATE_MASTER_KEY: required with PostgreSQL, and the same on every replica \
+             (32 random bytes, base64, e.g. `openssl rand -base64 32`)"
+        ),
     }
 }
 
