@@ -144,6 +144,13 @@ impl PgDatabase {
         sqlx::PgConnection::connect(&self.url).await.expect("connect to the test database")
     }
 
+    /// Everything keygate stored, as `pg_dump` writes it.
+    pub fn dump(&self) -> Vec<u8> {
+        let out = Command::new("pg_dump").args(["--data-only", "--no-owner", &self.url]).output().expect("run pg_dump");
+        assert!(out.status.success(), "pg_dump failed: {}", String::from_utf8_lossy(&out.stderr));
+        out.stdout
+    }
+
     /// `SELECT count(*) FROM <from_where>` in this database, e.g. `count("admins")`.
     pub async fn count(&self, from_where: &str) -> i64 {
         use sqlx::Connection;
