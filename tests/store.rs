@@ -376,3 +376,23 @@ async fn postgres_outage_is_unavailable_then_recovers() {
     store.insert_key(&key).await.unwrap();
     assert!(store.find_key(&key.api_key).await.unwrap().is_some());
 }
+
+/// `?sslmode=require` encrypts keygate's connections (the server must offer TLS; Debian's
+/// PostgreSQL does, with its snakeoil certificate).
+#[tokio::test]
+async fn postgres_connections_can_require_tls() {
+    use sqlx::Connection;
+    let Some(fx) = Fixture::postgres().await else { return };
+    let url = format!("{}?sslmode=require&application_name=keygate_tls_test", fx.url);
+    let store = store::connect(&url).await.unwrap();
+    store.ping().await.unwrap();
+    let mut conn = sqlx::PgConnection::connect(&fx.url).await.unwrap();
+    let encrypted: Vec<bool> = sqlx::query_scalar(
+        "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.application_name = 'keygate_tls_test'",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    assert!(!encrypted.is_empty(), "no keygate connection seen");
+    assert!(encrypted.iter().all(|&ssl| ssl), "a connection was not encrypted");
+}

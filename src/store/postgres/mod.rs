@@ -50,7 +50,11 @@ const SIGNING_KEY_LOCK: i64 = 0x6b67_0002; // "kg" 2
 
 impl PgStore {
     pub async fn connect(url: &str) -> Result<Self> {
-        let options = PgConnectOptions::from_str(url)?.application_name("keygate");
+        let mut options = PgConnectOptions::from_str(url)?;
+        // Name our sessions in pg_stat_activity, unless the URL already does.
+        if options.get_application_name().is_none() {
+            options = options.application_name("keygate");
+        }
 
         // Migrations run on a connection of their own. sqlx's PostgreSQL migrator takes a
         // session-level advisory lock (pg_advisory_lock, keyed by the database name) around
