@@ -1,4 +1,4 @@
-//! The command line: `keygate serve`, `keygate admin create`.
+//! The command line: `keygate serve`, `keygate admin create`, `keygate signing-key …`.
 
 use std::{io::Read, process::ExitCode};
 
@@ -32,7 +32,12 @@ enum Command {
     /// Manage admins.
     #[command(subcommand)]
     Admin(AdminCommand),
+    /// Manage the JWT signing keys.
+    #[command(subcommand)]
+    SigningKey(signing_key::SigningKeyCommand),
 }
+
+mod signing_key;
 
 #[derive(Debug, Subcommand)]
 enum AdminCommand {
@@ -105,6 +110,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                 Err(e) => Err(e).context("cannot create the admin"),
             }
         }
+        Command::SigningKey(command) => signing_key::run(command, &settings).await,
     }
 }
 

@@ -13,6 +13,8 @@ use uuid::Uuid;
 use super::*;
 use crate::crypto::signing::SigningAlg;
 
+mod gateway;
+
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
