@@ -197,6 +197,7 @@ async fn nginx_lets_only_live_tokens_through_to_the_upstream(builder: Builder) {
         .bearer_auth(&token)
         .header("x-auth-subject", "someone-else")
         .header("x-auth-account", "another-account")
+        .header("x-auth-scopes", "admin")
         .body("{\"item\": 1}")
         .send()
         .await
@@ -205,6 +206,9 @@ async fn nginx_lets_only_live_tokens_through_to_the_upstream(builder: Builder) {
     let seen: Value = r.json().await.unwrap();
     assert_eq!(seen["subject"], key_ref.as_str());
     assert_eq!(seen["account"], account.as_str());
+    // keygate grants no scopes yet: nginx sends no header for the empty value, and the
+    // client's own is suppressed all the same.
+    assert_eq!(seen["scopes"], Value::Null);
     assert_eq!(hits.load(Ordering::SeqCst), 2);
 
     // No token, a bad token, a forged one: 401 from nginx, with keygate's challenge, and
