@@ -12,7 +12,7 @@ use clap::Args;
 use secrecy::SecretString;
 use serde::Deserialize;
 
-use crate::{crypto::signing::SigningAlg, domain::Email};
+use crate::{crypto::signing::SigningAlg, domain::Email, store::Backend};
 
 /// Settings given as flags or environment variables. Secrets are deliberately not flags:
 /// command lines are visible to every user of the machine (`ps`).
@@ -27,7 +27,7 @@ pub struct SettingsArgs {
     /// Directory for the embedded store and generated secrets [default: ./data].
     #[arg(long, env = "KEYGATE_DATA_DIR", global = true, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
-    /// sqlite://… [default: a SQLite file in the data dir].
+    /// sqlite://… or postgres://… [default: a SQLite file in the data dir].
     #[arg(long, env = "KEYGATE_DATABASE_URL", global = true, value_name = "URL", hide_env_values = true)]
     pub database_url: Option<String>,
     /// The tokens' `iss` claim [default: http://<listen>].
@@ -142,8 +142,8 @@ impl Settings {
             .clone()
             .or(file.database_url)
             .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("keygate.db").display()));
-        if !database_url.starts_with("sqlite:") {
-            return Err(bad("KEYGATE_DATABASE_URL", "expected sqlite://…"));
+        if Backend::of(&database_url).is_none() {
+            return Err(bad("KEYGATE_DATABASE_URL", "expected sqlite://… or postgres://…"));
         }
 
         let issuer = args.issuer.clone().or(file.issuer).unwrap_or_else(|| format!("http://{listen}"));
@@ -243,8 +243,9 @@ impl Settings {
         })
     }
 
+    /// Whether the store is the embedded one, which keeps its files in the data directory.
     pub fn is_embedded(&self) -> bool {
-        self.database_url.starts_with("sqlite:")
+        Backend::of(&self.database_url) == Some(Backend::Sqlite)
     }
 }
 
@@ -316,6 +317,16 @@ mod tests {
             assert_eq!(err.name, name);
             assert!(err.to_string().starts_with(&format!("invalid setting {name}")));
         }
+    }
+
+    #[test]
+    fn database_url_picks_a_backend() {
+        for url in ["sqlite:///tmp/k.db", "postgres://u@db:5432/keygate", "postgresql://db/keygate"] {
+            let s = load(SettingsArgs { database_url: Some(url.into()), ..Default::default() }).unwrap();
+            assert_eq!(s.is_embedded(), url.starts_with("sqlite:"), "{url}");
+        }
+        let err = load(SettingsArgs { database_url: Some("postgres:/x".into()), ..Default::default() }).unwrap_err();
+        assert_eq!(err.name, "KEYGATE_DATABASE_URL");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, Mutex, RwLock};
 
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use uuid::Uuid;
 
 use crate::{
@@ -273,10 +273,5 @@ impl AuthService {
         }
         tracing::info!(account = %session.account_id, key_ref = %key_ref, "api key deleted");
         Ok(())
-    }
-
-    /// Hashes a new admin password on the bounded pool.
-    pub async fn hash_admin_password(&self, password: &SecretString) -> Result<String> {
-        Ok(self.admin_hasher.hash(SecretString::from(password.expose_secret())).await?)
     }
 }

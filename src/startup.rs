@@ -37,9 +37,11 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: &Settings) -> anyhow::Result<Self> {
-        let store = open_store(settings).await?;
+        // The master key first: a replica without the shared key must stop before it
+        // touches the database, whatever state the database is in.
         let master = master_key(settings)?;
-        // Leave one core to the async workers when there is more than one.
+        let store = open_store(settings).await?;
+        // One argon2 at a time per core: more would only queue inside the OS scheduler.
         let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
         let admin_hasher = AdminPasswordHasher::new(workers, 64);
 
@@ -55,7 +57,7 @@ impl Application {
             session_idle_timeout: settings.session_idle_timeout,
             session_lifetime: settings.session_lifetime,
         };
-        let api_hasher = ApiPasswordHasher::new(master.derive(API_PASSWORD_HMAC_LABEL));
+        let api_hasher = api_password_hasher(&master);
         let auth = Arc::new(AuthService::new(store, policy, api_hasher, admin_hasher, ring, sealer));
         let state = AppState {
             auth: auth.clone(),
@@ -108,16 +110,26 @@ pub fn key_sealer(master: &MasterKey) -> KeySealer {
     KeySealer::new(master.derive(SIGNING_KEY_SEAL_LABEL))
 }
 
+/// The keyed hash for API passwords, derived from the master key.
+pub fn api_password_hasher(master: &MasterKey) -> ApiPasswordHasher {
+    ApiPasswordHasher::new(master.derive(API_PASSWORD_HMAC_LABEL))
+}
+
+/// The master key: from the settings, or kept in the data directory for the embedded store.
 pub fn master_key(settings: &Settings) -> anyhow::Result<MasterKey> {
     match &settings.master_key {
         Some(encoded) => MasterKey::from_base64(encoded.expose_secret()).context("invalid setting KEYGATE_MASTER_KEY"),
         None if settings.is_embedded() => {
+            create_private_dir(&settings.data_dir)?;
             let path = settings.data_dir.join("master.key");
             MasterKey::load_or_create(&path).context("invalid setting KEYGATE_MASTER_KEY (from the data directory)")
         }
-        None => {
-            anyhow::bail!("invalid setting KEYGATE_MASTER_KEY: required with a shared database")
-        }
+        // A key generated here would differ on every replica: tokens signed by one would
+        // not verify on another, and no replica could open the others' signing keys.
+        None => anyhow::bail!(
+            "invalid setting KEYGATE_MASTER_KEY: required with PostgreSQL, and the same on every replica \
+             (32 random bytes, base64, e.g. `openssl rand -base64 32`)"
+        ),
     }
 }
 

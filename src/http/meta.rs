@@ -10,7 +10,10 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use utoipa::{OpenApi, ToSchema};
 
-use super::AppState;
+use super::{
+    AppState,
+    error::{ApiError, Problem},
+};
 
 #[derive(Serialize, ToSchema)]
 pub struct Health {
@@ -22,6 +25,35 @@ pub struct Health {
 #[utoipa::path(get, path = "/healthz", tag = "meta", responses((status = 200, body = Health)))]
 pub async fn healthz() -> Json<Health> {
     Json(Health { status: "ok" })
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Readiness {
+    #[schema(example = "ready")]
+    pub status: &'static str,
+}
+
+/// Readiness: the store answers. A load balancer should send no traffic here while this is
+/// 503; unlike `/healthz`, it does not mean the process should be restarted.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "meta",
+    responses(
+        (status = 200, body = Readiness),
+        (status = 503, description = "The database cannot be reached", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn readyz(State(state): State<AppState>) -> Result<Json<Readiness>, ApiError> {
+    match state.auth.store().ping().await {
+        Ok(()) => Ok(Json(Readiness { status: "ready" })),
+        // Whatever the cause, a store that cannot answer `SELECT 1` means "not ready",
+        // never a 500; the cause goes to the log only.
+        Err(e) => {
+            tracing::warn!(error = %e, "not ready: the store does not answer");
+            Err(ApiError::Unavailable)
+        }
+    }
 }
 
 /// The public signing keys (RFC 7517), for gateways that verify tokens themselves: the
@@ -45,7 +77,7 @@ pub async fn jwks(State(state): State<AppState>, headers: HeaderMap) -> Response
     let set = state.auth.key_ring().jwks();
     let body = match serde_json::to_vec(&set) {
         Ok(body) => body,
-        Err(e) => return super::error::ApiError::Internal(e.into()).into_response(),
+        Err(e) => return ApiError::Internal(e.into()).into_response(),
     };
     // A strong validator from the content itself: replicas serving the same keys agree on it.
     let digest = Sha256::digest(&body);

@@ -53,7 +53,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
     info(title = "keygate", description = "API keys in, signed JWTs out."),
     paths(
         auth::login, auth::logout, keys::generate, keys::list, keys::delete,
-        meta::healthz, meta::jwks,
+        meta::healthz, meta::readyz, meta::jwks,
     ),
     modifiers(&SessionScheme, &MergeGatewayDoc),
     tags(
@@ -88,6 +88,7 @@ pub fn router(state: AppState) -> Router {
         .route("/auth/keys/list", get(keys::list))
         .route("/auth/user/{api_key_ref}", delete(keys::delete))
         .route("/healthz", get(meta::healthz))
+        .route("/readyz", get(meta::readyz))
         .route("/.well-known/jwks.json", get(meta::jwks))
         .route("/openapi.json", get(meta::openapi))
         .merge(verify::router())

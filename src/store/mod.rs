@@ -9,7 +9,11 @@ use crate::{
     domain::{AccountId, AccountName, ApiKeyId, Email, KeyRef},
 };
 
+pub mod postgres;
 pub mod sqlite;
+mod transfer;
+
+pub use transfer::{AccountRecord, AdminExport, Counts, SessionExport, Snapshot, TransferError, TransferStore, copy};
 
 /// Seconds since the Unix epoch. Integers compare the same way in every backend.
 pub type UnixTime = i64;
@@ -33,6 +37,9 @@ pub enum StoreError {
     Other(#[source] sqlx::Error),
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// An import found rows already there; nothing was written.
+    #[error("the target store is not empty")]
+    NotEmpty,
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -41,12 +48,33 @@ impl From<sqlx::Error> for StoreError {
         match e {
             E::Database(ref db) if db.is_unique_violation() => Self::Conflict,
             E::Io(_) | E::Tls(_) | E::PoolTimedOut | E::PoolClosed | E::WorkerCrashed => Self::Unavailable(e),
-            // SQLite answers SQLITE_BUSY (5) / SQLITE_LOCKED (6) when another writer holds
-            // the file past busy_timeout: transient, like a lost connection.
-            E::Database(ref db) if matches!(db.code().as_deref(), Some("5" | "6")) => Self::Unavailable(e),
+            E::Database(ref db) if db.code().as_deref().is_some_and(is_transient) => Self::Unavailable(e),
             other => Self::Other(other),
         }
     }
+}
+
+/// Database error codes that mean "not now" rather than "never": the same request may
+/// succeed once the database is back or less busy. SQLite's are numeric result codes,
+/// PostgreSQL's five-character SQLSTATEs, so one list serves both without asking which
+/// backend answered.
+fn is_transient(code: &str) -> bool {
+    matches!(
+        code,
+        // SQLite: SQLITE_BUSY / SQLITE_LOCKED, another writer held the file past busy_timeout.
+        "5" | "6"
+        // PostgreSQL: the server is shutting down or restarting, or an operator ended the
+        // session (pg_terminate_backend), or it cannot accept a connection yet.
+        | "57P01" | "57P02" | "57P03"
+        // The database refuses new connections (ALTER DATABASE … ALLOW_CONNECTIONS false,
+        // as during maintenance). Our queries raise this code in no other case.
+        | "55000"
+        // statement_timeout cut a query short: the server is overloaded or a lock is stuck.
+        | "57014"
+        // Serialization failure and deadlock: retrying the transaction is the documented cure.
+        | "40001" | "40P01"
+    ) || code.starts_with("08") // connection exception
+        || code.starts_with("53") // insufficient resources: too many connections, disk full
 }
 
 fn corrupt<E: std::fmt::Display>(what: &'static str) -> impl FnOnce(E) -> StoreError {
@@ -183,23 +211,59 @@ pub trait RevocationStore: Send + Sync {
 
 /// Everything the service needs from a backend.
 #[async_trait]
-pub trait Store: AdminStore + KeyStore + SessionStore + SigningKeyStore + KeyLookupStore + RevocationStore {
+pub trait Store:
+    AdminStore + KeyStore + SessionStore + SigningKeyStore + TransferStore + KeyLookupStore + RevocationStore
+{
     /// Cheap round trip, for readiness.
     async fn ping(&self) -> Result<()>;
 }
 
-/// Opens the backend named by `url` and brings its schema up to date.
+/// The storage engines keygate runs on, told apart by the database URL's scheme.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// One file on local disk: the embedded default, for a single server.
+    Sqlite,
+    /// A shared server, for several stateless replicas.
+    Postgres,
+}
+
+impl Backend {
+    /// The backend a database URL names, if keygate has one for it.
+    pub fn of(url: &str) -> Option<Self> {
+        if url.starts_with("sqlite:") {
+            Some(Self::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Some(Self::Postgres)
+        } else {
+            None
+        }
+    }
+}
+
+/// Opens the backend named by `url` and brings its schema up to date. This is the one
+/// place that looks at the backend; everything after it talks to `dyn Store`.
 pub async fn connect(url: &str) -> Result<std::sync::Arc<dyn Store>, ConnectError> {
-    if url.starts_with("sqlite:") {
-        Ok(std::sync::Arc::new(sqlite::SqliteStore::connect(url).await?))
-    } else {
-        Err(ConnectError::UnsupportedScheme)
+    match Backend::of(url) {
+        Some(Backend::Sqlite) => Ok(std::sync::Arc::new(sqlite::SqliteStore::connect(url).await?)),
+        Some(Backend::Postgres) => Ok(std::sync::Arc::new(postgres::PgStore::connect(url).await?)),
+        None => Err(ConnectError::UnsupportedScheme),
+    }
+}
+
+/// Like `connect`, but refuses to create a store that is not there yet: for reading from
+/// one (`keygate migrate --from`), where a mistyped path must not become an empty store.
+pub async fn open_existing(url: &str) -> Result<std::sync::Arc<dyn Store>, ConnectError> {
+    match Backend::of(url) {
+        Some(Backend::Sqlite) => Ok(std::sync::Arc::new(sqlite::SqliteStore::open(url, false).await?)),
+        // A PostgreSQL database is never created by connecting to it.
+        Some(Backend::Postgres) => Ok(std::sync::Arc::new(postgres::PgStore::connect(url).await?)),
+        None => Err(ConnectError::UnsupportedScheme),
     }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    #[error("unsupported database URL scheme (expected sqlite://…)")]
+    #[error("unsupported database URL scheme (expected sqlite://… or postgres://…)")]
     UnsupportedScheme,
     #[error(transparent)]
     Store(#[from] StoreError),

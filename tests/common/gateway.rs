@@ -31,18 +31,15 @@ pub fn b64(bytes: &[u8]) -> String {
 }
 
 impl TestApp {
-    fn setting(&self, name: &str) -> Option<String> {
-        self.env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
-    }
-
     pub fn database_url(&self) -> String {
         self.setting("KEYGATE_DATABASE_URL")
+            .map(str::to_owned)
             .unwrap_or_else(|| format!("sqlite://{}", self.data_dir().join("keygate.db").display()))
     }
 
     fn master_key(&self) -> MasterKey {
         match self.setting("KEYGATE_MASTER_KEY") {
-            Some(encoded) => MasterKey::from_base64(&encoded).unwrap(),
+            Some(encoded) => MasterKey::from_base64(encoded).unwrap(),
             None => MasterKey::load_or_create(&self.data_dir().join("master.key")).unwrap(),
         }
     }

@@ -26,12 +26,16 @@ pub struct TestApp {
     env: Vec<(String, String)>,
     child: Child,
     logs: Arc<Mutex<String>>,
+    /// The PostgreSQL database, dropped when the last app (or builder) using it is gone.
+    db: Option<Arc<PgDatabase>>,
 }
 
+#[derive(Clone)]
 pub struct Builder {
     env: Vec<(String, String)>,
     dir: Option<Arc<tempfile::TempDir>>,
     bootstrap: bool,
+    db: Option<Arc<PgDatabase>>,
 }
 
 /// Writes each test once and runs it against every backend:
@@ -75,13 +79,141 @@ impl Builder {
     /// A fresh, uniquely named PostgreSQL database, or `None` (with a notice) when
     /// `KEYGATE_TEST_POSTGRES` is unset.
     pub async fn postgres() -> Option<Self> {
-        if std::env::var("KEYGATE_TEST_POSTGRES").is_err() {
-            eprintln!(
-                "SKIPPED-POSTGRES: set KEYGATE_TEST_POSTGRES=postgres://user@host:port to run the PostgreSQL half"
-            );
+        let db = PgDatabase::create().await?;
+        let mut builder =
+            TestApp::builder().env("KEYGATE_DATABASE_URL", &db.url).env("KEYGATE_MASTER_KEY", &random_master_key());
+        builder.db = Some(Arc::new(db));
+        Some(builder)
+    }
+
+    /// The PostgreSQL database this builder's apps use, if any.
+    pub fn db(&self) -> Option<&PgDatabase> {
+        self.db.as_deref()
+    }
+}
+
+/// A fresh `KEYGATE_MASTER_KEY`: 32 random bytes, base64.
+pub fn random_master_key() -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(keygate::crypto::random_bytes::<32>())
+}
+
+/// Prints the notice `.ci/run` looks for. Written to the stderr handle directly, because
+/// libtest captures `eprintln!` of passing tests and the notice must be seen.
+pub fn skip_postgres_notice() {
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED-POSTGRES: set KEYGATE_TEST_POSTGRES=postgres://user@host:port to run the PostgreSQL half"
+    );
+}
+
+/// A uniquely named database on the server named by `KEYGATE_TEST_POSTGRES`, created for
+/// one test and dropped (with any connections still open) when this is dropped. Tests run
+/// concurrently on one server, so each touches only its own database.
+pub struct PgDatabase {
+    /// The server, without a database (connects to the user's default one).
+    server: String,
+    pub name: String,
+    /// The database URL to give keygate.
+    pub url: String,
+}
+
+impl PgDatabase {
+    /// `None`, after printing the skip notice, when `KEYGATE_TEST_POSTGRES` is unset.
+    pub async fn create() -> Option<Self> {
+        let Ok(server) = std::env::var("KEYGATE_TEST_POSTGRES") else {
+            skip_postgres_notice();
             return None;
+        };
+        let server = server_url(&server);
+        let name = format!("keygate_test_{}", uuid::Uuid::new_v4().simple());
+        let url = format!("{server}/{name}");
+        let db = PgDatabase { server, name, url };
+        let mut admin = db.admin().await;
+        sqlx::query(&format!("CREATE DATABASE {}", db.name)).execute(&mut admin).await.expect("create test database");
+        Some(db)
+    }
+
+    /// A connection to the server's default database, for CREATE/ALTER/DROP DATABASE.
+    pub async fn admin(&self) -> sqlx::PgConnection {
+        use sqlx::Connection;
+        sqlx::PgConnection::connect(&self.server).await.expect("connect to KEYGATE_TEST_POSTGRES")
+    }
+
+    /// A connection to this test's database, to look at what keygate wrote.
+    pub async fn connect(&self) -> sqlx::PgConnection {
+        use sqlx::Connection;
+        sqlx::PgConnection::connect(&self.url).await.expect("connect to the test database")
+    }
+
+    /// Everything keygate stored, as `pg_dump` writes it.
+    pub fn dump(&self) -> Vec<u8> {
+        let out = Command::new("pg_dump").args(["--data-only", "--no-owner", &self.url]).output().expect("run pg_dump");
+        assert!(out.status.success(), "pg_dump failed: {}", String::from_utf8_lossy(&out.stderr));
+        out.stdout
+    }
+
+    /// `SELECT count(*) FROM <from_where>` in this database, e.g. `count("admins")`.
+    pub async fn count(&self, from_where: &str) -> i64 {
+        use sqlx::Connection;
+        let mut conn = self.connect().await;
+        let n = sqlx::query_scalar(&format!("SELECT count(*) FROM {from_where}")).fetch_one(&mut conn).await.unwrap();
+        conn.close().await.ok();
+        n
+    }
+
+    /// Simulates an outage of this database only: refuses new connections and ends the
+    /// open ones. The server itself stays up, since other tests run on it.
+    pub async fn take_down(&self) {
+        let mut admin = self.admin().await;
+        sqlx::query(&format!("ALTER DATABASE {} ALLOW_CONNECTIONS false", self.name))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        sqlx::query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+        )
+        .bind(&self.name)
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    }
+
+    /// Ends the outage.
+    pub async fn bring_up(&self) {
+        let mut admin = self.admin().await;
+        sqlx::query(&format!("ALTER DATABASE {} ALLOW_CONNECTIONS true", self.name)).execute(&mut admin).await.unwrap();
+    }
+}
+
+/// `postgres://user@host:port[/db][?query]` without the database.
+fn server_url(raw: &str) -> String {
+    let raw = raw.trim().trim_end_matches('/');
+    let (scheme, rest) = raw.split_once("://").expect("KEYGATE_TEST_POSTGRES must be a postgres:// URL");
+    let authority = rest.split(['/', '?']).next().unwrap_or(rest);
+    format!("{scheme}://{authority}")
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        // Drop runs inside the test's runtime, where we may not block on async work; a
+        // thread with a runtime of its own can.
+        let server = self.server.clone();
+        let name = self.name.clone();
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async {
+                use sqlx::Connection;
+                let mut admin = sqlx::PgConnection::connect(&server).await?;
+                // FORCE ends connections a killed server may have left behind.
+                sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut admin).await?;
+                admin.close().await
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(()))) {
+            let _ = writeln!(std::io::stderr(), "warning: could not drop test database {}", self.name);
         }
-        todo!("PostgreSQL backend (issue 4)")
     }
 }
 
@@ -121,7 +253,7 @@ impl Builder {
             env.retain(|(key, _)| *key != k);
             env.push((k, v));
         }
-        TestApp::start(dir, env).await
+        TestApp::start(dir, env, self.db).await
     }
 }
 
@@ -137,16 +269,30 @@ pub fn keygate_command(env: &[(String, String)]) -> Command {
     cmd
 }
 
+/// Runs a command that is expected to exit on its own, failing the test if it hangs.
+pub fn run_with_timeout(cmd: &mut Command, limit: Duration) -> Output {
+    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
+    let deadline = std::time::Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("command still running after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
 impl TestApp {
     pub fn builder() -> Builder {
-        Builder { env: Vec::new(), dir: None, bootstrap: true }
+        Builder { env: Vec::new(), dir: None, bootstrap: true, db: None }
     }
 
     pub async fn spawn() -> TestApp {
         Self::builder().spawn().await
     }
 
-    async fn start(dir: Arc<tempfile::TempDir>, env: Vec<(String, String)>) -> TestApp {
+    async fn start(dir: Arc<tempfile::TempDir>, env: Vec<(String, String)>, db: Option<Arc<PgDatabase>>) -> TestApp {
         let mut child = keygate_command(&env)
             .arg("serve")
             .stdin(Stdio::null())
@@ -177,7 +323,7 @@ impl TestApp {
                 panic!("keygate did not start:\n{}", logs.lock().unwrap())
             });
         let client = Client::builder().cookie_store(true).build().unwrap();
-        TestApp { base, client, dir, env, child, logs }
+        TestApp { base, client, dir, env, child, logs, db }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -196,13 +342,34 @@ impl TestApp {
     pub fn sibling(&self) -> Builder {
         let mut builder = TestApp::builder().dir(self.dir.clone());
         builder.env = self.env.clone();
+        builder.db = self.db.clone();
         builder
+    }
+
+    /// Another replica: a server with the same settings and database (and so the same
+    /// master key), but a data directory of its own, as on another machine.
+    pub fn replica(&self) -> Builder {
+        let mut builder = TestApp::builder();
+        builder.env = self.env.clone();
+        builder.env.retain(|(k, _)| k != "KEYGATE_DATA_DIR");
+        builder.db = self.db.clone();
+        builder
+    }
+
+    /// The PostgreSQL database this app uses, if any.
+    pub fn db(&self) -> Option<&PgDatabase> {
+        self.db.as_deref()
+    }
+
+    /// Settings given to this app (`KEYGATE_…`).
+    pub fn setting(&self, key: &str) -> Option<&str> {
+        self.env.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
     }
 
     /// Stops this server and starts a new one on the same store and settings.
     pub async fn restart(mut self) -> TestApp {
         self.kill();
-        TestApp::start(self.dir.clone(), self.env.clone()).await
+        TestApp::start(self.dir.clone(), self.env.clone(), self.db.clone()).await
     }
 
     pub fn kill(&mut self) {

@@ -51,36 +51,3 @@ impl RevocationStore for SqliteStore {
         Ok(done.rows_affected())
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    async fn store() -> (tempfile::TempDir, SqliteStore) {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("t.db").display());
-        let store = SqliteStore::connect(&url).await.unwrap();
-        (dir, store)
-    }
-
-    #[tokio::test]
-    async fn revocations_are_idempotent_and_purged_after_expiry() {
-        let (_dir, store) = store().await;
-        let r = Revocation { jti: "abc".into(), key_ref: KeyRef::generate(), expires_at: 100, revoked_at: 50 };
-        assert!(!store.is_token_revoked("abc").await.unwrap());
-        store.revoke_token(&r).await.unwrap();
-        store.revoke_token(&r).await.unwrap();
-        assert!(store.is_token_revoked("abc").await.unwrap());
-        assert!(!store.is_token_revoked("abd").await.unwrap());
-        assert_eq!(store.purge_revocations(99).await.unwrap(), 0);
-        assert!(store.is_token_revoked("abc").await.unwrap());
-        assert_eq!(store.purge_revocations(100).await.unwrap(), 1);
-        assert!(!store.is_token_revoked("abc").await.unwrap());
-    }
-
-    #[tokio::test]
-    async fn unknown_key_refs_have_no_account() {
-        let (_dir, store) = store().await;
-        assert_eq!(store.key_account(KeyRef::generate()).await.unwrap(), None);
-    }
-}

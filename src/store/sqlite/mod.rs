@@ -14,6 +14,7 @@ use super::*;
 use crate::crypto::signing::SigningAlg;
 
 mod gateway;
+mod transfer;
 
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
@@ -24,8 +25,13 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 
 impl SqliteStore {
     pub async fn connect(url: &str) -> Result<Self> {
+        Self::open(url, true).await
+    }
+
+    /// Opens the store at `url`, creating the file only if `create` says so.
+    pub async fn open(url: &str, create: bool) -> Result<Self> {
         let options = SqliteConnectOptions::from_str(url)?
-            .create_if_missing(true)
+            .create_if_missing(create)
             .journal_mode(SqliteJournalMode::Wal)
             // NORMAL is durable in WAL mode except for the last commits before a power cut.
             .synchronous(SqliteSynchronous::Normal)

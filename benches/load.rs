@@ -1,0 +1,487 @@
+//! The load benchmark: `cargo bench --bench load` (options after `--`: `--keys N`,
+//! `--duration SECONDS`, `--connections N`).
+//!
+//! Builds in release, seeds a temporary store with N keys, starts keygate and a hello-world
+//! server on the same HTTP stack, drives each scenario with wrk (same threads, connections
+//! and duration), and prints req/s, p50, p99 and failures with the ratio to the baseline
+//! measured in the same run, plus peak RSS and start-up time. Figures, not assertions.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    fmt::Write as _,
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use keygate::{
+    config::{Settings, SettingsArgs},
+    domain::{ApiKeyId, ApiPassword, Email, KeyRef},
+    startup,
+    store::{self, KeyRecord},
+};
+
+const ADMIN_EMAIL: &str = "bench@example.com";
+const ADMIN_PASSWORD: &str = "bench admin password";
+/// Keys whose passwords the load scripts use, rotating, so no cache sees a single key.
+const HOT_KEYS: usize = 64;
+
+struct Options {
+    keys: usize,
+    duration: u64,
+    connections: usize,
+}
+
+impl Options {
+    fn parse() -> anyhow::Result<Self> {
+        let mut o = Options { keys: 100_000, duration: 10, connections: 64 };
+        let mut args = std::env::args().skip(1).filter(|a| a != "--bench");
+        while let Some(flag) = args.next() {
+            let value = args.next().with_context(|| format!("{flag} needs a value"))?;
+            match flag.as_str() {
+                "--keys" => o.keys = value.parse()?,
+                "--duration" => o.duration = value.parse()?,
+                "--connections" => o.connections = value.parse()?,
+                other => bail!("unknown option {other} (expected --keys, --duration, --connections)"),
+            }
+        }
+        o.keys = o.keys.max(HOT_KEYS);
+        Ok(o)
+    }
+}
+
+#[derive(Debug, Default, Clone)]
+struct WrkResult {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    requests: u64,
+    failures: u64,
+}
+
+fn main() -> anyhow::Result<()> {
+    if std::env::args().nth(1).as_deref() == Some("__hello") {
+        return hello_server();
+    }
+    let opts = Options::parse()?;
+    if Command::new("wrk").arg("--version").output().is_err() {
+        bail!("wrk is required: apt-get install wrk");
+    }
+    let dir = tempfile::tempdir()?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let env = server_env(dir.path());
+
+    // 1. A store with an admin and a signing key, then N keys written straight into it.
+    eprintln!("seeding {} keys…", opts.keys);
+    let mut first = Server::start(&env)?;
+    first.stop();
+    let hot = runtime.block_on(seed(dir.path(), opts.keys))?;
+
+    // 2. Start-up time on the seeded store.
+    let started = Instant::now();
+    let server = Server::start(&env)?;
+    let startup = started.elapsed();
+    let base = server.base.clone();
+    let hello = Hello::start()?;
+
+    let client = reqwest::Client::builder().cookie_store(true).build()?;
+    let tokens: Vec<String> = runtime.block_on(async {
+        let mut tokens = Vec::new();
+        for (key, password) in &hot {
+            let r = client
+                .post(format!("{base}/auth/login"))
+                .json(&serde_json::json!({"api_key": key, "password": password}))
+                .send()
+                .await?;
+            tokens.push(r.json::<String>().await?);
+        }
+        anyhow::Ok(tokens)
+    })?;
+    let scripts = Scripts::write(dir.path(), &hot, &tokens)?;
+
+    let d = opts.duration;
+    let c = opts.connections;
+    let mut rows: Vec<(String, WrkResult, String)> = Vec::new();
+    let baseline = wrk(&format!("{}/", hello.base), None, c, d)?;
+    rows.push(("hello-world baseline (GET)".into(), baseline.clone(), String::new()));
+
+    let verify = wrk(&format!("{base}/auth/verify"), Some(&scripts.verify), c, d)?;
+    rows.push(("GET /auth/verify".into(), verify, "≥ 0.80× baseline, p99 ≤ 5 ms".into()));
+
+    let api_login = wrk(&format!("{base}/auth/login"), Some(&scripts.api_login), c, d)?;
+    rows.push(("POST /auth/login (API key)".into(), api_login, "≥ 0.35× baseline".into()));
+
+    let token = wrk(&format!("{base}/oauth/token"), Some(&scripts.oauth_token), c, d)?;
+    rows.push(("POST /oauth/token".into(), token, "≥ 10× oidc-provider (~2k/s here)".into()));
+
+    let argon2_rate = argon2_reference_rate(Duration::from_secs(3));
+    let admin = wrk(&format!("{base}/auth/login"), Some(&scripts.admin_login), 8, d)?;
+    let admin_share = admin.rps / argon2_rate;
+    rows.push((
+        "POST /auth/login (admin, 8 conns)".into(),
+        admin,
+        format!("≥ 80% of argon2 rate ({argon2_rate:.0}/s here): {:.0}%", admin_share * 100.0),
+    ));
+
+    // API-login latency alone, then with 32 admin logins running at once.
+    let quiet = wrk(&format!("{base}/auth/login"), Some(&scripts.api_login), 8, d)?;
+    let admin_flood = WrkRun::spawn(&format!("{base}/auth/login"), Some(&scripts.admin_login), 32, d)?;
+    let busy = wrk(&format!("{base}/auth/login"), Some(&scripts.api_login), 8, d)?;
+    let flood = admin_flood.finish()?;
+    let p99_ratio = busy.p99_ms / quiet.p99_ms.max(0.001);
+    rows.push(("API login, 8 conns, idle".into(), quiet, String::new()));
+    rows.push(("API login, 8 conns, + 32 admin logins".into(), busy, format!("p99 ≤ 3× idle: {p99_ratio:.2}×")));
+    rows.push(("  (the 32 admin logins meanwhile)".into(), flood, String::new()));
+
+    let cookie = runtime.block_on(session_cookie(&base))?;
+    let list = wrk_with_header(&format!("{base}/auth/keys/list?limit=100"), &format!("Cookie: {cookie}"), 1, d.min(5))?;
+    rows.push(("GET /auth/keys/list (one page, 1 conn)".into(), list, "≤ 10 ms".into()));
+
+    let rss = server.peak_rss_kib();
+    print_table(&opts, &rows, &baseline, startup, rss);
+    drop(hello);
+    drop(server);
+    Ok(())
+}
+
+fn server_env(dir: &Path) -> Vec<(String, String)> {
+    vec![
+        ("KEYGATE_LISTEN".into(), "127.0.0.1:0".into()),
+        ("KEYGATE_DATA_DIR".into(), dir.join("data").display().to_string()),
+        ("KEYGATE_COOKIE_SECURE".into(), "false".into()),
+        ("KEYGATE_LOG".into(), "warn,keygate::startup=info".into()),
+        ("KEYGATE_BOOTSTRAP_ADMIN_EMAIL".into(), ADMIN_EMAIL.into()),
+        ("KEYGATE_BOOTSTRAP_ADMIN_PASSWORD".into(), ADMIN_PASSWORD.into()),
+    ]
+}
+
+/// Writes `count` keys into the admin's account; returns the first `HOT_KEYS` credentials.
+async fn seed(dir: &Path, count: usize) -> anyhow::Result<Vec<(String, String)>> {
+    let args = SettingsArgs { data_dir: Some(dir.join("data")), ..Default::default() };
+    let settings = Settings::load(&args, |_| None)?;
+    let store = startup::open_store(&settings).await?;
+    let hasher = startup::api_password_hasher(&startup::master_key(&settings)?);
+    let account = store
+        .find_admin(&Email::parse(ADMIN_EMAIL).map_err(|e| anyhow::anyhow!(e))?)
+        .await?
+        .context("the bootstrap admin exists")?
+        .account_id;
+    let mut hot = Vec::new();
+    for i in 0..count {
+        let password = ApiPassword::generate();
+        let record = KeyRecord {
+            key_ref: KeyRef::generate(),
+            account_id: account,
+            api_key: ApiKeyId::generate(),
+            secret_hash: hasher.hash(&password).to_vec(),
+            created_at: store::now(),
+        };
+        store.insert_key(&record).await?;
+        if i < HOT_KEYS {
+            hot.push((record.api_key.to_string(), password.expose().to_owned()));
+        }
+    }
+    Ok(hot)
+}
+
+async fn session_cookie(base: &str) -> anyhow::Result<String> {
+    let r = reqwest::Client::new()
+        .post(format!("{base}/auth/login"))
+        .json(&serde_json::json!({"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}))
+        .send()
+        .await?;
+    let cookie = r.headers().get("set-cookie").context("session cookie")?.to_str()?;
+    Ok(cookie.split(';').next().unwrap_or_default().to_owned())
+}
+
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Server {
+    /// Starts the release binary and returns once `/healthz` answers 200.
+    fn start(env: &[(String, String)]) -> anyhow::Result<Self> {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_keygate"));
+        for (key, _) in std::env::vars() {
+            if key.starts_with("KEYGATE_") {
+                cmd.env_remove(key);
+            }
+        }
+        let mut child = cmd
+            .arg("serve")
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let stderr = child.stderr.take().context("stderr")?;
+        let mut lines = BufReader::new(stderr).lines();
+        let base = loop {
+            let line = lines.next().context("keygate exited before listening")??;
+            if let Some(addr) = line.split("listening on ").nth(1) {
+                break addr.trim().to_owned();
+            }
+        };
+        // Keep draining stderr so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        let addr = base.trim_start_matches("http://").to_owned();
+        loop {
+            if let Ok(mut s) = std::net::TcpStream::connect(&addr) {
+                use std::io::{Read, Write};
+                s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+                let mut out = String::new();
+                let _ = s.read_to_string(&mut out);
+                if out.starts_with("HTTP/1.1 200") {
+                    break;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Ok(Self { child, base })
+    }
+
+    fn peak_rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        status.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The baseline: axum's hello world on the same runtime configuration, in its own process.
+struct Hello {
+    child: Child,
+    base: String,
+}
+
+impl Hello {
+    fn start() -> anyhow::Result<Self> {
+        let mut child = Command::new(std::env::current_exe()?).arg("__hello").stdout(Stdio::piped()).spawn()?;
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
+        Ok(Self { child, base: format!("http://{}", line.trim()) })
+    }
+}
+
+impl Drop for Hello {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn hello_server() -> anyhow::Result<()> {
+    tokio::runtime::Runtime::new()?.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        println!("{}", listener.local_addr()?);
+        let app = axum::Router::new().route("/", axum::routing::get(|| async { "Hello, World!" }));
+        axum::serve(listener, app).await?;
+        anyhow::Ok(())
+    })
+}
+
+struct Scripts {
+    verify: PathBuf,
+    api_login: PathBuf,
+    oauth_token: PathBuf,
+    admin_login: PathBuf,
+}
+
+impl Scripts {
+    fn write(dir: &Path, hot: &[(String, String)], tokens: &[String]) -> anyhow::Result<Self> {
+        let creds: String = hot.iter().map(|(k, p)| format!("{{\"{k}\",\"{p}\"}},")).collect();
+        let toks: String = tokens.iter().map(|t| format!("\"{t}\",")).collect();
+        let rotate = "local i = 0\nlocal function next_index(n) i = i % n + 1 return i end\n";
+        let write = |name: &str, body: String| -> anyhow::Result<PathBuf> {
+            let path = dir.join(name);
+            std::fs::write(&path, body)?;
+            Ok(path)
+        };
+        Ok(Self {
+            verify: write(
+                "verify.lua",
+                format!(
+                    "{rotate}local t = {{{toks}}}\nrequest = function()\n  local k = next_index(#t)\n  \
+                     return wrk.format(\"GET\", \"/auth/verify\", {{[\"Authorization\"] = \"Bearer \" .. t[k]}})\nend\n"
+                ),
+            )?,
+            api_login: write(
+                "api_login.lua",
+                format!(
+                    "{rotate}local c = {{{creds}}}\nrequest = function()\n  local k = next_index(#c)\n  \
+                     local body = '{{\"api_key\":\"' .. c[k][1] .. '\",\"password\":\"' .. c[k][2] .. '\"}}'\n  \
+                     return wrk.format(\"POST\", \"/auth/login\", {{[\"Content-Type\"] = \"application/json\"}}, body)\nend\n"
+                ),
+            )?,
+            oauth_token: write(
+                "oauth_token.lua",
+                format!(
+                    "{rotate}local c = {{{creds}}}\nrequest = function()\n  local k = next_index(#c)\n  \
+                     local body = 'grant_type=client_credentials&client_id=' .. c[k][1] .. '&client_secret=' .. c[k][2]\n  \
+                     return wrk.format(\"POST\", \"/oauth/token\", \
+                     {{[\"Content-Type\"] = \"application/x-www-form-urlencoded\"}}, body)\nend\n"
+                ),
+            )?,
+            admin_login: write(
+                "admin_login.lua",
+                format!(
+                    "request = function()\n  return wrk.format(\"POST\", \"/auth/login\", \
+                     {{[\"Content-Type\"] = \"application/json\"}}, \
+                     '{{\"email\":\"{ADMIN_EMAIL}\",\"password\":\"{ADMIN_PASSWORD}\"}}')\nend\n"
+                ),
+            )?,
+        })
+    }
+}
+
+fn wrk_command(url: &str, script: Option<&Path>, header: Option<&str>, connections: usize, seconds: u64) -> Command {
+    let mut cmd = Command::new("wrk");
+    cmd.args(["-t2", &format!("-c{connections}"), &format!("-d{seconds}s"), "--latency", "--timeout", "10s"]);
+    if let Some(script) = script {
+        cmd.arg("-s").arg(script);
+    }
+    if let Some(header) = header {
+        cmd.args(["-H", header]);
+    }
+    cmd.arg(url);
+    cmd
+}
+
+fn wrk(url: &str, script: Option<&Path>, connections: usize, seconds: u64) -> anyhow::Result<WrkResult> {
+    WrkRun::spawn(url, script, connections, seconds)?.finish()
+}
+
+fn wrk_with_header(url: &str, header: &str, connections: usize, seconds: u64) -> anyhow::Result<WrkResult> {
+    let out = wrk_command(url, None, Some(header), connections, seconds).output()?;
+    parse_wrk(&String::from_utf8_lossy(&out.stdout))
+}
+
+struct WrkRun(Child);
+
+impl WrkRun {
+    fn spawn(url: &str, script: Option<&Path>, connections: usize, seconds: u64) -> anyhow::Result<Self> {
+        Ok(Self(wrk_command(url, script, None, connections, seconds).stdout(Stdio::piped()).spawn()?))
+    }
+
+    fn finish(self) -> anyhow::Result<WrkResult> {
+        let out = self.0.wait_with_output()?;
+        parse_wrk(&String::from_utf8_lossy(&out.stdout))
+    }
+}
+
+fn parse_wrk(out: &str) -> anyhow::Result<WrkResult> {
+    let mut r = WrkResult::default();
+    for line in out.lines().map(str::trim) {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        match fields.as_slice() {
+            ["Requests/sec:", v] => r.rps = v.parse()?,
+            ["50%", v] => r.p50_ms = millis(v)?,
+            ["99%", v] => r.p99_ms = millis(v)?,
+            [n, "requests", "in", ..] => r.requests = n.parse()?,
+            ["Non-2xx", "or", "3xx", "responses:", n] => r.failures += n.parse::<u64>()?,
+            ["Socket", "errors:", rest @ ..] => {
+                r.failures += rest.iter().filter_map(|f| f.trim_end_matches(',').parse::<u64>().ok()).sum::<u64>()
+            }
+            _ => {}
+        }
+    }
+    if r.requests == 0 {
+        bail!("wrk made no requests:\n{out}");
+    }
+    Ok(r)
+}
+
+fn millis(v: &str) -> anyhow::Result<f64> {
+    let (number, scale) = if let Some(n) = v.strip_suffix("us") {
+        (n, 0.001)
+    } else if let Some(n) = v.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = v.strip_suffix('s') {
+        (n, 1000.0)
+    } else {
+        bail!("unexpected latency {v}")
+    };
+    Ok(number.parse::<f64>()? * scale)
+}
+
+/// argon2id with keygate's parameters on every core at once: the ceiling for admin logins.
+fn argon2_reference_rate(for_how_long: Duration) -> f64 {
+    use argon2::{Algorithm, Argon2, Params, PasswordHasher, password_hash::SaltString};
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let start = Instant::now();
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let argon = Argon2::new(
+                    Algorithm::Argon2id,
+                    argon2::Version::V0x13,
+                    Params::new(19 * 1024, 2, 1, None).unwrap(),
+                );
+                let salt = SaltString::encode_b64(b"benchmark-salt-16").unwrap();
+                let mut n = 0u64;
+                while start.elapsed() < for_how_long {
+                    argon.hash_password(b"bench admin password", &salt).unwrap();
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    let total: u64 = handles.into_iter().map(|h| h.join().unwrap()).sum();
+    total as f64 / start.elapsed().as_secs_f64()
+}
+
+fn print_table(
+    opts: &Options,
+    rows: &[(String, WrkResult, String)],
+    baseline: &WrkResult,
+    startup: Duration,
+    rss: Option<u64>,
+) {
+    let mut out = String::new();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let _ = writeln!(
+        out,
+        "\nkeygate load benchmark — {} keys, wrk -t2 -c{} -d{}s, {cores} cores\n",
+        opts.keys, opts.connections, opts.duration
+    );
+    let _ = writeln!(out, "| scenario | req/s | p50 ms | p99 ms | failed | × baseline | target |");
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---|");
+    for (name, r, target) in rows {
+        let _ = writeln!(
+            out,
+            "| {name} | {:.0} | {:.2} | {:.2} | {} | {:.2} | {target} |",
+            r.rps,
+            r.p50_ms,
+            r.p99_ms,
+            r.failures,
+            r.rps / baseline.rps
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\nstart-up to /healthz 200 with {} keys: {:.0} ms (target ≤ 200 ms)",
+        opts.keys,
+        startup.as_secs_f64() * 1000.0
+    );
+    match rss {
+        Some(kib) => {
+            let _ = writeln!(out, "keygate peak RSS (VmHWM): {:.1} MiB (target ≤ 64 MiB)", kib as f64 / 1024.0);
+        }
+        None => {
+            let _ = writeln!(out, "keygate peak RSS: not available on this platform");
+        }
+    }
+    println!("{out}");
+}

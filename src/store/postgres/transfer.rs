@@ -1,0 +1,219 @@
+//! Whole-store export and import for `keygate migrate`.
+
+use super::*;
+use crate::store::{AccountRecord, AdminExport, Counts, SessionExport, Snapshot, TransferStore};
+
+const COUNTS: &str = "SELECT (SELECT count(*) FROM accounts) AS accounts, (SELECT count(*) FROM admins) AS admins, \
+     (SELECT count(*) FROM api_keys) AS keys, (SELECT count(*) FROM sessions) AS sessions, \
+     (SELECT count(*) FROM signing_keys) AS signing_keys, (SELECT count(*) FROM revoked_tokens) AS revocations";
+
+async fn counts(conn: &mut PgConnection) -> Result<Counts> {
+    let row = sqlx::query(COUNTS).fetch_one(&mut *conn).await?;
+    let get = |col: &str| row.try_get::<i64, _>(col).map(|n| n.max(0) as u64);
+    Ok(Counts {
+        accounts: get("accounts")?,
+        admins: get("admins")?,
+        keys: get("keys")?,
+        sessions: get("sessions")?,
+        signing_keys: get("signing_keys")?,
+        revocations: get("revocations")?,
+    })
+}
+
+#[async_trait]
+impl TransferStore for PgStore {
+    async fn export(&self) -> Result<Snapshot> {
+        // REPEATABLE READ: every query below sees the same committed state.
+        let mut tx = self.pool.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
+        let accounts = sqlx::query("SELECT id::text AS id, name, created_at FROM accounts ORDER BY created_at, id")
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(|row| {
+                Ok(AccountRecord {
+                    id: account_id(row, "id")?,
+                    name: AccountName::parse(&row.try_get::<String, _>("name")?).map_err(corrupt("account name"))?,
+                    created_at: row.try_get("created_at")?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let admins = sqlx::query(
+            "SELECT id::text AS id, account_id::text AS account_id, email, password_hash, created_at FROM admins \
+             ORDER BY created_at, id",
+        )
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|row| {
+            Ok(AdminExport {
+                account_id: account_id(row, "account_id")?,
+                admin: NewAdmin {
+                    id: admin_id(row, "id")?,
+                    email: Email::parse(&row.try_get::<String, _>("email")?).map_err(corrupt("email"))?,
+                    password_hash: row.try_get("password_hash")?,
+                    created_at: row.try_get("created_at")?,
+                },
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+        let keys = sqlx::query(
+            "SELECT key_ref::text AS key_ref, account_id::text AS account_id, api_key, secret_hash, created_at \
+             FROM api_keys ORDER BY created_at, key_ref",
+        )
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|row| {
+            Ok(KeyRecord {
+                key_ref: key_ref(row)?,
+                account_id: account_id(row, "account_id")?,
+                api_key: api_key(row)?,
+                secret_hash: row.try_get("secret_hash")?,
+                created_at: row.try_get("created_at")?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+        let sessions = sqlx::query(
+            "SELECT id_hash, admin_id::text AS admin_id, account_id::text AS account_id, created_at, last_seen_at, \
+             expires_at FROM sessions ORDER BY created_at, id_hash",
+        )
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|row| {
+            let hash: Vec<u8> = row.try_get("id_hash")?;
+            Ok(SessionExport {
+                hash: hash.try_into().map_err(|_| StoreError::Corrupt("session digest is not 32 bytes".into()))?,
+                session: SessionRecord {
+                    admin_id: admin_id(row, "admin_id")?,
+                    account_id: account_id(row, "account_id")?,
+                    created_at: row.try_get("created_at")?,
+                    last_seen_at: row.try_get("last_seen_at")?,
+                    expires_at: row.try_get("expires_at")?,
+                },
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+        let signing_keys = sqlx::query(
+            "SELECT kid, alg, sealed_private, public_key, created_at, retired_at FROM signing_keys \
+             ORDER BY created_at, kid",
+        )
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(signing_key)
+        .collect::<Result<Vec<_>>>()?;
+        let revocations = sqlx::query(
+            "SELECT jti, key_ref::text AS key_ref, expires_at, revoked_at FROM revoked_tokens ORDER BY revoked_at, jti",
+        )
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|row| {
+            Ok(Revocation {
+                jti: row.try_get("jti")?,
+                key_ref: key_ref(row)?,
+                expires_at: row.try_get("expires_at")?,
+                revoked_at: row.try_get("revoked_at")?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+        tx.commit().await?;
+        Ok(Snapshot { accounts, admins, keys, sessions, signing_keys, revocations })
+    }
+
+    async fn import(&self, snapshot: &Snapshot) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        // Held to commit: a replica starting on this database meanwhile waits, then finds
+        // the imported admin and signing key instead of creating its own; and no second
+        // import can pass the emptiness check below at the same time.
+        sqlx::query("LOCK TABLE accounts, admins, api_keys, sessions, signing_keys, revoked_tokens IN EXCLUSIVE MODE")
+            .execute(&mut *tx)
+            .await?;
+        if counts(&mut tx).await?.total() > 0 {
+            return Err(StoreError::NotEmpty);
+        }
+        // The import may be large: no statement timeout inside this one transaction.
+        sqlx::query("SET LOCAL statement_timeout = 0").execute(&mut *tx).await?;
+        for a in &snapshot.accounts {
+            sqlx::query("INSERT INTO accounts (id, name, created_at) VALUES ($1::uuid, $2, $3)")
+                .bind(a.id.to_string())
+                .bind(a.name.as_str())
+                .bind(a.created_at)
+                .execute(&mut *tx)
+                .await?;
+        }
+        for a in &snapshot.admins {
+            sqlx::query(
+                "INSERT INTO admins (id, account_id, email, password_hash, created_at) \
+                 VALUES ($1::uuid, $2::uuid, $3, $4, $5)",
+            )
+            .bind(a.admin.id.0.to_string())
+            .bind(a.account_id.to_string())
+            .bind(a.admin.email.as_str())
+            .bind(&a.admin.password_hash)
+            .bind(a.admin.created_at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for k in &snapshot.keys {
+            sqlx::query(
+                "INSERT INTO api_keys (key_ref, account_id, api_key, secret_hash, created_at) \
+                 VALUES ($1::uuid, $2::uuid, $3, $4, $5)",
+            )
+            .bind(k.key_ref.to_string())
+            .bind(k.account_id.to_string())
+            .bind(k.api_key.as_str())
+            .bind(&k.secret_hash)
+            .bind(k.created_at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for s in &snapshot.sessions {
+            sqlx::query(
+                "INSERT INTO sessions (id_hash, admin_id, account_id, created_at, last_seen_at, expires_at) \
+                 VALUES ($1, $2::uuid, $3::uuid, $4, $5, $6)",
+            )
+            .bind(s.hash.as_slice())
+            .bind(s.session.admin_id.0.to_string())
+            .bind(s.session.account_id.to_string())
+            .bind(s.session.created_at)
+            .bind(s.session.last_seen_at)
+            .bind(s.session.expires_at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for k in &snapshot.signing_keys {
+            sqlx::query(
+                "INSERT INTO signing_keys (kid, alg, sealed_private, public_key, created_at, retired_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(&k.key.kid)
+            .bind(k.key.alg.as_str())
+            .bind(&k.key.sealed_private)
+            .bind(&k.key.public_key)
+            .bind(k.created_at)
+            .bind(k.retired_at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for r in &snapshot.revocations {
+            sqlx::query(
+                "INSERT INTO revoked_tokens (jti, key_ref, expires_at, revoked_at) VALUES ($1, $2::uuid, $3, $4)",
+            )
+            .bind(&r.jti)
+            .bind(r.key_ref.to_string())
+            .bind(r.expires_at)
+            .bind(r.revoked_at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn counts(&self) -> Result<Counts> {
+        let mut conn = self.pool.acquire().await?;
+        counts(&mut conn).await
+    }
+}

@@ -1,0 +1,105 @@
+//! Readiness, and surviving a database outage: 503 problems while it lasts, recovery
+//! without a restart, and nothing half-written. The outage takes down only this test's own
+//! database (other tests share the server).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use reqwest::{Client, StatusCode, header};
+use serde_json::{Value, json};
+
+backends! {
+async fn readyz_reports_the_store_and_is_documented(builder: Builder) {
+    let app = builder.spawn().await;
+    let r = Client::new().get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.json::<Value>().await.unwrap(), json!({"status": "ready"}));
+    let r = Client::new().get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+
+    let doc: Value = Client::new().get(app.url("/openapi.json")).send().await.unwrap().json().await.unwrap();
+    let readyz = &doc["paths"]["/readyz"]["get"];
+    assert!(readyz["responses"]["200"].is_object(), "{readyz}");
+    assert!(readyz["responses"]["503"].is_object(), "{readyz}");
+}
+}
+
+async fn status(client: &Client, url: String) -> StatusCode {
+    client.get(url).send().await.unwrap().status()
+}
+
+/// Polls `/readyz` until it answers 200; false if it never does.
+async fn wait_ready(app: &TestApp) -> bool {
+    for _ in 0..150 {
+        if status(&Client::new(), app.url("/readyz")).await == StatusCode::OK {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    false
+}
+
+async fn assert_unavailable(response: reqwest::Response) {
+    let retry = response.headers().get(header::RETRY_AFTER).map(|v| v.to_str().unwrap().to_owned());
+    assert_problem(response, StatusCode::SERVICE_UNAVAILABLE).await;
+    assert!(retry.is_some_and(|v| v.parse::<u64>().is_ok()), "503 without a Retry-After");
+}
+
+#[tokio::test]
+async fn database_outage_answers_503_and_recovers_by_itself() {
+    let Some(builder) = Builder::postgres().await else { return };
+    let app = builder.spawn().await;
+    app.admin_login().await;
+    let (api_key, password) = app.generate_key().await;
+    let db = app.db().unwrap();
+
+    db.take_down().await;
+    // Every call that needs the database answers 503 with a problem body: promptly, since a
+    // request that hung until the 30 s request timeout would be a 408.
+    assert_unavailable(app.api_login(&api_key, &password).await).await;
+    assert_unavailable(Client::new().get(app.url("/readyz")).send().await.unwrap()).await;
+    assert_unavailable(app.client.post(app.url("/auth/keys/generate")).send().await.unwrap()).await;
+    assert_unavailable(app.client.get(app.url("/auth/keys/list")).send().await.unwrap()).await;
+    assert_unavailable(app.post_json("/auth/login", &json!({"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD})).await)
+        .await;
+    // Liveness is not readiness: the process is fine and must not be restarted.
+    assert_eq!(status(&Client::new(), app.url("/healthz")).await, StatusCode::OK);
+
+    db.bring_up().await;
+    assert!(wait_ready(&app).await, "did not recover:\n{}", app.logs());
+    // Same process, same session: everything works again, and the key generation refused
+    // during the outage left no trace.
+    app.token(&api_key, &password).await;
+    assert_eq!(app.list_keys().await.len(), 1);
+    let (k2, p2) = app.generate_key().await;
+    app.token(&k2, &p2).await;
+    assert!(!app.logs().contains("panicked"), "{}", app.logs());
+}
+
+#[tokio::test]
+async fn killed_connections_are_replaced_without_errors() {
+    let Some(builder) = Builder::postgres().await else { return };
+    let app = builder.spawn().await;
+    app.admin_login().await;
+    let (api_key, password) = app.generate_key().await;
+    let db = app.db().unwrap();
+    // Several rounds of pg_terminate_backend on every connection keygate holds, with the
+    // database still up: pooled connections are checked before use, so no request fails.
+    for _ in 0..3 {
+        let mut admin = db.admin().await;
+        let killed: Vec<bool> = sqlx::query_scalar(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+        )
+        .bind(&db.name)
+        .fetch_all(&mut admin)
+        .await
+        .unwrap();
+        assert!(!killed.is_empty(), "keygate held no connection to kill");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        app.token(&api_key, &password).await;
+        assert_eq!(app.list_keys().await.len(), 1);
+    }
+}

@@ -1,0 +1,156 @@
+//! Several `keygate serve` replicas on one PostgreSQL database agree on everything: the
+//! first admin, the signing key, API keys, tokens and sessions. PostgreSQL only: SQLite is
+//! the single-server store.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use reqwest::{Client, StatusCode, header};
+use serde_json::{Value, json};
+
+async fn jwks(app: &TestApp) -> Value {
+    let r = Client::new().get(app.url("/.well-known/jwks.json")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    r.json().await.unwrap()
+}
+
+fn kid_of(token: &str) -> String {
+    jsonwebtoken::decode_header(token).unwrap().kid.unwrap()
+}
+
+/// Verifies `token` with a key from `jwks`, as a gateway would.
+fn verify_with(jwks: &Value, token: &str) -> Value {
+    let kid = kid_of(token);
+    let jwk = jwks["keys"].as_array().unwrap().iter().find(|k| k["kid"] == kid.as_str()).expect("kid published");
+    let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(jwk.clone()).unwrap();
+    let key = jsonwebtoken::DecodingKey::from_jwk(&jwk).unwrap();
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
+    validation.set_audience(&["keygate"]);
+    validation.set_issuer(&["https://keygate.test"]);
+    jsonwebtoken::decode::<Value>(token, &key, &validation).expect("token verifies").claims
+}
+
+/// Logs in with a cookie-less client and returns the `Cookie` header value to replay.
+async fn session_cookie(app: &TestApp) -> String {
+    let r = Client::new()
+        .post(app.url("/auth/login"))
+        .json(&json!({"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let set = r.headers()[header::SET_COOKIE].to_str().unwrap();
+    set.split(';').next().unwrap().to_owned()
+}
+
+async fn list_status(app: &TestApp, cookie: &str) -> StatusCode {
+    Client::new().get(app.url("/auth/keys/list")).header(header::COOKIE, cookie).send().await.unwrap().status()
+}
+
+#[tokio::test]
+async fn replicas_starting_at_once_create_one_admin_and_one_signing_key() {
+    // A few rounds on fresh databases: any one start may happen not to overlap.
+    for round in 0..3 {
+        let Some(builder) = Builder::postgres().await else { return };
+        // No bootstrap settings: each replica would invent an admin and write its password
+        // to its own data directory, so a double bootstrap would show as two files.
+        let builder = builder.without_bootstrap_admin();
+        let (a, b) = tokio::join!(builder.clone().spawn(), builder.clone().spawn());
+        let db = a.db().unwrap();
+        assert_eq!(db.count("admins").await, 1, "round {round}");
+        assert_eq!(db.count("accounts").await, 1, "round {round}");
+        assert_eq!(db.count("signing_keys").await, 1, "round {round}");
+        assert_eq!(db.count("signing_keys WHERE retired_at IS NULL").await, 1, "round {round}");
+
+        let files: Vec<_> = [&a, &b]
+            .iter()
+            .filter_map(|app| std::fs::read_to_string(app.data_dir().join("initial-admin-password")).ok())
+            .collect();
+        assert_eq!(files.len(), 1, "round {round}: exactly one replica created the admin");
+        let password = files[0].trim();
+        // The winner's password works on both; both publish the one key.
+        for app in [&a, &b] {
+            let r = app.post_json("/auth/login", &json!({"email": "admin@localhost", "password": password})).await;
+            assert_eq!(r.status(), StatusCode::OK, "round {round}");
+        }
+        let (ja, jb) = (jwks(&a).await, jwks(&b).await);
+        assert_eq!(ja, jb, "round {round}");
+        assert_eq!(ja["keys"].as_array().unwrap().len(), 1, "round {round}");
+    }
+}
+
+#[tokio::test]
+async fn replicas_share_keys_tokens_and_sessions() {
+    let Some(builder) = Builder::postgres().await else { return };
+    let a = builder.spawn().await;
+    let b = a.replica().spawn().await;
+    assert_ne!(a.base, b.base);
+    assert_ne!(a.data_dir(), b.data_dir());
+
+    // A key generated on A logs in on B.
+    a.admin_login().await;
+    let (api_key, password) = a.generate_key().await;
+    let token_b = b.token(&api_key, &password).await;
+    let token_a = a.token(&api_key, &password).await;
+
+    // A's token carries a kid B publishes, with the same key material, and verifies with
+    // B's published key (and the other way round).
+    let (ja, jb) = (jwks(&a).await, jwks(&b).await);
+    assert_eq!(ja, jb);
+    assert_eq!(kid_of(&token_a), kid_of(&token_b));
+    let claims = verify_with(&jb, &token_a);
+    assert_eq!(claims["api_key"], api_key.as_str());
+    verify_with(&ja, &token_b);
+
+    // B lists what A generated (cookies are not per port: A's session goes to B too).
+    let listed = a.client.get(b.url("/auth/keys/list")).send().await.unwrap();
+    assert_eq!(listed.status(), StatusCode::OK);
+    let listed: Vec<Value> = listed.json().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    let key_ref = listed[0]["api_key_ref"].as_str().unwrap().to_owned();
+
+    // Deleted on A: B refuses it on the very next request.
+    let r = a.client.delete(a.url(&format!("/auth/user/{key_ref}"))).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_problem(b.api_login(&api_key, &password).await, StatusCode::UNAUTHORIZED).await;
+    let r = a.client.delete(b.url(&format!("/auth/user/{key_ref}"))).send().await.unwrap();
+    assert_problem(r, StatusCode::NOT_FOUND).await;
+
+    // A session opened on A works on B; logged out on A, it is dead on B at once.
+    let cookie = session_cookie(&a).await;
+    assert_eq!(list_status(&b, &cookie).await, StatusCode::OK);
+    let r = Client::new().post(a.url("/auth/logout")).header(header::COOKIE, &cookie).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(list_status(&b, &cookie).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(list_status(&a, &cookie).await, StatusCode::UNAUTHORIZED);
+
+    // A key generated on B logs in on A.
+    let (api_key, password) = b.generate_key_with(&a.client).await;
+    a.token(&api_key, &password).await;
+}
+
+#[tokio::test]
+async fn postgres_without_a_master_key_refuses_to_start() {
+    let Some(builder) = Builder::postgres().await else { return };
+    let db = builder.db().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let env: Vec<(String, String)> = [
+        ("KEYGATE_DATABASE_URL", db.url.as_str()),
+        ("KEYGATE_LISTEN", "127.0.0.1:0"),
+        ("KEYGATE_DATA_DIR", data.path().to_str().unwrap()),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let out = run_with_timeout(keygate_command(&env).arg("serve"), Duration::from_secs(60));
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("invalid setting KEYGATE_MASTER_KEY"), "{stderr}");
+    assert!(stderr.contains("required with PostgreSQL"), "{stderr}");
+    // It stopped before touching the database, and generated no key of its own.
+    assert_eq!(db.count("information_schema.tables WHERE table_schema = 'public'").await, 0);
+    assert!(!data.path().join("master.key").exists());
+}
