@@ -1,4 +1,4 @@
-//! The command line: `keygate serve`, `keygate admin create`.
+//! The command line: `keygate serve`, `keygate admin create`, `keygate signing-key …`.
 
 use std::{io::Read, process::ExitCode};
 
@@ -32,6 +32,9 @@ enum Command {
     /// Manage admins.
     #[command(subcommand)]
     Admin(AdminCommand),
+    /// Manage the JWT signing keys.
+    #[command(subcommand)]
+    SigningKey(signing_key::SigningKeyCommand),
     /// Copy every account, admin, API key, session and signing key from one store into a
     /// new, empty one (e.g. from the embedded SQLite file to PostgreSQL). Stop the servers
     /// on the source first.
@@ -44,6 +47,8 @@ enum Command {
         to: String,
     },
 }
+
+mod signing_key;
 
 #[derive(Debug, Subcommand)]
 enum AdminCommand {
@@ -116,6 +121,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                 Err(e) => Err(e).context("cannot create the admin"),
             }
         }
+        Command::SigningKey(command) => signing_key::run(command, &settings).await,
         Command::Migrate { from, to } => migrate(&from, &to).await,
     }
 }

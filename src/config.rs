@@ -51,6 +51,10 @@ pub struct SettingsArgs {
     /// JWT signature algorithm: ES256 or EdDSA [default: ES256].
     #[arg(long, env = "KEYGATE_SIGNING_ALG", global = true, value_name = "ALG")]
     pub signing_alg: Option<String>,
+    /// How often a running server re-reads the signing keys from the store, to pick up a
+    /// rotation made by the CLI or another replica; 1 to 60 [default: 10].
+    #[arg(long, env = "KEYGATE_KEY_RELOAD_INTERVAL", global = true, value_name = "SECONDS")]
+    pub key_reload_interval: Option<String>,
     /// Log filter, in tracing's EnvFilter syntax [default: info].
     #[arg(long, env = "KEYGATE_LOG", global = true, value_name = "FILTER")]
     pub log: Option<String>,
@@ -73,6 +77,7 @@ struct FileSettings {
     session_idle_timeout: Option<u64>,
     session_lifetime: Option<u64>,
     signing_alg: Option<String>,
+    key_reload_interval: Option<u64>,
     log: Option<String>,
     log_format: Option<String>,
 }
@@ -95,6 +100,7 @@ pub struct Settings {
     pub session_idle_timeout: u64,
     pub session_lifetime: u64,
     pub signing_alg: SigningAlg,
+    pub key_reload_interval: u64,
     /// `KEYGATE_MASTER_KEY`, if given; otherwise the embedded default keeps one in the data dir.
     pub master_key: Option<SecretString>,
     /// `KEYGATE_BOOTSTRAP_ADMIN_EMAIL` / `_PASSWORD`, used only on a store with no admin.
@@ -179,6 +185,15 @@ impl Settings {
             .map_err(|_| bad("KEYGATE_SIGNING_ALG", "expected ES256 or EdDSA"))?
             .unwrap_or(SigningAlg::Es256);
 
+        // Bounded above because retired keys verify only that much past their tokens' TTL.
+        let key_reload_interval = seconds(
+            "KEYGATE_KEY_RELOAD_INTERVAL",
+            args.key_reload_interval.as_deref(),
+            file.key_reload_interval,
+            10,
+            1..=crate::service::MAX_KEY_RELOAD_INTERVAL,
+        )?;
+
         let log_filter = args.log.clone().or(file.log).unwrap_or_else(|| "info".into());
         tracing_subscriber::EnvFilter::try_new(&log_filter)
             .map_err(|_| bad("KEYGATE_LOG", "not a valid filter (e.g. info, keygate=debug)"))?;
@@ -220,6 +235,7 @@ impl Settings {
             session_idle_timeout,
             session_lifetime,
             signing_alg,
+            key_reload_interval,
             master_key,
             bootstrap_admin,
             log_filter,
@@ -279,6 +295,7 @@ mod tests {
         assert_eq!(s.database_url, "sqlite://./data/keygate.db");
         assert_eq!(s.issuer, "http://127.0.0.1:8080");
         assert_eq!(s.signing_alg, SigningAlg::Es256);
+        assert_eq!(s.key_reload_interval, 10);
     }
 
     #[test]
@@ -289,6 +306,10 @@ mod tests {
             (SettingsArgs { token_ttl: Some("abc".into()), ..Default::default() }, "KEYGATE_TOKEN_TTL"),
             (SettingsArgs { cookie_secure: Some("maybe".into()), ..Default::default() }, "KEYGATE_COOKIE_SECURE"),
             (SettingsArgs { signing_alg: Some("HS256".into()), ..Default::default() }, "KEYGATE_SIGNING_ALG"),
+            (
+                SettingsArgs { key_reload_interval: Some("61".into()), ..Default::default() },
+                "KEYGATE_KEY_RELOAD_INTERVAL",
+            ),
             (SettingsArgs { database_url: Some("mysql://x".into()), ..Default::default() }, "KEYGATE_DATABASE_URL"),
         ];
         for (args, name) in cases {

@@ -1,7 +1,7 @@
 //! Builds the application from settings: store, secrets, first admin, signing keys,
 //! listener. `main` and the tests start keygate the same way.
 
-use std::{future::Future, io::IsTerminal, net::SocketAddr, path::Path, sync::Arc};
+use std::{future::Future, io::IsTerminal, net::SocketAddr, path::Path, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use secrecy::{ExposeSecret, SecretString};
@@ -16,7 +16,7 @@ use crate::{
     },
     domain::{AccountName, ApiPassword, Email},
     http::{self, AppState, SessionCookie},
-    service::{AuthService, Policy},
+    service::{self, AuthService, Policy},
     store::{self, AdminId, NewAdmin, Store},
 };
 
@@ -31,6 +31,8 @@ const DEFAULT_ACCOUNT: &str = "default";
 pub struct Application {
     listener: TcpListener,
     router: axum::Router,
+    auth: Arc<AuthService>,
+    key_reload_interval: Duration,
 }
 
 impl Application {
@@ -44,7 +46,7 @@ impl Application {
         let admin_hasher = AdminPasswordHasher::new(workers, 64);
 
         bootstrap_admin(store.as_ref(), settings, &admin_hasher).await?;
-        let sealer = KeySealer::new(master.derive(SIGNING_KEY_SEAL_LABEL));
+        let sealer = key_sealer(&master);
         let ring = load_key_ring(store.as_ref(), &sealer, settings.signing_alg, settings.token_ttl).await?;
         tracing::info!(kid = ring.active_kid(), alg = %settings.signing_alg, "signing key loaded");
 
@@ -56,13 +58,21 @@ impl Application {
             session_lifetime: settings.session_lifetime,
         };
         let api_hasher = api_password_hasher(&master);
-        let auth = Arc::new(AuthService::new(store, policy, api_hasher, admin_hasher, ring));
-        let state = AppState { auth, cookie: SessionCookie::new(settings.cookie_secure, settings.session_lifetime) };
+        let auth = Arc::new(AuthService::new(store, policy, api_hasher, admin_hasher, ring, sealer));
+        let state = AppState {
+            auth: auth.clone(),
+            cookie: SessionCookie::new(settings.cookie_secure, settings.session_lifetime),
+        };
 
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
-        Ok(Self { listener, router: http::router(state) })
+        Ok(Self {
+            listener,
+            router: http::router(state),
+            auth,
+            key_reload_interval: Duration::from_secs(settings.key_reload_interval),
+        })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -71,7 +81,11 @@ impl Application {
 
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         tracing::info!("listening on http://{}", self.local_addr()?);
-        axum::serve(self.listener, self.router).with_graceful_shutdown(shutdown).await
+        // Picks up signing-key rotations made elsewhere (CLI, other replicas) while we run.
+        let upkeep = tokio::spawn(self.auth.clone().maintain(self.key_reload_interval));
+        let served = axum::serve(self.listener, self.router).with_graceful_shutdown(shutdown).await;
+        upkeep.abort();
+        served
     }
 }
 
@@ -89,6 +103,11 @@ fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
     #[cfg(unix)]
     std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
     builder.create(dir).with_context(|| format!("cannot create data directory {}", dir.display()))
+}
+
+/// The key that seals signing keys at rest, as every server and the CLI derive it.
+pub fn key_sealer(master: &MasterKey) -> KeySealer {
+    KeySealer::new(master.derive(SIGNING_KEY_SEAL_LABEL))
 }
 
 /// The keyed hash for API passwords, derived from the master key.
@@ -188,25 +207,16 @@ pub async fn load_key_ring(
     alg: SigningAlg,
     token_ttl: u64,
 ) -> anyhow::Result<KeyRing> {
-    let mut records = store.signing_keys().await?;
+    let records = store.signing_keys().await?;
     match records.iter().find(|r| r.retired_at.is_none()) {
         None => {
             store.insert_first_signing_key(&sealer.generate(alg)?, store::now()).await?;
-            records = store.signing_keys().await?;
         }
         Some(active) if active.key.alg != alg => {
             tracing::info!(from = %active.key.alg, to = %alg, "signing algorithm changed: rotating to a new key");
             store.rotate_signing_key(&sealer.generate(alg)?, store::now()).await?;
-            records = store.signing_keys().await?;
         }
         Some(_) => {}
     }
-    let now = store::now();
-    let active = records.iter().find(|r| r.retired_at.is_none()).context("no active signing key after creating one")?;
-    let verifying: Vec<_> = records
-        .iter()
-        .filter(|r| r.retired_at.is_some_and(|retired| retired + token_ttl as i64 + 60 > now))
-        .map(|r| r.key.clone())
-        .collect();
-    Ok(KeyRing::new(sealer, &active.key, &verifying)?)
+    Ok(service::read_key_ring(store, sealer, token_ttl).await?)
 }

@@ -13,7 +13,7 @@ use keygate::{
         signing::{KeySealer, SealedKey, SigningAlg},
     },
     domain::{AccountId, AccountName, ApiKeyId, Email, KeyRef},
-    store::{self, AdminId, KeyRecord, NewAdmin, SessionRecord, Store, StoreError, TransferError},
+    store::{self, AdminId, KeyRecord, NewAdmin, Revocation, SessionRecord, Store, StoreError, TransferError},
 };
 use uuid::Uuid;
 
@@ -267,6 +267,34 @@ async fn concurrent_first_signing_keys_leave_exactly_one_active(fx: Fixture) {
     assert_eq!(stores[0].signing_keys().await.unwrap().len(), 2);
 }
 
+async fn key_lookups_by_ref_see_deletions_at_once(fx: Fixture) {
+    let store = fx.open().await;
+    let acme = store.create_admin(&account("acme"), &new_admin("a@example.com")).await.unwrap();
+    let key = key_record(acme, store::now());
+    store.insert_key(&key).await.unwrap();
+    assert_eq!(store.key_account(key.key_ref).await.unwrap(), Some(acme));
+    assert_eq!(store.key_account(KeyRef::generate()).await.unwrap(), None);
+    assert!(store.delete_key(acme, key.key_ref).await.unwrap());
+    // Another replica (another pool) sees the deletion on its next read.
+    assert_eq!(fx.open().await.key_account(key.key_ref).await.unwrap(), None);
+}
+
+async fn revocations_are_idempotent_shared_and_purged_after_expiry(fx: Fixture) {
+    let (store, replica) = (fx.open().await, fx.open().await);
+    let r = Revocation { jti: "0123abcd".into(), key_ref: KeyRef::generate(), expires_at: 1_000, revoked_at: 500 };
+    assert!(!store.is_token_revoked(&r.jti).await.unwrap());
+    store.revoke_token(&r).await.unwrap();
+    // Revoking twice, from another replica even, is a success and changes nothing.
+    replica.revoke_token(&Revocation { revoked_at: 600, ..r.clone() }).await.unwrap();
+    assert!(replica.is_token_revoked(&r.jti).await.unwrap());
+    assert!(!store.is_token_revoked("0123abce").await.unwrap());
+    assert_eq!(store.counts().await.unwrap().revocations, 1);
+    assert_eq!(store.purge_revocations(999).await.unwrap(), 0);
+    assert!(store.is_token_revoked(&r.jti).await.unwrap());
+    assert_eq!(store.purge_revocations(1_000).await.unwrap(), 1);
+    assert!(!replica.is_token_revoked(&r.jti).await.unwrap());
+}
+
 async fn ping_answers(fx: Fixture) {
     fx.open().await.ping().await.unwrap();
 }
@@ -286,10 +314,16 @@ async fn copy_from_sqlite_keeps_every_row_and_refuses_a_non_empty_target(fx: Fix
     source.insert_session(&hash, &session_record(&admin, acme, now)).await.unwrap();
     source.insert_first_signing_key(&signing_key(), now).await.unwrap();
     source.rotate_signing_key(&signing_key(), now + 5).await.unwrap();
+    let revocation = Revocation { jti: "feedbeef".into(), key_ref: keys[0].key_ref, expires_at: now + 900, revoked_at: now };
+    source.revoke_token(&revocation).await.unwrap();
 
     let target = fx.open().await;
     let copied = store::copy(source.as_ref(), target.as_ref()).await.unwrap();
     assert_eq!((copied.accounts, copied.admins, copied.keys, copied.sessions, copied.signing_keys), (2, 2, 3, 1, 2));
+    // A revoked token stays revoked on the new store.
+    assert_eq!(copied.revocations, 1);
+    assert!(target.is_token_revoked(&revocation.jti).await.unwrap());
+    assert_eq!(target.export().await.unwrap().revocations, vec![revocation]);
     assert_eq!(target.counts().await.unwrap(), copied);
 
     // Rows arrive as they were: ids, hashes, times, sealed keys.

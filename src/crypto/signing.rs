@@ -282,6 +282,22 @@ impl KeyRing {
         jsonwebtoken::decode::<AccessClaims>(token, &verifier.key, &validation).ok().map(|t| t.claims)
     }
 
+    /// Whether `token` names, in a well-formed header, a key this ring does not hold: the one
+    /// failure a reload from the store can cure (another replica, or the CLI, rotated).
+    pub fn is_unknown_kid(&self, token: &str) -> bool {
+        jsonwebtoken::decode_header(token)
+            .ok()
+            .and_then(|h| h.kid)
+            .is_some_and(|kid| !self.verifiers.contains_key(&kid))
+    }
+
+    /// The kids this ring verifies, sorted.
+    pub fn kids(&self) -> Vec<&str> {
+        let mut kids: Vec<&str> = self.verifiers.keys().map(String::as_str).collect();
+        kids.sort_unstable();
+        kids
+    }
+
     /// The public keys, for `/.well-known/jwks.json`.
     pub fn jwks(&self) -> JwkSet {
         let mut keys: Vec<Jwk> = self.verifiers.values().map(|v| v.jwk.clone()).collect();
@@ -341,6 +357,20 @@ mod tests {
         let mut moved = key.clone();
         moved.kid = "another".into();
         assert!(KeyRing::new(&sealer, &moved, &[]).is_err());
+    }
+
+    #[test]
+    fn unknown_kids_are_told_apart_from_garbage() {
+        let sealer = KeySealer::new([3; 32]);
+        let old = sealer.generate(SigningAlg::Es256).unwrap();
+        let new = sealer.generate(SigningAlg::Es256).unwrap();
+        let old_ring = KeyRing::new(&sealer, &old, &[]).unwrap();
+        let new_ring = KeyRing::new(&sealer, &new, std::slice::from_ref(&old)).unwrap();
+        let token = new_ring.sign(&claims(now())).unwrap();
+        assert!(old_ring.is_unknown_kid(&token));
+        assert!(!new_ring.is_unknown_kid(&token));
+        assert!(!old_ring.is_unknown_kid("not a token"));
+        assert_eq!(new_ring.kids().len(), 2);
     }
 
     #[test]

@@ -32,6 +32,11 @@ pub enum ApiError {
     InvalidCredentials,
     #[error("admin session required")]
     NoSession,
+    /// No bearer token at all (RFC 6750 §3.1: then the challenge carries no error code).
+    #[error("a bearer token is required")]
+    MissingToken,
+    #[error("the bearer token is invalid, expired or revoked")]
+    InvalidToken,
     #[error("not found")]
     NotFound,
     #[error("request body must be application/json")]
@@ -49,7 +54,9 @@ impl ApiError {
         match self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::InvalidCredentials | Self::NoSession => StatusCode::UNAUTHORIZED,
+            Self::InvalidCredentials | Self::NoSession | Self::MissingToken | Self::InvalidToken => {
+                StatusCode::UNAUTHORIZED
+            }
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -95,6 +102,17 @@ impl IntoResponse for ApiError {
                     .headers_mut()
                     .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Cookie realm=\"keygate\""));
             }
+            Self::MissingToken => {
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"keygate\""));
+            }
+            Self::InvalidToken => {
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"keygate\", error=\"invalid_token\""),
+                );
+            }
             Self::Unavailable => {
                 response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
@@ -130,6 +148,7 @@ impl From<AuthError> for ApiError {
             AuthError::InvalidCredentials => Self::InvalidCredentials,
             AuthError::NoSession => Self::NoSession,
             AuthError::NotFound => Self::NotFound,
+            AuthError::InvalidToken(_) => Self::InvalidToken,
             AuthError::Hashing(HashPoolError::Busy) => Self::Unavailable,
             AuthError::Hashing(e) => Self::Internal(e.into()),
             AuthError::Store(e) => e.into(),

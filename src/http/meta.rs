@@ -3,10 +3,11 @@
 use axum::{
     Json,
     extract::State,
-    http::{HeaderValue, header},
-    response::IntoResponse,
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
 };
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 use utoipa::{OpenApi, ToSchema};
 
 use super::{
@@ -55,18 +56,51 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Readiness>, Ap
     }
 }
 
-/// The public signing keys (RFC 7517), for gateways that verify tokens themselves.
+/// The public signing keys (RFC 7517), for gateways that verify tokens themselves: the
+/// active key and every retired key that may still have live tokens.
 #[utoipa::path(
     get,
     path = "/.well-known/jwks.json",
     tag = "meta",
-    responses((status = 200, description = "JSON Web Key Set", content_type = "application/json", body = Object))
+    params(("If-None-Match" = Option<String>, Header, description = "An ETag from an earlier answer")),
+    responses(
+        (status = 200, description = "JSON Web Key Set", content_type = "application/json", body = Object,
+            headers(
+                ("Cache-Control" = String, description = "public, max-age=60"),
+                ("ETag" = String, description = "Changes whenever the key set does"),
+            )),
+        (status = 304, description = "Unchanged since the ETag given in If-None-Match",
+            headers(("ETag" = String), ("Cache-Control" = String))),
+    )
 )]
-pub async fn jwks(State(state): State<AppState>) -> impl IntoResponse {
+pub async fn jwks(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let set = state.auth.key_ring().jwks();
-    // Short enough that a rotated-in key is picked up quickly, long enough to spare us
-    // a fetch per request from gateways that honour caching.
-    ([(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=300"))], Json(set))
+    let body = match serde_json::to_vec(&set) {
+        Ok(body) => body,
+        Err(e) => return ApiError::Internal(e.into()).into_response(),
+    };
+    // A strong validator from the content itself: replicas serving the same keys agree on it.
+    let digest = Sha256::digest(&body);
+    let etag = format!("\"{}\"", digest[..16].iter().map(|b| format!("{b:02x}")).collect::<String>());
+    // A rotated-in key signs at once, so gateways verifying locally must see it soon: one
+    // minute of caching spares us a fetch per request and bounds how long a gateway that
+    // does not refetch on an unknown kid refuses new tokens.
+    let cache = (header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=60"));
+    let etag_header = (header::ETAG, HeaderValue::from_str(&etag).unwrap_or(HeaderValue::from_static("\"\"")));
+    if if_none_match(&headers, &etag) {
+        return (StatusCode::NOT_MODIFIED, [cache, etag_header]).into_response();
+    }
+    ([cache, etag_header, (header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
+}
+
+/// RFC 9110 §13.1.2: weak comparison, a list of tags, or `*`.
+fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {
+    headers.get_all(header::IF_NONE_MATCH).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).any(
+        |tag| {
+            let tag = tag.trim();
+            tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == etag
+        },
+    )
 }
 
 pub async fn openapi() -> Json<utoipa::openapi::OpenApi> {

@@ -31,8 +31,11 @@ pub mod error;
 mod extract;
 mod keys;
 mod meta;
+mod oauth;
+mod verify;
 
 pub use cookie::SessionCookie;
+use oauth::MergeGatewayDoc;
 
 /// What every handler gets: the service and the cookie policy. Cheap to clone.
 #[derive(Clone)]
@@ -52,7 +55,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
         auth::login, auth::logout, keys::generate, keys::list, keys::delete,
         meta::healthz, meta::readyz, meta::jwks,
     ),
-    modifiers(&SessionScheme),
+    modifiers(&SessionScheme, &MergeGatewayDoc),
     tags(
         (name = "auth", description = "Logging in and out"),
         (name = "keys", description = "API key management (admin session)"),
@@ -88,6 +91,8 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(meta::readyz))
         .route("/.well-known/jwks.json", get(meta::jwks))
         .route("/openapi.json", get(meta::openapi))
+        .merge(verify::router())
+        .merge(oauth::router())
         .with_state(state)
         .layer(
             ServiceBuilder::new()

@@ -180,9 +180,40 @@ pub trait SigningKeyStore: Send + Sync {
     async fn rotate_signing_key(&self, key: &SealedKey, now: UnixTime) -> Result<()>;
 }
 
+/// A revoked access token (RFC 7009), remembered until the token would have expired.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revocation {
+    pub jti: String,
+    /// The key the token was issued to, for the audit trail.
+    pub key_ref: KeyRef,
+    /// After this the token fails its `exp` check anyway, and the row may be purged.
+    pub expires_at: UnixTime,
+    pub revoked_at: UnixTime,
+}
+
+/// The look-up made for every token a gateway presents: is its key still there?
+/// A point read by primary key, so a deleted key's tokens fail at once.
+#[async_trait]
+pub trait KeyLookupStore: Send + Sync {
+    /// The account of the key `key_ref` while it exists; `None` once it has been deleted.
+    async fn key_account(&self, key_ref: KeyRef) -> Result<Option<AccountId>>;
+}
+
+/// Revoked token ids (`jti`), kept until the tokens expire.
+#[async_trait]
+pub trait RevocationStore: Send + Sync {
+    /// Records a revocation. Revoking the same `jti` again changes nothing and is no error.
+    async fn revoke_token(&self, revocation: &Revocation) -> Result<()>;
+    async fn is_token_revoked(&self, jti: &str) -> Result<bool>;
+    /// Forgets revocations with `expires_at <= now`; returns how many.
+    async fn purge_revocations(&self, now: UnixTime) -> Result<u64>;
+}
+
 /// Everything the service needs from a backend.
 #[async_trait]
-pub trait Store: AdminStore + KeyStore + SessionStore + SigningKeyStore + TransferStore {
+pub trait Store:
+    AdminStore + KeyStore + SessionStore + SigningKeyStore + TransferStore + KeyLookupStore + RevocationStore
+{
     /// Cheap round trip, for readiness.
     async fn ping(&self) -> Result<()>;
 }

@@ -10,7 +10,7 @@ use std::fmt;
 
 use async_trait::async_trait;
 
-use super::{KeyRecord, NewAdmin, Result, SessionRecord, SigningKeyRecord, Store, StoreError, UnixTime};
+use super::{KeyRecord, NewAdmin, Result, Revocation, SessionRecord, SigningKeyRecord, Store, StoreError, UnixTime};
 use crate::{
     crypto::session::SessionHash,
     domain::{AccountId, AccountName},
@@ -44,6 +44,8 @@ pub struct Snapshot {
     pub keys: Vec<KeyRecord>,
     pub sessions: Vec<SessionExport>,
     pub signing_keys: Vec<SigningKeyRecord>,
+    /// Revoked tokens: copied so that a migration cannot bring a revoked token back.
+    pub revocations: Vec<Revocation>,
 }
 
 impl Snapshot {
@@ -54,6 +56,7 @@ impl Snapshot {
             keys: self.keys.len() as u64,
             sessions: self.sessions.len() as u64,
             signing_keys: self.signing_keys.len() as u64,
+            revocations: self.revocations.len() as u64,
         }
     }
 }
@@ -66,11 +69,12 @@ pub struct Counts {
     pub keys: u64,
     pub sessions: u64,
     pub signing_keys: u64,
+    pub revocations: u64,
 }
 
 impl Counts {
     pub fn total(&self) -> u64 {
-        self.accounts + self.admins + self.keys + self.sessions + self.signing_keys
+        self.accounts + self.admins + self.keys + self.sessions + self.signing_keys + self.revocations
     }
 }
 
@@ -78,8 +82,8 @@ impl fmt::Display for Counts {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} accounts, {} admins, {} API keys, {} sessions, {} signing keys",
-            self.accounts, self.admins, self.keys, self.sessions, self.signing_keys
+            "{} accounts, {} admins, {} API keys, {} sessions, {} signing keys, {} revoked tokens",
+            self.accounts, self.admins, self.keys, self.sessions, self.signing_keys, self.revocations
         )
     }
 }

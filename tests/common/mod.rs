@@ -13,6 +13,8 @@ use std::{
 use reqwest::{Client, Response, StatusCode};
 use serde_json::{Value, json};
 
+pub mod gateway;
+
 pub const ADMIN_EMAIL: &str = "admin@example.com";
 pub const ADMIN_PASSWORD: &str = "correct horse battery staple";
 

@@ -5,7 +5,7 @@ use crate::store::{AccountRecord, AdminExport, Counts, SessionExport, Snapshot, 
 
 const COUNTS: &str = "SELECT (SELECT count(*) FROM accounts) AS accounts, (SELECT count(*) FROM admins) AS admins, \
      (SELECT count(*) FROM api_keys) AS keys, (SELECT count(*) FROM sessions) AS sessions, \
-     (SELECT count(*) FROM signing_keys) AS signing_keys";
+     (SELECT count(*) FROM signing_keys) AS signing_keys, (SELECT count(*) FROM revoked_tokens) AS revocations";
 
 async fn counts(conn: &mut PgConnection) -> Result<Counts> {
     let row = sqlx::query(COUNTS).fetch_one(&mut *conn).await?;
@@ -16,6 +16,7 @@ async fn counts(conn: &mut PgConnection) -> Result<Counts> {
         keys: get("keys")?,
         sessions: get("sessions")?,
         signing_keys: get("signing_keys")?,
+        revocations: get("revocations")?,
     })
 }
 
@@ -102,8 +103,23 @@ impl TransferStore for PgStore {
         .iter()
         .map(signing_key)
         .collect::<Result<Vec<_>>>()?;
+        let revocations = sqlx::query(
+            "SELECT jti, key_ref::text AS key_ref, expires_at, revoked_at FROM revoked_tokens ORDER BY revoked_at, jti",
+        )
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|row| {
+            Ok(Revocation {
+                jti: row.try_get("jti")?,
+                key_ref: key_ref(row)?,
+                expires_at: row.try_get("expires_at")?,
+                revoked_at: row.try_get("revoked_at")?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
         tx.commit().await?;
-        Ok(Snapshot { accounts, admins, keys, sessions, signing_keys })
+        Ok(Snapshot { accounts, admins, keys, sessions, signing_keys, revocations })
     }
 
     async fn import(&self, snapshot: &Snapshot) -> Result<()> {
@@ -111,7 +127,7 @@ impl TransferStore for PgStore {
         // Held to commit: a replica starting on this database meanwhile waits, then finds
         // the imported admin and signing key instead of creating its own; and no second
         // import can pass the emptiness check below at the same time.
-        sqlx::query("LOCK TABLE accounts, admins, api_keys, sessions, signing_keys IN EXCLUSIVE MODE")
+        sqlx::query("LOCK TABLE accounts, admins, api_keys, sessions, signing_keys, revoked_tokens IN EXCLUSIVE MODE")
             .execute(&mut *tx)
             .await?;
         if counts(&mut tx).await?.total() > 0 {
@@ -178,6 +194,17 @@ impl TransferStore for PgStore {
             .bind(&k.key.public_key)
             .bind(k.created_at)
             .bind(k.retired_at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for r in &snapshot.revocations {
+            sqlx::query(
+                "INSERT INTO revoked_tokens (jti, key_ref, expires_at, revoked_at) VALUES ($1, $2::uuid, $3, $4)",
+            )
+            .bind(&r.jti)
+            .bind(r.key_ref.to_string())
+            .bind(r.expires_at)
+            .bind(r.revoked_at)
             .execute(&mut *tx)
             .await?;
         }

@@ -13,6 +13,7 @@ use uuid::Uuid;
 use super::*;
 use crate::crypto::signing::SigningAlg;
 
+mod gateway;
 mod transfer;
 
 #[derive(Debug, Clone)]

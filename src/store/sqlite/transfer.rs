@@ -5,7 +5,7 @@ use crate::store::{AccountRecord, AdminExport, Counts, SessionExport, Snapshot, 
 
 const COUNTS: &str = "SELECT (SELECT count(*) FROM accounts) AS accounts, (SELECT count(*) FROM admins) AS admins, \
      (SELECT count(*) FROM api_keys) AS keys, (SELECT count(*) FROM sessions) AS sessions, \
-     (SELECT count(*) FROM signing_keys) AS signing_keys";
+     (SELECT count(*) FROM signing_keys) AS signing_keys, (SELECT count(*) FROM revoked_tokens) AS revocations";
 
 async fn counts(conn: &mut sqlx::SqliteConnection) -> Result<Counts> {
     let row = sqlx::query(COUNTS).fetch_one(&mut *conn).await?;
@@ -16,6 +16,7 @@ async fn counts(conn: &mut sqlx::SqliteConnection) -> Result<Counts> {
         keys: get("keys")?,
         sessions: get("sessions")?,
         signing_keys: get("signing_keys")?,
+        revocations: get("revocations")?,
     })
 }
 
@@ -112,8 +113,22 @@ impl TransferStore for SqliteStore {
             })
         })
         .collect::<Result<Vec<_>>>()?;
+        let revocations =
+            sqlx::query("SELECT jti, key_ref, expires_at, revoked_at FROM revoked_tokens ORDER BY revoked_at, jti")
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|row| {
+                    Ok(Revocation {
+                        jti: row.try_get("jti")?,
+                        key_ref: key_ref(row)?,
+                        expires_at: row.try_get("expires_at")?,
+                        revoked_at: row.try_get("revoked_at")?,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
         tx.commit().await?;
-        Ok(Snapshot { accounts, admins, keys, sessions, signing_keys })
+        Ok(Snapshot { accounts, admins, keys, sessions, signing_keys, revocations })
     }
 
     async fn import(&self, snapshot: &Snapshot) -> Result<()> {
@@ -179,6 +194,15 @@ impl TransferStore for SqliteStore {
             .bind(k.retired_at)
             .execute(&mut *tx)
             .await?;
+        }
+        for r in &snapshot.revocations {
+            sqlx::query("INSERT INTO revoked_tokens (jti, key_ref, expires_at, revoked_at) VALUES (?, ?, ?, ?)")
+                .bind(&r.jti)
+                .bind(r.key_ref.to_string())
+                .bind(r.expires_at)
+                .bind(r.revoked_at)
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await?;
         Ok(())

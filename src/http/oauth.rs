@@ -1,0 +1,563 @@
+//! OAuth 2.0 for API clients, with the API key as `client_id` and the API password as
+//! `client_secret`: the client credentials grant (RFC 6749 §4.4), token introspection
+//! (RFC 7662), token revocation (RFC 7009) and the server metadata that points at them
+//! (RFC 8414).
+//!
+//! Errors here are RFC 6749 §5.2 JSON, `{"error","error_description"}`, not our usual
+//! problem+json: OAuth client libraries parse that shape and no other. It is the one
+//! documented exception, and it covers only the 400/401 answers the RFCs define; a body
+//! that is too large (413) or a store outage (503) is still problem+json.
+
+use std::collections::HashMap;
+
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{State, rejection::BytesRejection},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use base64::{Engine, engine::general_purpose::STANDARD};
+use serde::Serialize;
+use utoipa::{
+    Modify, OpenApi, ToSchema,
+    openapi::security::{Http, HttpAuthScheme, SecurityScheme},
+};
+
+use super::{
+    AppState,
+    error::{ApiError, Problem},
+    verify::{self, AllMethods},
+};
+use crate::service::{AuthError, VerifiedToken};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/oauth/token", post(token))
+        .route("/oauth/introspect", post(introspect))
+        .route("/oauth/revoke", post(revoke))
+        .route("/.well-known/oauth-authorization-server", get(metadata))
+}
+
+/// The gateway endpoints' part of the OpenAPI document, merged into the main one.
+#[derive(OpenApi)]
+#[openapi(
+    paths(token, introspect, revoke, metadata, verify::verify),
+    modifiers(&Schemes, &AllMethods),
+    tags(
+        (name = "oauth", description = "OAuth 2.0 client credentials, introspection and revocation"),
+        (name = "gateway", description = "Forward authentication for API gateways"),
+    )
+)]
+pub struct GatewayDoc;
+
+/// Adds the gateway document (paths, schemas, security schemes, tags) to the main one.
+pub struct MergeGatewayDoc;
+
+impl Modify for MergeGatewayDoc {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        doc.merge(GatewayDoc::openapi());
+    }
+}
+
+struct Schemes;
+
+impl Modify for Schemes {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "client_basic",
+            SecurityScheme::Http(
+                Http::builder()
+                    .scheme(HttpAuthScheme::Basic)
+                    .description(Some(
+                        "client_secret_basic: the API key as user name, the API password as password \
+                 (or send client_id and client_secret in the form body: client_secret_post)",
+                    ))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                Http::builder()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some("An access token from POST /auth/login or POST /oauth/token"))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The RFC 6749 §5.2 error codes keygate uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OAuthErrorCode {
+    InvalidRequest,
+    InvalidClient,
+    UnsupportedGrantType,
+    InvalidScope,
+}
+
+/// An RFC 6749 §5.2 error response.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OAuthErrorBody {
+    pub error: OAuthErrorCode,
+    /// Human-readable; never echoes the request.
+    pub error_description: &'static str,
+}
+
+#[derive(Debug)]
+pub enum OAuthError {
+    Client(OAuthErrorCode, &'static str),
+    /// Not the client's fault (store down, internal error): our usual problem+json.
+    Server(ApiError),
+}
+
+fn invalid_request(description: &'static str) -> OAuthError {
+    OAuthError::Client(OAuthErrorCode::InvalidRequest, description)
+}
+
+const INVALID_CLIENT: OAuthError = OAuthError::Client(OAuthErrorCode::InvalidClient, "client authentication failed");
+
+impl IntoResponse for OAuthError {
+    fn into_response(self) -> Response {
+        let (code, description) = match self {
+            Self::Server(e) => return e.into_response(),
+            Self::Client(code, description) => (code, description),
+        };
+        // RFC 6749 §5.2: invalid_client is a 401 with a challenge for the scheme clients use.
+        let status =
+            if code == OAuthErrorCode::InvalidClient { StatusCode::UNAUTHORIZED } else { StatusCode::BAD_REQUEST };
+        let mut response =
+            (status, no_store(), Json(OAuthErrorBody { error: code, error_description: description })).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"keygate\", charset=\"UTF-8\""),
+            );
+        }
+        response
+    }
+}
+
+impl From<AuthError> for OAuthError {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::InvalidCredentials => INVALID_CLIENT,
+            other => Self::Server(other.into()),
+        }
+    }
+}
+
+impl From<BytesRejection> for OAuthError {
+    fn from(rejection: BytesRejection) -> Self {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            Self::Server(ApiError::PayloadTooLarge)
+        } else {
+            invalid_request("the request body could not be read")
+        }
+    }
+}
+
+/// RFC 6749 §5.1: responses carrying tokens or token data must not be cached.
+fn no_store() -> [(header::HeaderName, HeaderValue); 2] {
+    [
+        (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+        (header::PRAGMA, HeaderValue::from_static("no-cache")),
+    ]
+}
+
+/// The parameters every endpoint here understands; others are ignored, as RFC 6749 §3.1
+/// requires, and so are never checked for repetition.
+const KNOWN: [&str; 6] = ["grant_type", "scope", "client_id", "client_secret", "token", "token_type_hint"];
+
+/// A form-encoded request body (the only encoding these RFCs allow).
+struct Form(HashMap<&'static str, String>);
+
+impl Form {
+    fn parse(headers: &HeaderMap, body: &[u8]) -> Result<Self, OAuthError> {
+        let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let essence = content_type.split(';').next().unwrap_or("").trim();
+        if !essence.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
+            return Err(invalid_request("the body must be application/x-www-form-urlencoded"));
+        }
+        if std::str::from_utf8(body).is_err() {
+            return Err(invalid_request("the body must be UTF-8"));
+        }
+        let mut params = HashMap::new();
+        for (name, value) in form_urlencoded::parse(body) {
+            // RFC 6749 §3.1: a parameter without a value is treated as omitted.
+            let Some(&known) = KNOWN.iter().find(|k| **k == name) else { continue };
+            if value.is_empty() {
+                continue;
+            }
+            if params.insert(known, value.into_owned()).is_some() {
+                return Err(invalid_request("a parameter is repeated"));
+            }
+        }
+        Ok(Self(params))
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
+    }
+}
+
+/// The client's credentials, by `client_secret_basic` or `client_secret_post` (RFC 6749
+/// §2.3.1), never both. Missing or malformed credentials are `invalid_client`.
+fn client_credentials(headers: &HeaderMap, form: &Form) -> Result<(String, String), OAuthError> {
+    let basic = basic_credentials(headers)?;
+    let posted = (form.get("client_id"), form.get("client_secret"));
+    match (basic, posted) {
+        (Some(_), (Some(_), _) | (_, Some(_))) => {
+            Err(invalid_request("use one client authentication method, not both Basic and the body"))
+        }
+        (Some(credentials), _) => Ok(credentials),
+        (None, (Some(id), Some(secret))) => Ok((id.to_owned(), secret.to_owned())),
+        (None, _) => Err(INVALID_CLIENT),
+    }
+}
+
+/// `Authorization: Basic base64(urlencode(id) ":" urlencode(secret))`; `None` for no
+/// header or another scheme.
+fn basic_credentials(headers: &HeaderMap) -> Result<Option<(String, String)>, OAuthError> {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let Some(value) = values.next() else { return Ok(None) };
+    if values.next().is_some() {
+        return Err(invalid_request("more than one Authorization header"));
+    }
+    let value = value.to_str().map_err(|_| INVALID_CLIENT)?.trim();
+    let (scheme, encoded) = value.split_once(' ').unwrap_or((value, ""));
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return Ok(None);
+    }
+    let decoded = STANDARD.decode(encoded.trim()).map_err(|_| INVALID_CLIENT)?;
+    let decoded = String::from_utf8(decoded).map_err(|_| INVALID_CLIENT)?;
+    let (id, secret) = decoded.split_once(':').ok_or(INVALID_CLIENT)?;
+    Ok(Some((form_decode(id)?, form_decode(secret)?)))
+}
+
+/// Undoes application/x-www-form-urlencoded on one value (RFC 6749 §2.3.1 encodes both
+/// halves of Basic credentials). A raw `&` or `=` cannot occur in an encoded value.
+fn form_decode(raw: &str) -> Result<String, OAuthError> {
+    if raw.contains(['&', '=']) {
+        return Err(INVALID_CLIENT);
+    }
+    Ok(form_urlencoded::parse(raw.as_bytes()).next().map(|(v, _)| v.into_owned()).unwrap_or_default())
+}
+
+/// A client credentials token request (RFC 6749 §4.4.2). The client authenticates with
+/// HTTP Basic, or with `client_id` and `client_secret` here.
+#[derive(ToSchema)]
+#[allow(dead_code)] // Describes the form for the OpenAPI document; parsed by `Form`.
+pub struct TokenRequest {
+    /// Must be `client_credentials`.
+    #[schema(example = "client_credentials")]
+    grant_type: String,
+    /// Keys have no scopes yet: omit it, or leave it empty.
+    scope: Option<String>,
+    /// The API key (client_secret_post only).
+    #[schema(example = "46SQZ49LT100U2QWQ3SI")]
+    client_id: Option<String>,
+    /// The API password (client_secret_post only).
+    client_secret: Option<String>,
+}
+
+/// A successful token response (RFC 6749 §5.1).
+#[derive(Serialize, ToSchema)]
+pub struct TokenResponse {
+    pub access_token: String,
+    #[schema(example = "Bearer")]
+    pub token_type: &'static str,
+    /// Seconds until the token expires.
+    pub expires_in: u64,
+    /// The granted scopes, space-separated: empty, as keys have no scopes yet.
+    pub scope: &'static str,
+}
+
+#[utoipa::path(
+    post,
+    path = "/oauth/token",
+    tag = "oauth",
+    security((), ("client_basic" = [])),
+    request_body(content = TokenRequest, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 200, description = "An access token", body = TokenResponse,
+            headers(("Cache-Control" = String, description = "no-store"))),
+        (status = 400, description = "invalid_request, unsupported_grant_type or invalid_scope (RFC 6749 §5.2)", body = OAuthErrorBody),
+        (status = 401, description = "invalid_client: missing or wrong client credentials", body = OAuthErrorBody,
+            headers(("WWW-Authenticate" = String, description = "Basic realm=\"keygate\""))),
+        (status = 413, description = "Body over 64 KiB", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The store is unavailable; retry", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn token(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<impl IntoResponse, OAuthError> {
+    let form = Form::parse(&headers, &body?)?;
+    // The grant and scope are checked before the credentials, so nothing is issued for a
+    // request that would then be refused.
+    match form.get("grant_type") {
+        None => return Err(invalid_request("grant_type is required")),
+        Some("client_credentials") => {}
+        Some(_) => {
+            return Err(OAuthError::Client(
+                OAuthErrorCode::UnsupportedGrantType,
+                "only the client_credentials grant is supported",
+            ));
+        }
+    }
+    if form.get("scope").is_some_and(|scope| scope.split(' ').any(|s| !s.is_empty())) {
+        return Err(OAuthError::Client(OAuthErrorCode::InvalidScope, "this client has no scopes to request"));
+    }
+    let (client_id, client_secret) = client_credentials(&headers, &form)?;
+    let issued = state.auth.api_login(&client_id, &client_secret).await?;
+    let body = TokenResponse {
+        access_token: issued.token,
+        token_type: "Bearer",
+        expires_in: issued.claims.exp.saturating_sub(issued.claims.iat),
+        scope: "",
+    };
+    Ok((no_store(), Json(body)))
+}
+
+/// An introspection or revocation request (RFC 7662 §2.1, RFC 7009 §2.1).
+#[derive(ToSchema)]
+#[allow(dead_code)] // Describes the form for the OpenAPI document; parsed by `Form`.
+pub struct TokenQuery {
+    /// The access token.
+    token: String,
+    /// `access_token` (the only kind keygate issues); other hints are ignored.
+    token_type_hint: Option<String>,
+    /// The API key (client_secret_post only).
+    client_id: Option<String>,
+    /// The API password (client_secret_post only).
+    client_secret: Option<String>,
+}
+
+/// RFC 7662 §2.2. An inactive token gets `{"active": false}` and nothing else.
+#[derive(Default, Serialize, ToSchema)]
+pub struct IntrospectionResponse {
+    pub active: bool,
+    /// Granted scopes: empty, as keys have no scopes yet.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope: Option<&'static str>,
+    /// The API key the token was issued to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = "Bearer")]
+    pub token_type: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exp: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
+    /// The key's `api_key_ref`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sub: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aud: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
+    /// The account id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acc: Option<String>,
+}
+
+impl From<Option<VerifiedToken>> for IntrospectionResponse {
+    fn from(token: Option<VerifiedToken>) -> Self {
+        let Some(VerifiedToken { claims: c, .. }) = token else {
+            return Self::default();
+        };
+        Self {
+            active: true,
+            scope: Some(""),
+            client_id: Some(c.api_key),
+            token_type: Some("Bearer"),
+            exp: Some(c.exp),
+            iat: Some(c.iat),
+            nbf: Some(c.nbf),
+            sub: Some(c.sub),
+            aud: Some(c.aud),
+            iss: Some(c.iss),
+            jti: Some(c.jti),
+            acc: Some(c.acc),
+        }
+    }
+}
+
+/// Token introspection for resource servers holding an API key of their own.
+///
+/// Active only for a live token of the caller's own account. Inactive for anything the
+/// forward-auth check refuses (expired, not yet valid, tampered, another issuer or key set,
+/// deleted key, revoked) and for tokens of other accounts.
+#[utoipa::path(
+    post,
+    path = "/oauth/introspect",
+    tag = "oauth",
+    security((), ("client_basic" = [])),
+    request_body(content = TokenQuery, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 200, description = "Whether the token is active, and its claims if so", body = IntrospectionResponse),
+        (status = 400, description = "invalid_request (RFC 6749 §5.2)", body = OAuthErrorBody),
+        (status = 401, description = "invalid_client: missing or wrong client credentials", body = OAuthErrorBody,
+            headers(("WWW-Authenticate" = String, description = "Basic realm=\"keygate\""))),
+        (status = 413, description = "Body over 64 KiB", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The store is unavailable; retry", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn introspect(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<impl IntoResponse, OAuthError> {
+    let form = Form::parse(&headers, &body?)?;
+    let (client_id, client_secret) = client_credentials(&headers, &form)?;
+    let caller = state.auth.authenticate_key(&client_id, &client_secret).await?;
+    let token = form.get("token").ok_or_else(|| invalid_request("token is required"))?;
+    let verified = state.auth.introspect(&caller, token).await?;
+    Ok((no_store(), Json(IntrospectionResponse::from(verified))))
+}
+
+/// Token revocation (RFC 7009): the token stops working everywhere keygate checks it
+/// (forward-auth, introspection) until it would have expired.
+///
+/// Only tokens of the caller's own account are revoked. Like RFC 7009 §2.2 asks, an
+/// invalid, expired or foreign token still gets a 200, so the answer says nothing about it.
+#[utoipa::path(
+    post,
+    path = "/oauth/revoke",
+    tag = "oauth",
+    security((), ("client_basic" = [])),
+    request_body(content = TokenQuery, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 200, description = "Revoked, or nothing to revoke"),
+        (status = 400, description = "invalid_request (RFC 6749 §5.2)", body = OAuthErrorBody),
+        (status = 401, description = "invalid_client: missing or wrong client credentials", body = OAuthErrorBody,
+            headers(("WWW-Authenticate" = String, description = "Basic realm=\"keygate\""))),
+        (status = 413, description = "Body over 64 KiB", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The store is unavailable; retry", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn revoke(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<impl IntoResponse, OAuthError> {
+    let form = Form::parse(&headers, &body?)?;
+    let (client_id, client_secret) = client_credentials(&headers, &form)?;
+    let caller = state.auth.authenticate_key(&client_id, &client_secret).await?;
+    let token = form.get("token").ok_or_else(|| invalid_request("token is required"))?;
+    state.auth.revoke_token(&caller, token).await?;
+    Ok((StatusCode::OK, no_store()))
+}
+
+/// RFC 8414 authorization server metadata. The endpoint URLs are built on the issuer,
+/// which therefore should be keygate's public base URL (the default, `http://<listen>`, is).
+#[derive(Serialize, ToSchema)]
+pub struct ServerMetadata {
+    pub issuer: String,
+    pub token_endpoint: String,
+    pub jwks_uri: String,
+    pub introspection_endpoint: String,
+    pub revocation_endpoint: String,
+    pub grant_types_supported: [&'static str; 1],
+    /// Empty: keygate has no authorization endpoint.
+    pub response_types_supported: [&'static str; 0],
+    /// Empty: keys have no scopes yet.
+    pub scopes_supported: [&'static str; 0],
+    pub token_endpoint_auth_methods_supported: [&'static str; 2],
+    pub introspection_endpoint_auth_methods_supported: [&'static str; 2],
+    pub revocation_endpoint_auth_methods_supported: [&'static str; 2],
+}
+
+const CLIENT_AUTH_METHODS: [&str; 2] = ["client_secret_basic", "client_secret_post"];
+
+#[utoipa::path(
+    get,
+    path = "/.well-known/oauth-authorization-server",
+    tag = "oauth",
+    responses((status = 200, description = "RFC 8414 metadata", body = ServerMetadata,
+        headers(("Cache-Control" = String, description = "public, max-age=300"))))
+)]
+pub async fn metadata(State(state): State<AppState>) -> impl IntoResponse {
+    let issuer = state.auth.policy().issuer.clone();
+    let base = issuer.trim_end_matches('/').to_owned();
+    let body = ServerMetadata {
+        token_endpoint: format!("{base}/oauth/token"),
+        jwks_uri: format!("{base}/.well-known/jwks.json"),
+        introspection_endpoint: format!("{base}/oauth/introspect"),
+        revocation_endpoint: format!("{base}/oauth/revoke"),
+        issuer,
+        grant_types_supported: ["client_credentials"],
+        response_types_supported: [],
+        scopes_supported: [],
+        token_endpoint_auth_methods_supported: CLIENT_AUTH_METHODS,
+        introspection_endpoint_auth_methods_supported: CLIENT_AUTH_METHODS,
+        revocation_endpoint_auth_methods_supported: CLIENT_AUTH_METHODS,
+    };
+    ([(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=300"))], Json(body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn form_headers() -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-www-form-urlencoded; charset=UTF-8"));
+        h
+    }
+
+    fn code(e: OAuthError) -> OAuthErrorCode {
+        match e {
+            OAuthError::Client(code, _) => code,
+            OAuthError::Server(e) => panic!("server error {e}"),
+        }
+    }
+
+    #[test]
+    fn forms_ignore_unknown_and_empty_and_refuse_repeats() {
+        let f = Form::parse(&form_headers(), b"grant_type=client_credentials&x=1&x=2&scope=").unwrap();
+        assert_eq!(f.get("grant_type"), Some("client_credentials"));
+        assert_eq!(f.get("scope"), None);
+        assert_eq!(f.get("x"), None);
+        let e = Form::parse(&form_headers(), b"token=a&token=b").err().unwrap();
+        assert_eq!(code(e), OAuthErrorCode::InvalidRequest);
+        let e = Form::parse(&HeaderMap::new(), b"token=a").err().unwrap();
+        assert_eq!(code(e), OAuthErrorCode::InvalidRequest);
+        let e = Form::parse(&form_headers(), b"token=\xff").err().unwrap();
+        assert_eq!(code(e), OAuthErrorCode::InvalidRequest);
+    }
+
+    #[test]
+    fn basic_credentials_are_form_decoded() {
+        let mut h = HeaderMap::new();
+        let encoded = STANDARD.encode("a%2Bb+c:p%3Aw");
+        h.insert(header::AUTHORIZATION, HeaderValue::from_str(&format!("Basic {encoded}")).unwrap());
+        assert_eq!(basic_credentials(&h).unwrap(), Some(("a+b c".into(), "p:w".into())));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic !!!"));
+        assert_eq!(code(basic_credentials(&h).err().unwrap()), OAuthErrorCode::InvalidClient);
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer x"));
+        assert_eq!(basic_credentials(&h).unwrap(), None);
+    }
+
+    #[test]
+    fn two_authentication_methods_are_refused() {
+        let mut h = form_headers();
+        h.insert(header::AUTHORIZATION, HeaderValue::from_str(&format!("Basic {}", STANDARD.encode("a:b"))).unwrap());
+        let f = Form::parse(&form_headers(), b"client_id=a").unwrap();
+        assert_eq!(code(client_credentials(&h, &f).err().unwrap()), OAuthErrorCode::InvalidRequest);
+        let f = Form::parse(&form_headers(), b"client_id=a").unwrap();
+        assert_eq!(code(client_credentials(&HeaderMap::new(), &f).err().unwrap()), OAuthErrorCode::InvalidClient);
+    }
+}

@@ -1,0 +1,171 @@
+//! `/auth/verify`: forward authentication for gateways (nginx `auth_request`, Traefik
+//! `forwardAuth`, Envoy `ext_authz` in HTTP mode). The gateway passes the client's
+//! `Authorization` header; a 200 lets the request through, with headers the gateway copies
+//! onto the upstream request; a 401 refuses it.
+//!
+//! Any method and any sub-path are accepted, because gateways send what they have: Envoy
+//! appends the original path to the configured prefix and keeps the original method.
+
+use axum::{
+    Router,
+    extract::State,
+    http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header},
+    response::IntoResponse,
+    routing::any,
+};
+use utoipa::{
+    Modify,
+    openapi::{
+        OpenApi as Doc, PathItem,
+        path::{Operation, ParameterBuilder, ParameterIn},
+        schema::{ObjectBuilder, Type},
+    },
+};
+
+use super::{
+    AppState,
+    error::{ApiError, Problem},
+};
+
+pub const SUBJECT: HeaderName = HeaderName::from_static("x-auth-subject");
+pub const ACCOUNT: HeaderName = HeaderName::from_static("x-auth-account");
+pub const KEY: HeaderName = HeaderName::from_static("x-auth-key");
+pub const SCOPES: HeaderName = HeaderName::from_static("x-auth-scopes");
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/auth/verify", any(verify))
+        .route("/auth/verify/", any(verify))
+        .route("/auth/verify/{*path}", any(verify))
+}
+
+/// Forward authentication: 200 for a live bearer token, with its identity in headers.
+///
+/// Checks the signature (algorithm pinned to our key), `iss`, `aud`, `exp` and `nbf` (with
+/// a small leeway), that the key still exists, and that the token is not revoked. Accepts
+/// every method, and any sub-path under `/auth/verify/`.
+#[utoipa::path(
+    get,
+    path = "/auth/verify",
+    tag = "gateway",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The token is live; copy the X-Auth-* headers onto the upstream request",
+            headers(
+                ("X-Auth-Subject" = String, description = "The key's `api_key_ref` (the token's `sub`)"),
+                ("X-Auth-Account" = String, description = "The account id"),
+                ("X-Auth-Key" = String, description = "The API key the token was issued to"),
+                ("X-Auth-Scopes" = String, description = "Space-separated scopes; empty, as keys have no scopes yet"),
+            )),
+        (status = 401, description = "No token, or one that is invalid, expired, revoked or whose key was deleted",
+            body = Problem, content_type = "application/problem+json",
+            headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"keygate\"`, with `error=\"invalid_token\"` when a token was given"))),
+        (status = 503, description = "The store is unavailable; retry", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn verify(State(state): State<AppState>, headers: HeaderMap) -> Result<impl IntoResponse, ApiError> {
+    let token = bearer_token(&headers)?;
+    let verified = state.auth.verify_token(token).await?;
+    // Every value comes from a claim we signed and then parsed, so it is a valid header.
+    let value = |s: &str| HeaderValue::from_str(s).map_err(|e| ApiError::Internal(e.into()));
+    Ok((
+        StatusCode::OK,
+        [
+            (SUBJECT, value(&verified.key_ref.to_string())?),
+            (ACCOUNT, value(&verified.account_id.to_string())?),
+            (KEY, value(&verified.claims.api_key)?),
+            (SCOPES, HeaderValue::from_static("")),
+        ],
+    ))
+}
+
+/// The token from `Authorization: Bearer <token>` (RFC 6750 §2.1). No header, or another
+/// scheme, is "no credentials"; anything else that is not exactly one bearer token is an
+/// invalid one. Always a 401, never a 400: `auth_request` turns any other status into a 500.
+fn bearer_token(headers: &HeaderMap) -> Result<&str, ApiError> {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let Some(value) = values.next() else {
+        return Err(ApiError::MissingToken);
+    };
+    if values.next().is_some() {
+        return Err(ApiError::InvalidToken);
+    }
+    let value = value.to_str().map_err(|_| ApiError::InvalidToken)?.trim();
+    let (scheme, token) = value.split_once(' ').unwrap_or((value, ""));
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(ApiError::MissingToken);
+    }
+    let token = token.trim();
+    if token.is_empty() || token.contains(char::is_whitespace) {
+        return Err(ApiError::InvalidToken);
+    }
+    Ok(token)
+}
+
+/// The handler answers every method on `/auth/verify` and `/auth/verify/{path}`; utoipa
+/// describes one operation per function, so this copies the GET description to the other
+/// methods and to the sub-path, each with its own operation id, so the document says what
+/// the server does.
+pub struct AllMethods;
+
+impl Modify for AllMethods {
+    fn modify(&self, doc: &mut Doc) {
+        let Some(get) = doc.paths.paths.get("/auth/verify").and_then(|item| item.get.clone()) else {
+            return;
+        };
+        let with_id = |op: &Operation, id: String| {
+            let mut op = op.clone();
+            op.operation_id = Some(id);
+            op
+        };
+        let fill = |item: &mut PathItem, op: &Operation, base: &str| {
+            item.get = Some(with_id(op, format!("{base}_get")));
+            item.head = Some(with_id(op, format!("{base}_head")));
+            item.post = Some(with_id(op, format!("{base}_post")));
+            item.put = Some(with_id(op, format!("{base}_put")));
+            item.patch = Some(with_id(op, format!("{base}_patch")));
+            item.delete = Some(with_id(op, format!("{base}_delete")));
+            item.options = Some(with_id(op, format!("{base}_options")));
+        };
+
+        if let Some(item) = doc.paths.paths.get_mut("/auth/verify") {
+            fill(item, &get, "verify");
+        }
+        let mut sub = get.clone();
+        let param = ParameterBuilder::new()
+            .name("path")
+            .parameter_in(ParameterIn::Path)
+            .required(utoipa::openapi::Required::True)
+            .description(Some("Any sub-path, e.g. the original request path Envoy appends"))
+            .schema(Some(ObjectBuilder::new().schema_type(Type::String).min_length(Some(1))))
+            .build();
+        sub.parameters.get_or_insert_with(Vec::new).push(param);
+        let mut item = PathItem::default();
+        fill(&mut item, &sub, "verify_subpath");
+        doc.paths.paths.insert("/auth/verify/{path}".to_owned(), item);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auth(values: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append(header::AUTHORIZATION, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn bearer_tokens_are_parsed_strictly() {
+        assert_eq!(bearer_token(&auth(&["Bearer abc.def.ghi"])).unwrap(), "abc.def.ghi");
+        assert_eq!(bearer_token(&auth(&["bearer  abc"])).unwrap(), "abc");
+        assert!(matches!(bearer_token(&auth(&[])), Err(ApiError::MissingToken)));
+        assert!(matches!(bearer_token(&auth(&["Basic YTpi"])), Err(ApiError::MissingToken)));
+        assert!(matches!(bearer_token(&auth(&["Bearer"])), Err(ApiError::InvalidToken)));
+        assert!(matches!(bearer_token(&auth(&["Bearer a b"])), Err(ApiError::InvalidToken)));
+        assert!(matches!(bearer_token(&auth(&["Bearer a", "Bearer b"])), Err(ApiError::InvalidToken)));
+    }
+}

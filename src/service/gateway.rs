@@ -1,0 +1,255 @@
+//! What gateways ask of keygate: is this bearer token good right now? Plus the OAuth 2.0
+//! calls built on the same check (introspection, revocation), and keeping the key ring in
+//! step with the store while the server runs.
+//!
+//! A token is good when its signature verifies under one of our keys with the algorithm
+//! pinned to that key, `iss`/`aud`/`exp`/`nbf` hold, its key still exists and its `jti` is
+//! not revoked. The last two need the store; they sit behind `check_not_withdrawn`, the one
+//! seam where a cache may later go.
+
+use std::time::{Duration, Instant};
+
+use super::{AuthError, AuthService, Result};
+use crate::{
+    crypto::signing::{AccessClaims, KeyRing, KeySealer, SealedKey, SigningError},
+    domain::{AccountId, KeyRef},
+    store::{self, KeyRecord, Revocation, SigningKeyRecord, Store, UnixTime},
+};
+
+/// Seconds of clock difference tolerated on `exp` and `nbf`: servers running NTP agree far
+/// better than this, and anything longer would stretch every token's life.
+pub const CLOCK_LEEWAY: u64 = 10;
+/// Our tokens are well under 1 KiB. Anything longer is refused before any parsing, so an
+/// oversized header or payload costs us nothing.
+pub const MAX_TOKEN_LEN: usize = 4096;
+/// The slowest a server may reload its keys from the store (`KEYGATE_KEY_RELOAD_INTERVAL`).
+/// A server that has not yet seen a rotation keeps signing with the retired key for up to
+/// this long, which is why retired keys keep verifying this much longer than the token TTL.
+pub const MAX_KEY_RELOAD_INTERVAL: u64 = 60;
+/// How long after retirement a key keeps verifying, on top of the token TTL: the last token
+/// it can have signed was made at most one reload interval after retirement, and is honoured
+/// until its `exp` plus the leeway.
+const RETIRED_KEY_GRACE: i64 = (MAX_KEY_RELOAD_INTERVAL + CLOCK_LEEWAY) as i64;
+/// An unknown kid triggers at most one store reload per this interval, so a flood of forged
+/// kids cannot turn into a flood of database reads.
+const UNKNOWN_KID_RELOAD_GAP: Duration = Duration::from_secs(1);
+/// Expired revocations are deleted this often; they are harmless meanwhile.
+const PURGE_EVERY: Duration = Duration::from_secs(600);
+/// Our jtis are 32 hex digits; a longer one cannot be ours.
+const MAX_JTI_LEN: usize = 64;
+
+/// A token that passed every check, with its claims parsed into domain types.
+#[derive(Debug, Clone)]
+pub struct VerifiedToken {
+    pub claims: AccessClaims,
+    pub key_ref: KeyRef,
+    pub account_id: AccountId,
+}
+
+impl AuthService {
+    /// The full check behind forward-auth and introspection. Every refusal is
+    /// `AuthError::InvalidToken`; a store failure is an error of its own (503), never a pass.
+    #[tracing::instrument(skip_all)]
+    pub async fn verify_token(&self, token: &str) -> Result<VerifiedToken> {
+        let verified = self.check_signature(token).await?;
+        self.check_not_withdrawn(&verified).await?;
+        Ok(verified)
+    }
+
+    /// Signature and claims, with no store access unless the kid is new to us.
+    async fn check_signature(&self, token: &str) -> Result<VerifiedToken> {
+        if token.is_empty() || token.len() > MAX_TOKEN_LEN {
+            return Err(AuthError::InvalidToken("length"));
+        }
+        let mut ring = self.key_ring();
+        if ring.is_unknown_kid(token) && self.may_reload_for_unknown_kid() {
+            // Another replica or the CLI may have rotated since our last periodic reload.
+            if let Err(e) = self.reload_keys().await {
+                tracing::warn!(error = %e, "cannot reload the signing keys");
+            }
+            ring = self.key_ring();
+        }
+        let claims = ring
+            .verify(token, &self.policy.issuer, &self.policy.audience, CLOCK_LEEWAY)
+            .ok_or(AuthError::InvalidToken("signature, algorithm, kid or claims"))?;
+        // Our own signature vouches for these, but a parse costs nothing and keeps a bad
+        // claim from reaching the store or a response header.
+        let key_ref = KeyRef::parse(&claims.sub).map_err(|_| AuthError::InvalidToken("sub"))?;
+        let account_id = AccountId::parse(&claims.acc).map_err(|_| AuthError::InvalidToken("acc"))?;
+        if claims.jti.is_empty() || claims.jti.len() > MAX_JTI_LEN {
+            return Err(AuthError::InvalidToken("jti"));
+        }
+        Ok(VerifiedToken { claims, key_ref, account_id })
+    }
+
+    /// The store half: the key still exists (in the token's account) and the token is not
+    /// revoked. Two point reads, run together. This is the seam for a later cache; whatever
+    /// goes here must keep "a deleted key's tokens fail within a second".
+    async fn check_not_withdrawn(&self, token: &VerifiedToken) -> Result<()> {
+        let (account, revoked) =
+            tokio::try_join!(self.store.key_account(token.key_ref), self.store.is_token_revoked(&token.claims.jti),)?;
+        if account != Some(token.account_id) {
+            return Err(AuthError::InvalidToken("key deleted"));
+        }
+        if revoked {
+            return Err(AuthError::InvalidToken("revoked"));
+        }
+        Ok(())
+    }
+
+    fn may_reload_for_unknown_kid(&self) -> bool {
+        let mut last = self.last_kid_reload.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let now = Instant::now();
+        if last.is_some_and(|at| now.duration_since(at) < UNKNOWN_KID_RELOAD_GAP) {
+            return false;
+        }
+        *last = Some(now);
+        true
+    }
+
+    /// RFC 7662 introspection by an authenticated client. `None` (inactive) for anything
+    /// `verify_token` refuses, and for tokens of another account: a client learns nothing
+    /// about tokens it could not have been given by its own tenant.
+    pub async fn introspect(&self, caller: &KeyRecord, token: &str) -> Result<Option<VerifiedToken>> {
+        match self.verify_token(token).await {
+            Ok(t) if t.account_id == caller.account_id => Ok(Some(t)),
+            Ok(_) => {
+                tracing::debug!(caller = %caller.key_ref, "introspection of another account's token: inactive");
+                Ok(None)
+            }
+            Err(AuthError::InvalidToken(reason)) => {
+                tracing::debug!(reason, "introspection of an invalid token: inactive");
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// RFC 7009 revocation by an authenticated client, of a token of its own account, until
+    /// the token would have expired. Returns whether anything was revoked: a token that does
+    /// not verify, or belongs to another account, is left alone and the caller is told
+    /// nothing different (RFC 7009 §2.2), so revocation is no oracle for token validity.
+    pub async fn revoke_token(&self, caller: &KeyRecord, token: &str) -> Result<bool> {
+        let verified = match self.check_signature(token).await {
+            Ok(v) => v,
+            Err(AuthError::InvalidToken(reason)) => {
+                tracing::debug!(reason, "revocation of an invalid token: nothing to do");
+                return Ok(false);
+            }
+            Err(e) => return Err(e),
+        };
+        if verified.account_id != caller.account_id {
+            tracing::debug!(caller = %caller.key_ref, "revocation of another account's token refused");
+            return Ok(false);
+        }
+        let expires_at = i64::try_from(verified.claims.exp).unwrap_or(i64::MAX).saturating_add(CLOCK_LEEWAY as i64);
+        let revocation = Revocation {
+            jti: verified.claims.jti.clone(),
+            key_ref: verified.key_ref,
+            expires_at,
+            revoked_at: store::now(),
+        };
+        self.store.revoke_token(&revocation).await?;
+        tracing::info!(caller = %caller.key_ref, key_ref = %verified.key_ref, jti = %revocation.jti, "token revoked");
+        Ok(true)
+    }
+
+    /// Rebuilds the key ring from the store: picks up rotations made by the CLI or another
+    /// replica, and drops retired keys whose tokens have all expired.
+    pub async fn reload_keys(&self) -> Result<()> {
+        let ring = read_key_ring(self.store.as_ref(), &self.sealer, self.policy.token_ttl).await?;
+        let mut slot = self.keys.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if slot.active_kid() != ring.active_kid() || slot.kids() != ring.kids() {
+            tracing::info!(active = ring.active_kid(), verifying = ?ring.kids(), "signing keys changed");
+        }
+        *slot = std::sync::Arc::new(ring);
+        Ok(())
+    }
+
+    /// Background upkeep for a running server: reloads the key ring every `reload_every`,
+    /// and purges expired revocations now and then. Errors are logged and retried next time;
+    /// the current ring stays in use meanwhile.
+    pub async fn maintain(self: std::sync::Arc<Self>, reload_every: Duration) {
+        let mut tick = tokio::time::interval(reload_every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut next_purge = Instant::now();
+        loop {
+            tick.tick().await;
+            if let Err(e) = self.reload_keys().await {
+                tracing::warn!(error = %e, "cannot reload the signing keys; keeping the current ones");
+            }
+            if Instant::now() >= next_purge {
+                match self.store.purge_revocations(store::now()).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(purged = n, "expired revocations purged"),
+                    Err(e) => tracing::warn!(error = %e, "cannot purge expired revocations"),
+                }
+                next_purge = Instant::now() + PURGE_EVERY;
+            }
+        }
+    }
+}
+
+/// The key ring as the store has it now. Reads only: creating or rotating keys is for
+/// start-up and the CLI, so servers with different settings never fight over the active key.
+pub async fn read_key_ring(store: &dyn Store, sealer: &KeySealer, token_ttl: u64) -> Result<KeyRing> {
+    let records = store.signing_keys().await?;
+    let (active, verifying) = select_keys(&records, store::now(), token_ttl).ok_or(SigningError::NoActiveKey)?;
+    Ok(KeyRing::new(sealer, active, &verifying)?)
+}
+
+/// The active key, and the retired keys that may still have live tokens at `now`.
+fn select_keys(records: &[SigningKeyRecord], now: UnixTime, token_ttl: u64) -> Option<(&SealedKey, Vec<SealedKey>)> {
+    let active = records.iter().find(|r| r.retired_at.is_none())?;
+    let verifying = records
+        .iter()
+        .filter(|r| r.retired_at.is_some_and(|at| now < verifies_until(at, token_ttl)))
+        .map(|r| r.key.clone())
+        .collect();
+    Some((&active.key, verifying))
+}
+
+/// When a key retired at `retired_at` leaves the JWKS and stops verifying.
+pub fn verifies_until(retired_at: UnixTime, token_ttl: u64) -> UnixTime {
+    retired_at.saturating_add(token_ttl as i64).saturating_add(RETIRED_KEY_GRACE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::signing::SigningAlg;
+
+    fn record(sealer: &KeySealer, retired_at: Option<UnixTime>) -> SigningKeyRecord {
+        SigningKeyRecord { key: sealer.generate(SigningAlg::Es256).unwrap(), created_at: 0, retired_at }
+    }
+
+    #[test]
+    fn retired_keys_verify_until_their_last_token_expired() {
+        let sealer = KeySealer::new([5; 32]);
+        let ttl = 900;
+        let records = vec![
+            record(&sealer, None),
+            record(&sealer, Some(10_000)),
+            record(&sealer, Some(10_000 - ttl as i64 - 200)),
+        ];
+        let kid = |i: usize| records[i].key.kid.clone();
+
+        let (active, verifying) = select_keys(&records, 10_000, ttl).unwrap();
+        assert_eq!(active.kid, kid(0));
+        assert_eq!(verifying.iter().map(|k| k.kid.clone()).collect::<Vec<_>>(), vec![kid(1)]);
+
+        // A token signed just before the rotation, by a server that had not reloaded yet,
+        // lives until 10_000 + interval + ttl (+ leeway): the key must still verify then.
+        let last_exp = 10_000 + MAX_KEY_RELOAD_INTERVAL as i64 + ttl as i64 + CLOCK_LEEWAY as i64;
+        let (_, verifying) = select_keys(&records, last_exp - 1, ttl).unwrap();
+        assert_eq!(verifying.len(), 1);
+        let (_, verifying) = select_keys(&records, last_exp, ttl).unwrap();
+        assert!(verifying.is_empty());
+    }
+
+    #[test]
+    fn no_active_key_no_ring() {
+        let sealer = KeySealer::new([5; 32]);
+        assert!(select_keys(&[record(&sealer, Some(1))], 2, 60).is_none());
+    }
+}

@@ -1,0 +1,53 @@
+//! The gateway's reads and writes: key look-ups by ref and revoked token ids.
+
+use async_trait::async_trait;
+
+use super::{SqliteStore, account_id};
+use crate::{
+    domain::{AccountId, KeyRef},
+    store::{KeyLookupStore, Result, Revocation, RevocationStore, UnixTime},
+};
+
+#[async_trait]
+impl KeyLookupStore for SqliteStore {
+    async fn key_account(&self, key_ref: KeyRef) -> Result<Option<AccountId>> {
+        // `key_ref` is the primary key: one index probe per verified token.
+        let row = sqlx::query("SELECT account_id FROM api_keys WHERE key_ref = ?")
+            .bind(key_ref.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|row| account_id(&row, "account_id")).transpose()
+    }
+}
+
+#[async_trait]
+impl RevocationStore for SqliteStore {
+    async fn revoke_token(&self, r: &Revocation) -> Result<()> {
+        // Idempotent, as RFC 7009 wants: a second revocation of the same token is a success.
+        sqlx::query(
+            "INSERT INTO revoked_tokens (jti, key_ref, expires_at, revoked_at) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (jti) DO NOTHING",
+        )
+        .bind(&r.jti)
+        .bind(r.key_ref.to_string())
+        .bind(r.expires_at)
+        .bind(r.revoked_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn is_token_revoked(&self, jti: &str) -> Result<bool> {
+        let hit: Option<i64> = sqlx::query_scalar("SELECT 1 FROM revoked_tokens WHERE jti = ?")
+            .bind(jti)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(hit.is_some())
+    }
+
+    async fn purge_revocations(&self, now: UnixTime) -> Result<u64> {
+        let done =
+            sqlx::query("DELETE FROM revoked_tokens WHERE expires_at <= ?").bind(now).execute(&self.pool).await?;
+        Ok(done.rows_affected())
+    }
+}
