@@ -93,7 +93,8 @@ pub struct Settings {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     pub database_url: String,
-    pub issuer: String,
+    /// `None`: `http://<bound address>`, known only once the listener is bound.
+    pub issuer: Option<String>,
     pub audience: String,
     pub token_ttl: u64,
     pub cookie_secure: bool,
@@ -146,8 +147,8 @@ impl Settings {
             return Err(bad("KEYGATE_DATABASE_URL", "expected sqlite://… or postgres://…"));
         }
 
-        let issuer = args.issuer.clone().or(file.issuer).unwrap_or_else(|| format!("http://{listen}"));
-        if issuer.is_empty() || issuer.len() > 512 {
+        let issuer = args.issuer.clone().or(file.issuer);
+        if issuer.as_ref().is_some_and(|i| i.is_empty() || i.len() > 512) {
             return Err(bad("KEYGATE_ISSUER", "must be 1 to 512 characters"));
         }
         let audience = args.audience.clone().or(file.audience).unwrap_or_else(|| "keygate".into());
@@ -293,7 +294,7 @@ mod tests {
         assert_eq!(s.token_ttl, 900);
         assert!(s.cookie_secure);
         assert_eq!(s.database_url, "sqlite://./data/keygate.db");
-        assert_eq!(s.issuer, "http://127.0.0.1:8080");
+        assert_eq!(s.issuer, None);
         assert_eq!(s.signing_alg, SigningAlg::Es256);
         assert_eq!(s.key_reload_interval, 10);
     }

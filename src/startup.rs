@@ -50,8 +50,16 @@ impl Application {
         let ring = load_key_ring(store.as_ref(), &sealer, settings.signing_alg, settings.token_ttl).await?;
         tracing::info!(kid = ring.active_kid(), alg = %settings.signing_alg, "signing key loaded");
 
+        let listener = TcpListener::bind(settings.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", settings.listen))?;
+        // The default issuer names the address actually bound, so port 0 gives a usable one.
+        let issuer = match &settings.issuer {
+            Some(issuer) => issuer.clone(),
+            None => format!("http://{}", listener.local_addr()?),
+        };
         let policy = Policy {
-            issuer: settings.issuer.clone(),
+            issuer,
             audience: settings.audience.clone(),
             token_ttl: settings.token_ttl,
             session_idle_timeout: settings.session_idle_timeout,
@@ -63,10 +71,6 @@ impl Application {
             auth: auth.clone(),
             cookie: SessionCookie::new(settings.cookie_secure, settings.session_lifetime),
         };
-
-        let listener = TcpListener::bind(settings.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", settings.listen))?;
         Ok(Self {
             listener,
             router: http::router(state),

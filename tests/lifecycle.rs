@@ -163,6 +163,17 @@ async fn tokens_carry_the_documented_claims_and_verify_against_the_jwks(builder:
     }
 }
 
+async fn the_default_issuer_is_the_bound_address(builder: Builder) {
+    let app = builder.without_env("KEYGATE_ISSUER").spawn().await;
+    let meta: Value =
+        Client::new().get(app.url("/.well-known/oauth-authorization-server")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(meta["issuer"], app.base.as_str());
+    assert!(!app.base.ends_with(":0"));
+    app.admin_login().await;
+    let (api_key, password) = app.generate_key().await;
+    assert_eq!(verify_with_jwks(&app, &app.token(&api_key, &password).await).await["iss"], app.base.as_str());
+}
+
 async fn eddsa_is_selectable(builder: Builder) {
     let app = builder.env("KEYGATE_SIGNING_ALG", "EdDSA").spawn().await;
     app.admin_login().await;

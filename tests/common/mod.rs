@@ -224,6 +224,11 @@ impl Builder {
         self
     }
 
+    /// Leaves a setting the harness would give out, so the server's default applies.
+    pub fn without_env(self, key: &str) -> Self {
+        self.env(key, "")
+    }
+
     /// No bootstrap admin settings: the server must invent the first admin itself.
     pub fn without_bootstrap_admin(mut self) -> Self {
         self.bootstrap = false;
@@ -251,7 +256,9 @@ impl Builder {
         }
         for (k, v) in self.env {
             env.retain(|(key, _)| *key != k);
-            env.push((k, v));
+            if !v.is_empty() {
+                env.push((k, v));
+            }
         }
         TestApp::start(dir, env, self.db).await
     }
@@ -386,7 +393,8 @@ impl TestApp {
             .stderr(Stdio::piped())
             .spawn()
             .expect("run keygate CLI");
-        child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+        // The CLI may refuse its arguments and exit before reading: a broken pipe is fine.
+        let _ = child.stdin.take().unwrap().write_all(stdin.as_bytes());
         child.wait_with_output().unwrap()
     }
 
