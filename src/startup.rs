@@ -15,7 +15,7 @@ use crate::{
         signing::{KeyRing, KeySealer, SigningAlg},
     },
     domain::{AccountName, ApiPassword, Email},
-    http::{self, AppState, SessionCookie},
+    http::{self, AppState, SecurityPolicy, SessionCookie},
     service::{AuthService, Policy},
     store::{self, AdminId, NewAdmin, Store},
 };
@@ -31,7 +31,11 @@ const DEFAULT_ACCOUNT: &str = "default";
 pub struct Application {
     listener: TcpListener,
     router: axum::Router,
+    auth: Arc<AuthService>,
 }
+
+/// How often stale failed-login counters are swept from the store.
+const PRUNE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(600);
 
 impl Application {
     pub async fn build(settings: &Settings) -> anyhow::Result<Self> {
@@ -52,15 +56,24 @@ impl Application {
             token_ttl: settings.token_ttl,
             session_idle_timeout: settings.session_idle_timeout,
             session_lifetime: settings.session_lifetime,
+            lockout: settings.security.lockout.clone(),
         };
         let api_hasher = ApiPasswordHasher::new(master.derive(API_PASSWORD_HMAC_LABEL));
         let auth = Arc::new(AuthService::new(store, policy, api_hasher, admin_hasher, ring));
-        let state = AppState { auth, cookie: SessionCookie::new(settings.cookie_secure, settings.session_lifetime) };
+        let security = Arc::new(SecurityPolicy {
+            trusted_proxies: settings.security.trusted_proxies.clone(),
+            public_origin: settings.security.public_origin.clone(),
+        });
+        let state = AppState {
+            auth: auth.clone(),
+            cookie: SessionCookie::new(settings.cookie_secure, settings.session_lifetime),
+            security,
+        };
 
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
-        Ok(Self { listener, router: http::router(state) })
+        Ok(Self { listener, router: http::router(state), auth })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -69,7 +82,26 @@ impl Application {
 
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         tracing::info!("listening on http://{}", self.local_addr()?);
-        axum::serve(self.listener, self.router).with_graceful_shutdown(shutdown).await
+        let pruner = tokio::spawn(prune_lockouts(self.auth.clone()));
+        // With the peer's socket address, which the lockout counts failures by.
+        let service = self.router.into_make_service_with_connect_info::<SocketAddr>();
+        let served = axum::serve(self.listener, service).with_graceful_shutdown(shutdown).await;
+        pruner.abort();
+        served
+    }
+}
+
+/// Sweeps failed-login counters idle for a whole window, so the table holds only the
+/// recent past however many addresses and names attackers try.
+async fn prune_lockouts(auth: Arc<AuthService>) {
+    let mut tick = tokio::time::interval(PRUNE_INTERVAL);
+    loop {
+        tick.tick().await;
+        match auth.prune_lockouts().await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(n, "pruned idle failed-login counters"),
+            Err(e) => tracing::warn!(error = %e, "cannot prune failed-login counters"),
+        }
     }
 }
 

@@ -10,6 +10,7 @@ use super::{
     AppState,
     error::{ApiError, Problem},
     extract::{Admin, Json},
+    security::Client,
 };
 
 /// Credentials: an API key (`api_key`, or `username` as the documented schema names it)
@@ -70,21 +71,25 @@ pub struct AdminLogin {
         (status = 413, description = "Body over 64 KiB", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Missing or conflicting fields", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many failed logins for this identity or address; see Retry-After", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds until the lock ends"))),
+        (status = 503, description = "Too busy (admin logins are hashed on a bounded pool); see Retry-After", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn login(
     State(state): State<AppState>,
+    Client(client): Client,
     jar: CookieJar,
     Json(request): Json<LoginRequest>,
 ) -> Result<(CookieJar, Json<LoginResponse>), ApiError> {
     match request.identity()? {
         (Identity::ApiKey(key), password) => {
-            let issued = state.auth.api_login(&key, &password).await?;
+            let issued = state.auth.api_login(&key, &password, client).await?;
             Ok((jar, Json(LoginResponse::Token(issued.token))))
         }
         (Identity::Admin(email), password) => {
             let previous = jar.get(state.cookie.name()).map(|c| c.value().to_owned());
-            let session = state.auth.admin_login(&email, &password, previous.as_deref()).await?;
+            let session = state.auth.admin_login(&email, &password, previous.as_deref(), client).await?;
             let jar = jar.add(state.cookie.issue(session.token.expose_secret().to_owned()));
             let body = AdminLogin { account_id: session.account_id.to_string(), email: session.email.to_string() };
             Ok((jar, Json(LoginResponse::Admin(body))))
@@ -100,6 +105,8 @@ pub async fn login(
     responses(
         (status = 204, description = "Session ended; the cookie is cleared"),
         (status = 401, description = "No valid session", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Sent by a browser from another origin (CSRF)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Temporarily unavailable", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn logout(

@@ -42,6 +42,8 @@ pub struct KeyListItem {
     responses(
         (status = 200, description = "A new key; the password is never shown again", body = GeneratedKey),
         (status = 401, description = "No valid session", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Sent by a browser from another origin (CSRF)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Temporarily unavailable", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn generate(State(state): State<AppState>, Admin(session): Admin) -> Result<Json<GeneratedKey>, ApiError> {
@@ -57,6 +59,7 @@ pub async fn generate(State(state): State<AppState>, Admin(session): Admin) -> R
     responses(
         (status = 200, description = "The account's keys, oldest first", body = [KeyListItem]),
         (status = 401, description = "No valid session", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Temporarily unavailable", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn list(State(state): State<AppState>, Admin(session): Admin) -> Result<Json<Vec<KeyListItem>>, ApiError> {
@@ -77,7 +80,9 @@ pub async fn list(State(state): State<AppState>, Admin(session): Admin) -> Resul
     responses(
         (status = 204, description = "Deleted; the key no longer logs in"),
         (status = 401, description = "No valid session", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Sent by a browser from another origin (CSRF)", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such key in this account", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Temporarily unavailable", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn delete(

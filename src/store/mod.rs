@@ -9,7 +9,12 @@ use crate::{
     domain::{AccountId, AccountName, ApiKeyId, Email, KeyRef},
 };
 
+mod security;
 pub mod sqlite;
+
+pub use security::{
+    AuditAction, AuditEvent, AuditRecord, AuditScope, AuditStore, FailureCounter, FailureUpdate, LockoutStore,
+};
 
 /// Seconds since the Unix epoch. Integers compare the same way in every backend.
 pub type UnixTime = i64;
@@ -154,7 +159,7 @@ pub trait SigningKeyStore: Send + Sync {
 
 /// Everything the service needs from a backend.
 #[async_trait]
-pub trait Store: AdminStore + KeyStore + SessionStore + SigningKeyStore {
+pub trait Store: AdminStore + KeyStore + SessionStore + SigningKeyStore + LockoutStore + AuditStore {
     /// Cheap round trip, for readiness.
     async fn ping(&self) -> Result<()>;
 }
