@@ -150,8 +150,7 @@ impl AuthService {
         };
         let account = key.as_ref().map(|k| k.account_id);
         let Some(key) = key.filter(|_| ok) else {
-            self.count_failure(&subjects, account, client).await?;
-            return Err(AuthError::InvalidCredentials);
+            return Err(self.count_failure(&subjects, account, client).await);
         };
         self.clear_identity_failures(&subjects, &counters).await?;
         tracing::info!(key_ref = %key.key_ref, account = %key.account_id, "api key login");
@@ -169,9 +168,26 @@ impl AuthService {
         }
     }
 
-    /// Counts one failure against every subject, and audits each lock it starts.
-    async fn count_failure(&self, subjects: &[Subject], account: Option<AccountId>, client: ClientAddr) -> Result<()> {
+    /// Counts one failure against every subject, and audits each lock it starts. The
+    /// error to answer with: `Locked` when this failure locked a subject (so the caller
+    /// learns the lock and its duration at once), `InvalidCredentials` otherwise. Either
+    /// way the guess was wrong, so the difference reveals nothing about the password.
+    async fn count_failure(&self, subjects: &[Subject], account: Option<AccountId>, client: ClientAddr) -> AuthError {
+        match self.record_failures(subjects, account, client).await {
+            Ok(Some(retry_after)) => AuthError::Locked { retry_after },
+            Ok(None) => AuthError::InvalidCredentials,
+            Err(e) => e,
+        }
+    }
+
+    async fn record_failures(
+        &self,
+        subjects: &[Subject],
+        account: Option<AccountId>,
+        client: ClientAddr,
+    ) -> Result<Option<u64>> {
         let policy = &self.policy.lockout;
+        let mut counters = Vec::with_capacity(subjects.len());
         for subject in subjects {
             let threshold = policy.threshold(subject);
             // Whether this failure started a lock, judged on the row as the store's
@@ -185,6 +201,7 @@ impl AuthService {
                 next
             };
             let next = self.store.record_failure(&subject.key(), &update).await?;
+            counters.push((subject.key(), next));
             if started.load(Ordering::Relaxed) {
                 tracing::warn!(subject = %subject.key(), until = next.locked_until, "login lockout");
                 let account = if subject.is_identity() { account } else { None };
@@ -199,7 +216,7 @@ impl AuthService {
                 .await;
             }
         }
-        Ok(())
+        Ok(lockout::retry_after(&counters, store::now()))
     }
 
     /// After a success: forgets the identity's failures (only if it has any, so the usual
@@ -269,8 +286,7 @@ impl AuthService {
             // field, and the audit log must never hold a password.
             let actor = email.as_ref().map_or_else(|| "(not an email)".to_owned(), |e| e.to_string());
             audit::record(self.store.as_ref(), AuditAction::AdminLoginFailed, account, actor, Some(client), None).await;
-            self.count_failure(&subjects, account, client).await?;
-            return Err(AuthError::InvalidCredentials);
+            return Err(self.count_failure(&subjects, account, client).await);
         };
         self.clear_identity_failures(&subjects, &counters).await?;
         // A fresh id at every login, and the one the browser came with is dropped, so a
