@@ -188,13 +188,15 @@ impl AuthService {
     ) -> Result<Option<u64>> {
         let policy = &self.policy.lockout;
         let mut counters = Vec::with_capacity(subjects.len());
+        // One clock reading for the whole attempt, so the Retry-After we answer is exactly
+        // the lock we stored.
+        let now = store::now();
         for subject in subjects {
             let threshold = policy.threshold(subject);
             // Whether this failure started a lock, judged on the row as the store's
             // transaction saw it, so that of two replicas exactly one audits the lock.
             let started = AtomicBool::new(false);
             let update = |current: Option<FailureCounter>| {
-                let now = store::now();
                 let next = policy.after_failure(current, threshold, now);
                 let was_locked = current.is_some_and(|c| c.locked_until > now);
                 started.store(!was_locked && next.locked_until > now, Ordering::Relaxed);
@@ -216,7 +218,7 @@ impl AuthService {
                 .await;
             }
         }
-        Ok(lockout::retry_after(&counters, store::now()))
+        Ok(lockout::retry_after(&counters, now))
     }
 
     /// After a success: forgets the identity's failures (only if it has any, so the usual
