@@ -76,6 +76,11 @@ impl Application {
         Ok(Self { listener, router: http::router(state), auth })
     }
 
+    /// The router alone, for in-process callers (the fuzz harness).
+    pub fn router(&self) -> axum::Router {
+        self.router.clone()
+    }
+
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
     }

@@ -34,6 +34,7 @@ mod keys;
 mod meta;
 pub mod security;
 
+pub use auth::decode_login;
 pub use cookie::SessionCookie;
 pub use security::SecurityPolicy;
 
