@@ -155,3 +155,91 @@ impl AuditStore for SqliteStore {
         rows.iter().map(audit_record).collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        domain::{AccountId, AccountName},
+        store::{AdminStore, AuditAction, UnixTime},
+    };
+
+    async fn store(dir: &tempfile::TempDir) -> SqliteStore {
+        SqliteStore::connect(&format!("sqlite://{}", dir.path().join("k.db").display())).await.unwrap()
+    }
+
+    fn plus_one(current: Option<FailureCounter>) -> FailureCounter {
+        let mut c = current.unwrap_or_default();
+        c.failures += 1;
+        c
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_failures_from_two_replicas_are_all_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (store(&dir).await, store(&dir).await);
+        let mut tasks = Vec::new();
+        for i in 0..40 {
+            let s = if i % 2 == 0 { a.clone() } else { b.clone() };
+            tasks.push(tokio::spawn(async move { s.record_failure("key:X", &plus_one).await.unwrap() }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let counters = a.failure_counters(&["key:X".into(), "key:Y".into()]).await.unwrap();
+        assert_eq!(counters.len(), 1);
+        assert_eq!(counters[0].1.failures, 40);
+        b.clear_failures("key:X").await.unwrap();
+        assert!(a.failure_counters(&["key:X".into()]).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn prune_keeps_recent_and_locked_counters() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(&dir).await;
+        let at = |last: UnixTime, until: UnixTime| {
+            move |_| FailureCounter { failures: 1, strikes: 0, last_failure_at: last, locked_until: until }
+        };
+        s.record_failure("old", &at(100, 0)).await.unwrap();
+        s.record_failure("old-but-locked", &at(100, 10_000)).await.unwrap();
+        s.record_failure("recent", &at(900, 0)).await.unwrap();
+        assert_eq!(s.prune_failures(500, 1_000).await.unwrap(), 1);
+        let left = s.failure_counters(&["old".into(), "old-but-locked".into(), "recent".into()]).await.unwrap();
+        assert_eq!(left.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn audit_pages_newest_first_within_scope() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(&dir).await;
+        let admin = crate::store::NewAdmin {
+            id: crate::store::AdminId(uuid::Uuid::new_v4()),
+            email: crate::domain::Email::parse("a@b.io").unwrap(),
+            password_hash: "x".into(),
+            created_at: 1,
+        };
+        let account = s.create_admin(&AccountName::parse("acme").unwrap(), &admin).await.unwrap();
+        let other = AccountId::generate();
+        for i in 0..5 {
+            for acc in [Some(account), Some(other), None] {
+                let event = AuditEvent {
+                    at: i,
+                    account_id: acc,
+                    action: AuditAction::KeyGenerated,
+                    actor: "cli".into(),
+                    source: None,
+                    target: Some(format!("t{i}")),
+                };
+                s.append_audit(&event).await.unwrap();
+            }
+        }
+        let mine = s.audit_events(&AuditScope::Account(account), None, 3).await.unwrap();
+        assert_eq!(mine.iter().map(|r| r.event.at).collect::<Vec<_>>(), [4, 3, 2]);
+        let rest = s.audit_events(&AuditScope::Account(account), Some(mine[2].id), 10).await.unwrap();
+        assert_eq!(rest.iter().map(|r| r.event.at).collect::<Vec<_>>(), [1, 0]);
+        assert!(rest.iter().all(|r| r.event.account_id == Some(account)));
+        let named = s.audit_events(&AuditScope::AccountNamed(AccountName::parse("acme").unwrap()), None, 10).await;
+        assert_eq!(named.unwrap().len(), 5);
+        assert_eq!(s.audit_events(&AuditScope::All, None, 100).await.unwrap().len(), 15);
+    }
+}
