@@ -238,12 +238,6 @@ mod tests {
     use proptest::prelude::*;
     use std::sync::OnceLock;
 
-    fn app() -> &'static App {
-        static APP: OnceLock<App> = OnceLock::new();
-        #[allow(clippy::unwrap_used)]
-        APP.get_or_init(|| App::new().unwrap())
-    }
-
     fn tokens() -> &'static Tokens {
         static TOKENS: OnceLock<Tokens> = OnceLock::new();
         TOKENS.get_or_init(Tokens::new)
@@ -264,22 +258,25 @@ mod tests {
         assert!(tokens().verify(&tokens().valid));
     }
 
-    proptest! {
-        #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
-
-        #[test]
-        fn any_request_is_answered_without_a_server_error(data in proptest::collection::vec(any::<u8>(), 0..300)) {
-            let status = app().request(&data);
+    #[test]
+    fn any_request_is_answered_without_a_server_error() {
+        // One app for all cases (its temporary store is removed when the test ends).
+        let app = App::new().unwrap();
+        proptest!(ProptestConfig { cases: 128, ..ProptestConfig::default() }, |(data in proptest::collection::vec(any::<u8>(), 0..300))| {
+            let status = app.request(&data);
             prop_assert!(!status.is_server_error(), "{status} for {data:?}");
-        }
+        });
+    }
 
-        #[test]
-        fn any_login_body_is_answered_without_a_server_error(
+    #[test]
+    fn any_login_body_is_answered_without_a_server_error() {
+        let app = App::new().unwrap();
+        proptest!(ProptestConfig { cases: 128, ..ProptestConfig::default() }, |(
             api_key in proptest::option::of(".{0,30}"),
             email in proptest::option::of("[a-z@.]{0,20}"),
             password in proptest::option::of(".{0,60}"),
             extra in proptest::option::of(".{0,10}"),
-        ) {
+        )| {
             let mut body = serde_json::Map::new();
             if let Some(k) = api_key { body.insert("api_key".into(), k.into()); }
             if let Some(e) = email { body.insert("email".into(), e.into()); }
@@ -287,9 +284,12 @@ mod tests {
             if let Some(x) = extra { body.insert(x, serde_json::Value::Null); }
             let mut data = vec![1, 0, 0, 0, b'\n'];
             data.extend(serde_json::to_vec(&body).unwrap_or_default());
-            let status = app().request(&data);
+            let status = app.request(&data);
             prop_assert!(!status.is_server_error(), "{status}");
-        }
+        });
+    }
+
+    proptest! {
 
         #[test]
         fn parsers_never_panic(data in proptest::collection::vec(any::<u8>(), 0..200)) {
