@@ -48,7 +48,7 @@ CHECKS=not_a_server_error,status_code_conformance,content_type_conformance,respo
 run() {
     python3 -m schemathesis.cli run "$BASE/openapi.json" --checks "$CHECKS" --max-examples "$EXAMPLES" \
         --phases examples,coverage,fuzzing --seed 1 --no-color --workers 1 --request-timeout 10 \
-        --suppress-health-check all --warnings off "$@"
+        --suppress-health-check all --warnings off --generation-database none "$@"
 }
 
 echo "== schemathesis: anonymous"
