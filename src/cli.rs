@@ -7,12 +7,15 @@ use clap::{Parser, Subcommand};
 use secrecy::{ExposeSecret, SecretString};
 use uuid::Uuid;
 
+mod audit;
+
 use crate::{
     config::{MIN_ADMIN_PASSWORD, Settings, SettingsArgs},
     crypto::AdminPasswordHasher,
     domain::{AccountName, Email},
+    service,
     startup::{self, Application},
-    store::{self, AdminId, NewAdmin, StoreError},
+    store::{self, AdminId, AuditAction, NewAdmin, StoreError},
     telemetry,
 };
 
@@ -46,6 +49,8 @@ enum Command {
         #[arg(long, value_name = "URL")]
         to: String,
     },
+    /// Show the audit log, newest first: logins, logouts, key changes, lockouts, rotations.
+    Audit(audit::AuditArgs),
 }
 
 mod signing_key;
@@ -99,6 +104,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             tracing::info!("stopped");
             Ok(())
         }
+        Command::Audit(args) => audit::run(args, &settings).await,
         Command::Admin(AdminCommand::Create { email, account, password_stdin: _ }) => {
             let email = Email::parse(&email).map_err(|e| anyhow::anyhow!("--email: {e}"))?;
             let account = AccountName::parse(&account).map_err(|e| anyhow::anyhow!("--account: {e}"))?;
@@ -113,6 +119,15 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             match store.create_admin(&account, &admin).await {
                 Ok(account_id) => {
                     println!("created admin {email} in account {} ({account_id})", account.as_str());
+                    service::audit::record(
+                        store.as_ref(),
+                        AuditAction::AdminCreated,
+                        Some(account_id),
+                        service::audit::CLI_ACTOR.to_owned(),
+                        None,
+                        Some(email.to_string()),
+                    )
+                    .await;
                     Ok(())
                 }
                 Err(StoreError::Conflict) => {

@@ -14,6 +14,9 @@ use serde::Deserialize;
 
 use crate::{crypto::signing::SigningAlg, domain::Email, store::Backend};
 
+mod security;
+pub use security::{SecurityArgs, SecuritySettings};
+
 /// Settings given as flags or environment variables. Secrets are deliberately not flags:
 /// command lines are visible to every user of the machine (`ps`).
 #[derive(Debug, Default, Clone, Args)]
@@ -61,6 +64,8 @@ pub struct SettingsArgs {
     /// Log format: text or json [default: text].
     #[arg(long, env = "KEYGATE_LOG_FORMAT", global = true, value_name = "FORMAT")]
     pub log_format: Option<String>,
+    #[command(flatten)]
+    pub security: SecurityArgs,
 }
 
 /// The same settings in a TOML file, with their natural types.
@@ -80,6 +85,11 @@ struct FileSettings {
     key_reload_interval: Option<u64>,
     log: Option<String>,
     log_format: Option<String>,
+    trusted_proxies: Option<Vec<String>>,
+    public_origin: Option<String>,
+    lockout_threshold: Option<u64>,
+    lockout_address_threshold: Option<u64>,
+    lockout_duration: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,6 +118,7 @@ pub struct Settings {
     pub bootstrap_admin: Option<(Email, SecretString)>,
     pub log_filter: String,
     pub log_format: LogFormat,
+    pub security: SecuritySettings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -204,6 +215,17 @@ impl Settings {
             Some(_) => return Err(bad("KEYGATE_LOG_FORMAT", "expected text or json")),
         };
 
+        let security = security::load(
+            &args.security,
+            security::SecurityFile {
+                trusted_proxies: file.trusted_proxies,
+                public_origin: file.public_origin,
+                lockout_threshold: file.lockout_threshold,
+                lockout_address_threshold: file.lockout_address_threshold,
+                lockout_duration: file.lockout_duration,
+            },
+        )?;
+
         let master_key = env("KEYGATE_MASTER_KEY").filter(|s| !s.is_empty()).map(SecretString::from);
         let bootstrap_admin = match (env("KEYGATE_BOOTSTRAP_ADMIN_EMAIL"), env("KEYGATE_BOOTSTRAP_ADMIN_PASSWORD")) {
             (None, None) => None,
@@ -241,6 +263,7 @@ impl Settings {
             bootstrap_admin,
             log_filter,
             log_format,
+            security,
         })
     }
 

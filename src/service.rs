@@ -1,7 +1,13 @@
 //! What keygate does, independent of HTTP: log API clients and admins in, manage keys and
 //! sessions. Handlers translate requests into calls here; the CLI calls it too.
 
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{
+    Arc, Mutex, RwLock,
+    atomic::{AtomicBool, Ordering},
+};
+
+pub mod audit;
+pub mod lockout;
 
 use secrecy::SecretString;
 use uuid::Uuid;
@@ -12,9 +18,13 @@ use crate::{
         session::{self, SessionHash},
         signing::{AccessClaims, KeyRing, KeySealer, SigningError},
     },
-    domain::{AccountId, ApiKeyId, ApiPassword, Email, KeyRef},
-    store::{self, AdminId, KeyRecord, KeySummary, SessionRecord, Store, StoreError},
+    domain::{AccountId, ApiKeyId, ApiPassword, ClientAddr, Email, KeyRef},
+    store::{
+        self, AdminId, AuditAction, AuditRecord, AuditScope, FailureCounter, KeyRecord, KeySummary, SessionRecord,
+        Store, StoreError,
+    },
 };
+use lockout::{LockoutPolicy, Subject};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
@@ -29,6 +39,10 @@ pub enum AuthError {
     /// callers answer every case alike.
     #[error("invalid token: {0}")]
     InvalidToken(&'static str),
+    /// Too many failed logins for this identity or address; refused without checking the
+    /// password until the lock ends.
+    #[error("too many failed logins")]
+    Locked { retry_after: u64 },
     #[error(transparent)]
     Hashing(#[from] HashPoolError),
     #[error(transparent)]
@@ -47,6 +61,7 @@ pub struct Policy {
     pub token_ttl: u64,
     pub session_idle_timeout: u64,
     pub session_lifetime: u64,
+    pub lockout: LockoutPolicy,
 }
 
 /// An authenticated admin session.
@@ -55,6 +70,8 @@ pub struct AdminSession {
     pub hash: SessionHash,
     pub admin_id: AdminId,
     pub account_id: AccountId,
+    /// Where the request that presented the session came from, for the audit log.
+    pub client: ClientAddr,
 }
 
 /// A new admin session; `token` goes into the cookie and nowhere else.
@@ -133,26 +150,121 @@ impl AuthService {
     /// API client login: the key's password against its stored HMAC, then a signed token.
     /// Also the OAuth 2.0 client credentials grant, with the key as client id.
     #[tracing::instrument(skip_all)]
-    pub async fn api_login(&self, api_key: &str, password: &str) -> Result<IssuedToken> {
-        let key = self.authenticate_key(api_key, password).await?;
+    pub async fn api_login(&self, api_key: &str, password: &str, client: ClientAddr) -> Result<IssuedToken> {
+        let key = self.authenticate_key(api_key, password, client).await?;
         tracing::info!(key_ref = %key.key_ref, account = %key.account_id, "api key login");
         self.issue_token(&key)
     }
 
     /// Checks an API key and its password, without issuing anything: how OAuth clients
-    /// authenticate to introspection and revocation.
-    pub async fn authenticate_key(&self, api_key: &str, password: &str) -> Result<KeyRecord> {
-        let (Ok(api_key), Ok(password)) = (ApiKeyId::parse(api_key), ApiPassword::parse(password)) else {
-            return Err(AuthError::InvalidCredentials);
+    /// authenticate to introspection and revocation. Failures count towards the key's and
+    /// the client address's lockout; while either is locked the answer is `Locked`,
+    /// whatever the password.
+    pub async fn authenticate_key(&self, api_key: &str, password: &str, client: ClientAddr) -> Result<KeyRecord> {
+        let api_key = ApiKeyId::parse(api_key).ok();
+        let subjects = login_subjects(api_key.clone().map(Subject::ApiKey), client);
+        let counters = self.check_lockout(&subjects).await?;
+        let (key, ok) = match (api_key, ApiPassword::parse(password)) {
+            (Some(api_key), Ok(password)) => match self.store.find_key(&api_key).await? {
+                Some(key) => {
+                    let ok = self.api_hasher.verify(&password, &key.secret_hash);
+                    (Some(key), ok)
+                }
+                None => {
+                    self.api_hasher.burn(password.expose());
+                    (None, false)
+                }
+            },
+            _ => (None, false),
         };
-        let Some(key) = self.store.find_key(&api_key).await? else {
-            self.api_hasher.burn(password.expose());
-            return Err(AuthError::InvalidCredentials);
+        let account = key.as_ref().map(|k| k.account_id);
+        let Some(key) = key.filter(|_| ok) else {
+            return Err(self.count_failure(&subjects, account, client).await);
         };
-        if !self.api_hasher.verify(&password, &key.secret_hash) {
-            return Err(AuthError::InvalidCredentials);
-        }
+        self.clear_identity_failures(&subjects, &counters).await?;
         Ok(key)
+    }
+
+    /// Refuses with `Locked` when any subject is locked now; otherwise returns the counters
+    /// that exist, so a success knows whether there is anything to clear.
+    async fn check_lockout(&self, subjects: &[Subject]) -> Result<Vec<(String, FailureCounter)>> {
+        let keys: Vec<String> = subjects.iter().map(Subject::key).collect();
+        let counters = self.store.failure_counters(&keys).await?;
+        match lockout::retry_after(&counters, store::now()) {
+            Some(retry_after) => Err(AuthError::Locked { retry_after }),
+            None => Ok(counters),
+        }
+    }
+
+    /// Counts one failure against every subject, and audits each lock it starts. The
+    /// error to answer with: `Locked` when this failure locked a subject (so the caller
+    /// learns the lock and its duration at once), `InvalidCredentials` otherwise. Either
+    /// way the guess was wrong, so the difference reveals nothing about the password.
+    async fn count_failure(&self, subjects: &[Subject], account: Option<AccountId>, client: ClientAddr) -> AuthError {
+        match self.record_failures(subjects, account, client).await {
+            Ok(Some(retry_after)) => AuthError::Locked { retry_after },
+            Ok(None) => AuthError::InvalidCredentials,
+            Err(e) => e,
+        }
+    }
+
+    async fn record_failures(
+        &self,
+        subjects: &[Subject],
+        account: Option<AccountId>,
+        client: ClientAddr,
+    ) -> Result<Option<u64>> {
+        let policy = &self.policy.lockout;
+        let mut counters = Vec::with_capacity(subjects.len());
+        // One clock reading for the whole attempt, so the Retry-After we answer is exactly
+        // the lock we stored.
+        let now = store::now();
+        for subject in subjects {
+            let threshold = policy.threshold(subject);
+            // Whether this failure started a lock, judged on the row as the store's
+            // transaction saw it, so that of two replicas exactly one audits the lock.
+            let started = AtomicBool::new(false);
+            let update = |current: Option<FailureCounter>| {
+                let next = policy.after_failure(current, threshold, now);
+                let was_locked = current.is_some_and(|c| c.locked_until > now);
+                started.store(!was_locked && next.locked_until > now, Ordering::Relaxed);
+                next
+            };
+            let next = self.store.record_failure(&subject.key(), &update).await?;
+            counters.push((subject.key(), next));
+            if started.load(Ordering::Relaxed) {
+                tracing::warn!(subject = %subject.key(), until = next.locked_until, "login lockout");
+                let account = if subject.is_identity() { account } else { None };
+                audit::record(
+                    self.store.as_ref(),
+                    AuditAction::Lockout,
+                    account,
+                    audit::SYSTEM_ACTOR.to_owned(),
+                    Some(client),
+                    Some(subject.key()),
+                )
+                .await;
+            }
+        }
+        Ok(lockout::retry_after(&counters, now))
+    }
+
+    /// After a success: forgets the identity's failures (only if it has any, so the usual
+    /// login costs no write). The address's count stays; see `lockout`.
+    async fn clear_identity_failures(&self, subjects: &[Subject], counters: &[(String, FailureCounter)]) -> Result<()> {
+        for subject in subjects.iter().filter(|s| s.is_identity()) {
+            let key = subject.key();
+            if counters.iter().any(|(k, _)| *k == key) {
+                self.store.clear_failures(&key).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes failure counters nobody has touched for a whole window.
+    pub async fn prune_lockouts(&self) -> Result<u64> {
+        let now = store::now();
+        Ok(self.store.prune_failures(now - self.policy.lockout.window(), now).await?)
     }
 
     fn issue_token(&self, key: &KeyRecord) -> Result<IssuedToken> {
@@ -173,23 +285,40 @@ impl AuthService {
     }
 
     /// Admin login. An unknown email costs one argon2 check against a dummy hash, so it
-    /// answers exactly as slowly and exactly as a wrong password does.
+    /// answers exactly as slowly and exactly as a wrong password does; both are counted
+    /// towards lockout and audited alike.
     #[tracing::instrument(skip_all)]
-    pub async fn admin_login(&self, email: &str, password: &str, previous: Option<&str>) -> Result<NewSession> {
-        if password.len() > MAX_PASSWORD_LEN {
-            return Err(AuthError::InvalidCredentials);
-        }
+    pub async fn admin_login(
+        &self,
+        email: &str,
+        password: &str,
+        previous: Option<&str>,
+        client: ClientAddr,
+    ) -> Result<NewSession> {
         let email = Email::parse(email).ok();
+        let subjects = login_subjects(email.clone().map(Subject::Email), client);
+        // Before any hashing: a locked identity or address costs one read, not an argon2 run.
+        let counters = self.check_lockout(&subjects).await?;
         let admin = match &email {
             Some(email) => self.store.find_admin(email).await?,
             None => None,
         };
-        let stored = admin.as_ref().map(|a| a.password_hash.clone());
-        let ok = self.admin_hasher.verify(stored, SecretString::from(password)).await?;
-        let (Some(admin), true) = (admin, ok) else {
-            tracing::info!("admin login failed");
-            return Err(AuthError::InvalidCredentials);
+        let ok = if password.len() > MAX_PASSWORD_LEN {
+            false
+        } else {
+            let stored = admin.as_ref().map(|a| a.password_hash.clone());
+            self.admin_hasher.verify(stored, SecretString::from(password)).await?
         };
+        let (Some(admin), true) = (admin.as_ref(), ok) else {
+            tracing::info!("admin login failed");
+            let account = admin.as_ref().map(|a| a.account_id);
+            // The attempted email only if it is one: people type passwords into the email
+            // field, and the audit log must never hold a password.
+            let actor = email.as_ref().map_or_else(|| "(not an email)".to_owned(), |e| e.to_string());
+            audit::record(self.store.as_ref(), AuditAction::AdminLoginFailed, account, actor, Some(client), None).await;
+            return Err(self.count_failure(&subjects, account, client).await);
+        };
+        self.clear_identity_failures(&subjects, &counters).await?;
         // A fresh id at every login, and the one the browser came with is dropped, so a
         // session id planted before login (fixation) is worthless after it.
         if let Some(previous) = previous {
@@ -206,11 +335,20 @@ impl AuthService {
         };
         self.store.insert_session(&hash, &record).await?;
         tracing::info!(account = %admin.account_id, admin = %admin.id.0, "admin login");
-        Ok(NewSession { token: SecretString::from(token), account_id: admin.account_id, email: admin.email })
+        audit::record(
+            self.store.as_ref(),
+            AuditAction::AdminLogin,
+            Some(admin.account_id),
+            audit::admin_actor(admin.id),
+            Some(client),
+            Some(admin.email.to_string()),
+        )
+        .await;
+        Ok(NewSession { token: SecretString::from(token), account_id: admin.account_id, email: admin.email.clone() })
     }
 
     /// The live session behind a cookie value, enforcing absolute and idle expiry.
-    pub async fn session(&self, token: &str) -> Result<AdminSession> {
+    pub async fn session(&self, token: &str, client: ClientAddr) -> Result<AdminSession> {
         if token.is_empty() || token.len() > 128 {
             return Err(AuthError::NoSession);
         }
@@ -224,12 +362,13 @@ impl AuthService {
         if now - record.last_seen_at >= TOUCH_INTERVAL.min(self.policy.session_idle_timeout as i64 / 4) {
             self.store.touch_session(&hash, now).await?;
         }
-        Ok(AdminSession { hash, admin_id: record.admin_id, account_id: record.account_id })
+        Ok(AdminSession { hash, admin_id: record.admin_id, account_id: record.account_id, client })
     }
 
     pub async fn logout(&self, session: &AdminSession) -> Result<()> {
         self.store.delete_session(&session.hash).await?;
         tracing::info!(account = %session.account_id, admin = %session.admin_id.0, "admin logout");
+        self.audit_admin_action(session, AuditAction::AdminLogout, None).await;
         Ok(())
     }
 
@@ -252,6 +391,8 @@ impl AuthService {
             match self.store.insert_key(&record).await {
                 Ok(()) => {
                     tracing::info!(account = %session.account_id, key_ref = %generated.key_ref, "api key generated");
+                    let target = Some(generated.key_ref.to_string());
+                    self.audit_admin_action(session, AuditAction::KeyGenerated, target).await;
                     return Ok(generated);
                 }
                 Err(StoreError::Conflict) => continue,
@@ -272,6 +413,25 @@ impl AuthService {
             return Err(AuthError::NotFound);
         }
         tracing::info!(account = %session.account_id, key_ref = %key_ref, "api key deleted");
+        self.audit_admin_action(session, AuditAction::KeyDeleted, Some(key_ref.to_string())).await;
         Ok(())
     }
+
+    async fn audit_admin_action(&self, session: &AdminSession, action: AuditAction, target: Option<String>) {
+        let actor = audit::admin_actor(session.admin_id);
+        audit::record(self.store.as_ref(), action, Some(session.account_id), actor, Some(session.client), target).await;
+    }
+
+    /// The session's account's audit log, newest first: entries with an id below `before`,
+    /// at most `limit`.
+    pub async fn audit_log(&self, session: &AdminSession, before: Option<i64>, limit: u32) -> Result<Vec<AuditRecord>> {
+        Ok(self.store.audit_events(&AuditScope::Account(session.account_id), before, limit).await?)
+    }
+}
+
+/// What a login attempt is counted against: its identity, when it names a well-formed one
+/// (a malformed email or key can never succeed, so it gets no counter of its own), and the
+/// client address, always.
+fn login_subjects(identity: Option<Subject>, client: ClientAddr) -> Vec<Subject> {
+    identity.into_iter().chain(std::iter::once(Subject::Address(client))).collect()
 }

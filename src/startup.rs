@@ -15,7 +15,7 @@ use crate::{
         signing::{KeyRing, KeySealer, SigningAlg},
     },
     domain::{AccountName, ApiPassword, Email},
-    http::{self, AppState, SessionCookie},
+    http::{self, AppState, SecurityPolicy, SessionCookie},
     service::{self, AuthService, Policy},
     store::{self, AdminId, NewAdmin, Store},
 };
@@ -34,6 +34,9 @@ pub struct Application {
     auth: Arc<AuthService>,
     key_reload_interval: Duration,
 }
+
+/// How often stale failed-login counters are swept from the store.
+const PRUNE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(600);
 
 impl Application {
     pub async fn build(settings: &Settings) -> anyhow::Result<Self> {
@@ -64,12 +67,18 @@ impl Application {
             token_ttl: settings.token_ttl,
             session_idle_timeout: settings.session_idle_timeout,
             session_lifetime: settings.session_lifetime,
+            lockout: settings.security.lockout.clone(),
         };
         let api_hasher = api_password_hasher(&master);
         let auth = Arc::new(AuthService::new(store, policy, api_hasher, admin_hasher, ring, sealer));
+        let security = Arc::new(SecurityPolicy {
+            trusted_proxies: settings.security.trusted_proxies.clone(),
+            public_origin: settings.security.public_origin.clone(),
+        });
         let state = AppState {
             auth: auth.clone(),
             cookie: SessionCookie::new(settings.cookie_secure, settings.session_lifetime),
+            security,
         };
         Ok(Self {
             listener,
@@ -77,6 +86,11 @@ impl Application {
             auth,
             key_reload_interval: Duration::from_secs(settings.key_reload_interval),
         })
+    }
+
+    /// The router alone, for in-process callers (the fuzz harness).
+    pub fn router(&self) -> axum::Router {
+        self.router.clone()
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -87,9 +101,27 @@ impl Application {
         tracing::info!("listening on http://{}", self.local_addr()?);
         // Picks up signing-key rotations made elsewhere (CLI, other replicas) while we run.
         let upkeep = tokio::spawn(self.auth.clone().maintain(self.key_reload_interval));
-        let served = axum::serve(self.listener, self.router).with_graceful_shutdown(shutdown).await;
+        let pruner = tokio::spawn(prune_lockouts(self.auth.clone()));
+        // With the peer's socket address, which the lockout counts failures by.
+        let service = self.router.into_make_service_with_connect_info::<SocketAddr>();
+        let served = axum::serve(self.listener, service).with_graceful_shutdown(shutdown).await;
         upkeep.abort();
+        pruner.abort();
         served
+    }
+}
+
+/// Sweeps failed-login counters idle for a whole window, so the table holds only the
+/// recent past however many addresses and names attackers try.
+async fn prune_lockouts(auth: Arc<AuthService>) {
+    let mut tick = tokio::time::interval(PRUNE_INTERVAL);
+    loop {
+        tick.tick().await;
+        match auth.prune_lockouts().await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(n, "pruned idle failed-login counters"),
+            Err(e) => tracing::warn!(error = %e, "cannot prune failed-login counters"),
+        }
     }
 }
 

@@ -53,5 +53,11 @@ mod tests {
         fn never_panics(s in ".{0,80}") {
             let _ = KeyRef::parse(&s);
         }
+
+        #[test]
+        fn round_trips(bytes in any::<[u8; 16]>()) {
+            let r = KeyRef(Uuid::from_bytes(bytes));
+            prop_assert_eq!(KeyRef::parse(&r.to_string()).unwrap(), r);
+        }
     }
 }

@@ -3,13 +3,17 @@
 
 mod account;
 mod api_key;
+mod client_addr;
 mod email;
 mod key_ref;
+mod origin;
 
 pub use account::{AccountId, AccountName};
 pub use api_key::{ApiKeyId, ApiPassword};
+pub use client_addr::{ClientAddr, TrustedProxies};
 pub use email::Email;
 pub use key_ref::KeyRef;
+pub use origin::Origin;
 
 /// Why a value was refused. The text is safe to show to the caller: it never echoes the input.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -10,6 +10,7 @@ use super::{
     AppState,
     error::{ApiError, Problem},
     extract::{Admin, Json},
+    security::Client,
 };
 
 /// Credentials: an API key (`api_key`, or `username` as the documented schema names it)
@@ -43,6 +44,13 @@ impl LoginRequest {
     }
 }
 
+/// Decodes a login body as the handler does: JSON, then exactly one identity. For the
+/// fuzz targets and property tests.
+#[doc(hidden)]
+pub fn decode_login(body: &[u8]) -> bool {
+    serde_json::from_slice::<LoginRequest>(body).ok().is_some_and(|r| r.identity().is_ok())
+}
+
 #[derive(Serialize, ToSchema)]
 #[serde(untagged)]
 pub enum LoginResponse {
@@ -70,21 +78,25 @@ pub struct AdminLogin {
         (status = 413, description = "Body over 64 KiB", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Missing or conflicting fields", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many failed logins for this identity or address; see Retry-After", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds until the lock ends"))),
+        (status = 503, description = "Too busy (admin logins are hashed on a bounded pool); see Retry-After", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn login(
     State(state): State<AppState>,
+    Client(client): Client,
     jar: CookieJar,
     Json(request): Json<LoginRequest>,
 ) -> Result<(CookieJar, Json<LoginResponse>), ApiError> {
     match request.identity()? {
         (Identity::ApiKey(key), password) => {
-            let issued = state.auth.api_login(&key, &password).await?;
+            let issued = state.auth.api_login(&key, &password, client).await?;
             Ok((jar, Json(LoginResponse::Token(issued.token))))
         }
         (Identity::Admin(email), password) => {
             let previous = jar.get(state.cookie.name()).map(|c| c.value().to_owned());
-            let session = state.auth.admin_login(&email, &password, previous.as_deref()).await?;
+            let session = state.auth.admin_login(&email, &password, previous.as_deref(), client).await?;
             let jar = jar.add(state.cookie.issue(session.token.expose_secret().to_owned()));
             let body = AdminLogin { account_id: session.account_id.to_string(), email: session.email.to_string() };
             Ok((jar, Json(LoginResponse::Admin(body))))
@@ -100,6 +112,8 @@ pub async fn login(
     responses(
         (status = 204, description = "Session ended; the cookie is cleared"),
         (status = 401, description = "No valid session", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Sent by a browser from another origin (CSRF)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Temporarily unavailable", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn logout(
@@ -109,4 +123,47 @@ pub async fn logout(
 ) -> Result<impl IntoResponse, ApiError> {
     state.auth.logout(&session).await?;
     Ok((StatusCode::NO_CONTENT, jar.add(state.cookie.clear())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn decode(body: &str) -> Result<(Identity, String), String> {
+        let request: LoginRequest = serde_json::from_str(body).map_err(|e| e.to_string())?;
+        request.identity().map_err(|e| e.to_string())
+    }
+
+    proptest! {
+        #[test]
+        fn any_bytes_decode_without_panic(body in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = decode_login(&body);
+        }
+
+        #[test]
+        fn json_like_text_decodes_without_panic(body in r#"\{("(api_key|username|email|password|x)": ?("[^"]{0,10}"|1|null|\[\]|\{\}),? ?){0,5}\}"#) {
+            let _ = decode(&body);
+        }
+
+        #[test]
+        fn credentials_round_trip(field in 0usize..3, id in ".{0,40}", password in ".{0,80}") {
+            let name = ["api_key", "username", "email"][field];
+            let body = serde_json::json!({ name: id, "password": password }).to_string();
+            let (identity, got_password) = decode(&body).unwrap();
+            prop_assert_eq!(got_password, password);
+            match identity {
+                Identity::ApiKey(k) => { prop_assert!(field < 2); prop_assert_eq!(k, id); }
+                Identity::Admin(e) => { prop_assert_eq!(field, 2); prop_assert_eq!(e, id); }
+            }
+        }
+
+        #[test]
+        fn two_identities_are_refused(a in 0usize..3, b in 0usize..3, id in "[A-Z0-9]{20}") {
+            prop_assume!(a != b);
+            let names = ["api_key", "username", "email"];
+            let body = serde_json::json!({ names[a]: id, names[b]: id, "password": "p" }).to_string();
+            prop_assert!(decode(&body).is_err());
+        }
+    }
 }

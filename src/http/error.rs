@@ -39,6 +39,13 @@ pub enum ApiError {
     InvalidToken,
     #[error("not found")]
     NotFound,
+    /// A cookie-authenticated change requested from another site (CSRF).
+    #[error("{0}")]
+    Forbidden(&'static str),
+    /// Locked out after too many failed logins. The detail is the same for every locked
+    /// subject, so it does not say whether the email, the key or the address is locked.
+    #[error("too many failed logins; try again later")]
+    TooManyRequests { retry_after: u64 },
     #[error("request body must be application/json")]
     UnsupportedMediaType,
     #[error("request body is too large")]
@@ -58,6 +65,8 @@ impl ApiError {
                 StatusCode::UNAUTHORIZED
             }
             Self::NotFound => StatusCode::NOT_FOUND,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -116,6 +125,9 @@ impl IntoResponse for ApiError {
             Self::Unavailable => {
                 response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
+            Self::TooManyRequests { retry_after } => {
+                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after.max(1)));
+            }
             _ => {}
         }
         response
@@ -149,6 +161,7 @@ impl From<AuthError> for ApiError {
             AuthError::NoSession => Self::NoSession,
             AuthError::NotFound => Self::NotFound,
             AuthError::InvalidToken(_) => Self::InvalidToken,
+            AuthError::Locked { retry_after } => Self::TooManyRequests { retry_after },
             AuthError::Hashing(HashPoolError::Busy) => Self::Unavailable,
             AuthError::Hashing(e) => Self::Internal(e.into()),
             AuthError::Store(e) => e.into(),

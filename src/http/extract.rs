@@ -6,7 +6,7 @@ use axum::{
 };
 use axum_extra::extract::CookieJar;
 
-use super::{AppState, error::ApiError};
+use super::{AppState, error::ApiError, security};
 use crate::service::AdminSession;
 
 /// `axum::Json`, but a bad body is answered with a problem document.
@@ -21,7 +21,9 @@ impl<T: serde::Serialize> axum::response::IntoResponse for Json<T> {
 }
 
 /// Requires a live admin session cookie. Deliberately ignores `Authorization`: an API
-/// client's bearer token never grants admin rights.
+/// client's bearer token never grants admin rights. Because the cookie is ambient
+/// authority, every state-changing use of it must also pass the same-origin check (CSRF):
+/// doing it here means no handler can forget it.
 pub struct Admin(pub AdminSession);
 
 impl FromRequestParts<AppState> for Admin {
@@ -30,6 +32,8 @@ impl FromRequestParts<AppState> for Admin {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let jar = CookieJar::from_headers(&parts.headers);
         let token = jar.get(state.cookie.name()).ok_or(ApiError::NoSession)?;
-        Ok(Self(state.auth.session(token.value()).await?))
+        security::check_same_origin(&parts.method, &parts.headers, &state.security)?;
+        let client = security::client_addr(parts, &state.security);
+        Ok(Self(state.auth.session(token.value(), client).await?))
     }
 }

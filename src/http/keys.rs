@@ -37,11 +37,14 @@ pub struct KeyListItem {
 #[utoipa::path(
     post,
     path = "/auth/keys/generate",
+    operation_id = "generate_key",
     tag = "keys",
     security(("session" = [])),
     responses(
         (status = 200, description = "A new key; the password is never shown again", body = GeneratedKey),
         (status = 401, description = "No valid session", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Sent by a browser from another origin (CSRF)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Temporarily unavailable", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn generate(State(state): State<AppState>, Admin(session): Admin) -> Result<Json<GeneratedKey>, ApiError> {
@@ -52,11 +55,13 @@ pub async fn generate(State(state): State<AppState>, Admin(session): Admin) -> R
 #[utoipa::path(
     get,
     path = "/auth/keys/list",
+    operation_id = "list_keys",
     tag = "keys",
     security(("session" = [])),
     responses(
         (status = 200, description = "The account's keys, oldest first", body = [KeyListItem]),
         (status = 401, description = "No valid session", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Temporarily unavailable", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn list(State(state): State<AppState>, Admin(session): Admin) -> Result<Json<Vec<KeyListItem>>, ApiError> {
@@ -71,13 +76,16 @@ pub async fn list(State(state): State<AppState>, Admin(session): Admin) -> Resul
 #[utoipa::path(
     delete,
     path = "/auth/user/{api_key_ref}",
+    operation_id = "delete_key",
     tag = "keys",
     security(("session" = [])),
     params(("api_key_ref" = String, Path, description = "The key's `api_key_ref` from the list")),
     responses(
         (status = 204, description = "Deleted; the key no longer logs in"),
         (status = 401, description = "No valid session", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Sent by a browser from another origin (CSRF)", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such key in this account", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Temporarily unavailable", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn delete(

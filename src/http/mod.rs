@@ -25,6 +25,7 @@ use utoipa::{
 
 use crate::service::AuthService;
 
+mod audit;
 mod auth;
 mod cookie;
 pub mod error;
@@ -32,34 +33,42 @@ mod extract;
 mod keys;
 mod meta;
 mod oauth;
+pub mod security;
 mod verify;
 
+pub use auth::decode_login;
 pub use cookie::SessionCookie;
 use oauth::MergeGatewayDoc;
+pub use security::SecurityPolicy;
 
 /// What every handler gets: the service and the cookie policy. Cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
     pub auth: Arc<AuthService>,
     pub cookie: SessionCookie,
+    pub security: Arc<SecurityPolicy>,
 }
 
 /// Bodies beyond this are refused with 413 before they are read in full.
 pub const MAX_BODY: usize = 64 * 1024;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Every response; a page that needs more must say so itself (there is none).
+pub const CONTENT_SECURITY_POLICY: &str =
+    "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "keygate", description = "API keys in, signed JWTs out."),
     paths(
         auth::login, auth::logout, keys::generate, keys::list, keys::delete,
-        meta::healthz, meta::readyz, meta::jwks,
+        meta::healthz, meta::readyz, meta::jwks, audit::list,
     ),
     modifiers(&SessionScheme, &MergeGatewayDoc),
     tags(
         (name = "auth", description = "Logging in and out"),
         (name = "keys", description = "API key management (admin session)"),
         (name = "meta", description = "Health and published keys"),
+        (name = "audit", description = "The account's audit log (admin session)"),
     )
 )]
 pub struct ApiDoc;
@@ -87,6 +96,7 @@ pub fn router(state: AppState) -> Router {
         .route("/auth/keys/generate", post(keys::generate))
         .route("/auth/keys/list", get(keys::list))
         .route("/auth/user/{api_key_ref}", delete(keys::delete))
+        .route("/auth/audit", get(audit::list))
         .route("/healthz", get(meta::healthz))
         .route("/readyz", get(meta::readyz))
         .route("/.well-known/jwks.json", get(meta::jwks))
@@ -117,6 +127,14 @@ pub fn router(state: AppState) -> Router {
                     header::CACHE_CONTROL,
                     HeaderValue::from_static("no-store"),
                 ))
+                // keygate serves no page, script or style. Should a response ever be rendered
+                // (an error page opened in a browser, a future console), it may load nothing,
+                // run nothing and be framed by no one (clickjacking).
+                .layer(SetResponseHeaderLayer::overriding(
+                    header::CONTENT_SECURITY_POLICY,
+                    HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+                ))
+                .layer(SetResponseHeaderLayer::overriding(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")))
                 .layer(CatchPanicLayer::custom(|_| error::problem(StatusCode::INTERNAL_SERVER_ERROR, "internal error")))
                 .layer(middleware::map_response(problem_for_bare_errors))
                 .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))

@@ -28,6 +28,7 @@ use utoipa::{
 use super::{
     AppState,
     error::{ApiError, Problem},
+    security::Client,
     verify::{self, AllMethods},
 };
 use crate::service::{AuthError, VerifiedToken};
@@ -291,11 +292,14 @@ pub struct TokenResponse {
         (status = 401, description = "invalid_client: missing or wrong client credentials", body = OAuthErrorBody,
             headers(("WWW-Authenticate" = String, description = "Basic realm=\"keygate\""))),
         (status = 413, description = "Body over 64 KiB", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many failed logins for this client or address; see Retry-After", body = Problem,
+            content_type = "application/problem+json", headers(("Retry-After" = u64, description = "Seconds until the lock ends"))),
         (status = 503, description = "The store is unavailable; retry", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn token(
     State(state): State<AppState>,
+    Client(client): Client,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<impl IntoResponse, OAuthError> {
@@ -316,7 +320,7 @@ pub async fn token(
         return Err(OAuthError::Client(OAuthErrorCode::InvalidScope, "this client has no scopes to request"));
     }
     let (client_id, client_secret) = client_credentials(&headers, &form)?;
-    let issued = state.auth.api_login(&client_id, &client_secret).await?;
+    let issued = state.auth.api_login(&client_id, &client_secret, client).await?;
     let body = TokenResponse {
         access_token: issued.token,
         token_type: "Bearer",
@@ -412,17 +416,20 @@ impl From<Option<VerifiedToken>> for IntrospectionResponse {
         (status = 401, description = "invalid_client: missing or wrong client credentials", body = OAuthErrorBody,
             headers(("WWW-Authenticate" = String, description = "Basic realm=\"keygate\""))),
         (status = 413, description = "Body over 64 KiB", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many failed logins for this client or address; see Retry-After", body = Problem,
+            content_type = "application/problem+json", headers(("Retry-After" = u64, description = "Seconds until the lock ends"))),
         (status = 503, description = "The store is unavailable; retry", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn introspect(
     State(state): State<AppState>,
+    Client(client): Client,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<impl IntoResponse, OAuthError> {
     let form = Form::parse(&headers, &body?)?;
     let (client_id, client_secret) = client_credentials(&headers, &form)?;
-    let caller = state.auth.authenticate_key(&client_id, &client_secret).await?;
+    let caller = state.auth.authenticate_key(&client_id, &client_secret, client).await?;
     let token = form.get("token").ok_or_else(|| invalid_request("token is required"))?;
     let verified = state.auth.introspect(&caller, token).await?;
     Ok((no_store(), Json(IntrospectionResponse::from(verified))))
@@ -445,17 +452,20 @@ pub async fn introspect(
         (status = 401, description = "invalid_client: missing or wrong client credentials", body = OAuthErrorBody,
             headers(("WWW-Authenticate" = String, description = "Basic realm=\"keygate\""))),
         (status = 413, description = "Body over 64 KiB", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many failed logins for this client or address; see Retry-After", body = Problem,
+            content_type = "application/problem+json", headers(("Retry-After" = u64, description = "Seconds until the lock ends"))),
         (status = 503, description = "The store is unavailable; retry", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn revoke(
     State(state): State<AppState>,
+    Client(client): Client,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<impl IntoResponse, OAuthError> {
     let form = Form::parse(&headers, &body?)?;
     let (client_id, client_secret) = client_credentials(&headers, &form)?;
-    let caller = state.auth.authenticate_key(&client_id, &client_secret).await?;
+    let caller = state.auth.authenticate_key(&client_id, &client_secret, client).await?;
     let token = form.get("token").ok_or_else(|| invalid_request("token is required"))?;
     state.auth.revoke_token(&caller, token).await?;
     Ok((StatusCode::OK, no_store()))

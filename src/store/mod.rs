@@ -10,10 +10,15 @@ use crate::{
 };
 
 pub mod postgres;
+mod security;
 pub mod sqlite;
 mod transfer;
 
 pub use transfer::{AccountRecord, AdminExport, Counts, SessionExport, Snapshot, TransferError, TransferStore, copy};
+
+pub use security::{
+    AuditAction, AuditEvent, AuditRecord, AuditScope, AuditStore, FailureCounter, FailureUpdate, LockoutStore,
+};
 
 /// Seconds since the Unix epoch. Integers compare the same way in every backend.
 pub type UnixTime = i64;
@@ -212,7 +217,15 @@ pub trait RevocationStore: Send + Sync {
 /// Everything the service needs from a backend.
 #[async_trait]
 pub trait Store:
-    AdminStore + KeyStore + SessionStore + SigningKeyStore + TransferStore + KeyLookupStore + RevocationStore
+    AdminStore
+    + KeyStore
+    + SessionStore
+    + SigningKeyStore
+    + TransferStore
+    + KeyLookupStore
+    + RevocationStore
+    + LockoutStore
+    + AuditStore
 {
     /// Cheap round trip, for readiness.
     async fn ping(&self) -> Result<()>;

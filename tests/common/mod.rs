@@ -508,3 +508,45 @@ pub fn read_tree(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
 pub fn contains(haystack: &[u8], needle: &str) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle.as_bytes())
 }
+
+// --- Helpers for the abuse-resistance tests (tests/security.rs, tests/load.rs). ---
+
+impl TestApp {
+    /// The server process, for reading its resource use from /proc.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// One admin login attempt with a fresh, cookie-less client; the raw response.
+    pub async fn try_admin_login(&self, email: &str, password: &str) -> Response {
+        Client::new()
+            .post(self.url("/auth/login"))
+            .json(&json!({"email": email, "password": password}))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Logs in as the bootstrap admin without a cookie jar; returns the `Cookie` header value
+    /// (`name=value`) and the bare session id.
+    pub async fn admin_session_cookie(&self) -> (String, String) {
+        let r = self.try_admin_login(ADMIN_EMAIL, ADMIN_PASSWORD).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        let set_cookie = r.headers()["set-cookie"].to_str().unwrap().to_owned();
+        let pair = set_cookie.split(';').next().unwrap().to_owned();
+        let value = pair.split_once('=').unwrap().1.to_owned();
+        (pair, value)
+    }
+}
+
+/// The server's peak resident memory (VmHWM) in KiB, from /proc.
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).expect("VmHWM in /proc/PID/status");
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// The `Retry-After` of a response, in seconds.
+pub fn retry_after(response: &Response) -> u64 {
+    response.headers().get("retry-after").expect("Retry-After").to_str().unwrap().parse().unwrap()
+}

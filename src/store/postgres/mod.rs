@@ -26,6 +26,7 @@ use super::*;
 use crate::crypto::signing::SigningAlg;
 
 mod gateway;
+mod security;
 mod transfer;
 
 #[derive(Debug, Clone)]

@@ -21,6 +21,8 @@ pub struct SqliteStore {
     pool: SqlitePool,
 }
 
+mod security;
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 impl SqliteStore {

@@ -1,0 +1,143 @@
+//! What the abuse defences keep in the store: failed-login counters (so a lockout holds
+//! across replicas and restarts) and the audit log.
+
+use std::{fmt, str::FromStr};
+
+use async_trait::async_trait;
+
+use super::{Result, UnixTime};
+use crate::domain::{AccountId, AccountName};
+
+/// Failed-login bookkeeping for one subject: an admin email, an API key or a client address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FailureCounter {
+    /// Failures counted towards the next lockout.
+    pub failures: u32,
+    /// Lockouts so far; each one lasts longer than the last, up to a cap.
+    pub strikes: u32,
+    pub last_failure_at: UnixTime,
+    /// Until when logins for this subject are refused; in the past when not locked.
+    pub locked_until: UnixTime,
+}
+
+/// The next counter given the current one (`None` when the subject has none yet).
+pub type FailureUpdate<'a> = &'a (dyn Fn(Option<FailureCounter>) -> FailureCounter + Send + Sync);
+
+#[async_trait]
+pub trait LockoutStore: Send + Sync {
+    /// The counters of those of `subjects` that have one.
+    async fn failure_counters(&self, subjects: &[String]) -> Result<Vec<(String, FailureCounter)>>;
+    /// Replaces the subject's counter with `update(current)`, atomically with respect to
+    /// every other replica, and returns what was stored. The policy lives in the caller;
+    /// the store only guarantees that two concurrent failures are both counted.
+    async fn record_failure(&self, subject: &str, update: FailureUpdate<'_>) -> Result<FailureCounter>;
+    async fn clear_failures(&self, subject: &str) -> Result<()>;
+    /// Deletes counters with no failure since `idle_since` that are not locked at `now`;
+    /// returns how many. Keeps the table from growing with every address ever seen.
+    async fn prune_failures(&self, idle_since: UnixTime, now: UnixTime) -> Result<u64>;
+}
+
+/// What happened. Stored as the text of `as_str`, which is also what the API shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AuditAction {
+    AdminLogin,
+    AdminLoginFailed,
+    AdminLogout,
+    AdminCreated,
+    KeyGenerated,
+    KeyDeleted,
+    Lockout,
+    SigningKeyRotated,
+}
+
+impl AuditAction {
+    pub const ALL: [Self; 8] = [
+        Self::AdminLogin,
+        Self::AdminLoginFailed,
+        Self::AdminLogout,
+        Self::AdminCreated,
+        Self::KeyGenerated,
+        Self::KeyDeleted,
+        Self::Lockout,
+        Self::SigningKeyRotated,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AdminLogin => "admin.login",
+            Self::AdminLoginFailed => "admin.login_failed",
+            Self::AdminLogout => "admin.logout",
+            Self::AdminCreated => "admin.created",
+            Self::KeyGenerated => "key.generated",
+            Self::KeyDeleted => "key.deleted",
+            Self::Lockout => "lockout",
+            Self::SigningKeyRotated => "signing_key.rotated",
+        }
+    }
+}
+
+impl fmt::Display for AuditAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for AuditAction {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        Self::ALL.into_iter().find(|a| a.as_str() == s).ok_or(())
+    }
+}
+
+/// One audit entry. Every field is an identifier or an address, never a secret: no
+/// password, token, session id or hash ever reaches this type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEvent {
+    pub at: UnixTime,
+    /// The account it concerns; `None` for events that belong to none (a failed login for
+    /// an unknown email, a signing-key rotation).
+    pub account_id: Option<AccountId>,
+    pub action: AuditAction,
+    /// Who did it: `admin:<id>`, the email a login was attempted for, `cli`, `keygate`.
+    pub actor: String,
+    /// The client address, when it came over the network.
+    pub source: Option<String>,
+    /// What it was done to: a key ref, an admin email, a locked subject, a signing kid.
+    pub target: Option<String>,
+}
+
+/// A stored audit entry: the event and its position in the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRecord {
+    /// Increases with every entry: the cursor for paging backwards.
+    pub id: i64,
+    pub event: AuditEvent,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuditScope {
+    All,
+    Account(AccountId),
+    AccountNamed(AccountName),
+}
+
+#[async_trait]
+pub trait AuditStore: Send + Sync {
+    async fn append_audit(&self, event: &AuditEvent) -> Result<()>;
+    /// Entries of `scope` with an id below `before` (all when `None`), newest first, at
+    /// most `limit`.
+    async fn audit_events(&self, scope: &AuditScope, before: Option<i64>, limit: u32) -> Result<Vec<AuditRecord>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn action_names_round_trip() {
+        for a in AuditAction::ALL {
+            assert_eq!(a.as_str().parse::<AuditAction>(), Ok(a));
+        }
+        assert!("nope".parse::<AuditAction>().is_err());
+    }
+}

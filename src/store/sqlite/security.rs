@@ -1,0 +1,245 @@
+//! Failed-login counters and the audit log on SQLite.
+
+use async_trait::async_trait;
+use sqlx::{Row, sqlite::SqliteRow};
+
+use super::{SqliteStore, account_id};
+use crate::store::{
+    AuditEvent, AuditRecord, AuditScope, AuditStore, FailureCounter, FailureUpdate, LockoutStore, Result, UnixTime,
+    corrupt,
+};
+
+fn counter(row: &SqliteRow) -> Result<FailureCounter> {
+    let small = |col: &str| -> Result<u32> {
+        let v: i64 = row.try_get(col)?;
+        u32::try_from(v).map_err(corrupt("failure count"))
+    };
+    Ok(FailureCounter {
+        failures: small("failures")?,
+        strikes: small("strikes")?,
+        last_failure_at: row.try_get("last_failure_at")?,
+        locked_until: row.try_get("locked_until")?,
+    })
+}
+
+#[async_trait]
+impl LockoutStore for SqliteStore {
+    async fn failure_counters(&self, subjects: &[String]) -> Result<Vec<(String, FailureCounter)>> {
+        if subjects.is_empty() {
+            return Ok(Vec::new());
+        }
+        let placeholders = vec!["?"; subjects.len()].join(", ");
+        let sql = format!(
+            "SELECT subject, failures, strikes, last_failure_at, locked_until FROM login_failures \
+             WHERE subject IN ({placeholders})"
+        );
+        let mut query = sqlx::query(&sql);
+        for subject in subjects {
+            query = query.bind(subject);
+        }
+        let rows = query.fetch_all(&self.pool).await?;
+        rows.iter().map(|row| Ok((row.try_get("subject")?, counter(row)?))).collect()
+    }
+
+    async fn record_failure(&self, subject: &str, update: FailureUpdate<'_>) -> Result<FailureCounter> {
+        // IMMEDIATE takes the write lock before the read, so two replicas counting a failure
+        // for the same subject at once serialise instead of both writing `n + 1`.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let row = sqlx::query(
+            "SELECT failures, strikes, last_failure_at, locked_until FROM login_failures WHERE subject = ?",
+        )
+        .bind(subject)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let current = row.as_ref().map(counter).transpose()?;
+        let next = update(current);
+        sqlx::query(
+            "INSERT INTO login_failures (subject, failures, strikes, last_failure_at, locked_until) \
+             VALUES (?, ?, ?, ?, ?) \
+             ON CONFLICT (subject) DO UPDATE SET failures = excluded.failures, strikes = excluded.strikes, \
+             last_failure_at = excluded.last_failure_at, locked_until = excluded.locked_until",
+        )
+        .bind(subject)
+        .bind(i64::from(next.failures))
+        .bind(i64::from(next.strikes))
+        .bind(next.last_failure_at)
+        .bind(next.locked_until)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(next)
+    }
+
+    async fn clear_failures(&self, subject: &str) -> Result<()> {
+        sqlx::query("DELETE FROM login_failures WHERE subject = ?").bind(subject).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn prune_failures(&self, idle_since: UnixTime, now: UnixTime) -> Result<u64> {
+        let done = sqlx::query("DELETE FROM login_failures WHERE last_failure_at < ? AND locked_until <= ?")
+            .bind(idle_since)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+}
+
+fn audit_record(row: &SqliteRow) -> Result<AuditRecord> {
+    let account: Option<String> = row.try_get("account_id")?;
+    let action: String = row.try_get("action")?;
+    Ok(AuditRecord {
+        id: row.try_get("id")?,
+        event: AuditEvent {
+            at: row.try_get("at")?,
+            account_id: match account {
+                Some(_) => Some(account_id(row, "account_id")?),
+                None => None,
+            },
+            action: action.parse().map_err(|()| crate::store::StoreError::Corrupt(format!("audit action {action}")))?,
+            actor: row.try_get("actor")?,
+            source: row.try_get("source")?,
+            target: row.try_get("target")?,
+        },
+    })
+}
+
+#[async_trait]
+impl AuditStore for SqliteStore {
+    async fn append_audit(&self, e: &AuditEvent) -> Result<()> {
+        sqlx::query("INSERT INTO audit_log (at, account_id, action, actor, source, target) VALUES (?, ?, ?, ?, ?, ?)")
+            .bind(e.at)
+            .bind(e.account_id.map(|a| a.to_string()))
+            .bind(e.action.as_str())
+            .bind(&e.actor)
+            .bind(&e.source)
+            .bind(&e.target)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn audit_events(&self, scope: &AuditScope, before: Option<i64>, limit: u32) -> Result<Vec<AuditRecord>> {
+        const COLUMNS: &str = "l.id, l.at, l.account_id, l.action, l.actor, l.source, l.target";
+        let before = before.unwrap_or(i64::MAX);
+        let limit = i64::from(limit);
+        let rows =
+            match scope {
+                AuditScope::All => {
+                    sqlx::query(&format!("SELECT {COLUMNS} FROM audit_log l WHERE l.id < ? ORDER BY l.id DESC LIMIT ?"))
+                        .bind(before)
+                        .bind(limit)
+                        .fetch_all(&self.pool)
+                        .await?
+                }
+                AuditScope::Account(account) => sqlx::query(&format!(
+                    "SELECT {COLUMNS} FROM audit_log l WHERE l.account_id = ? AND l.id < ? ORDER BY l.id DESC LIMIT ?"
+                ))
+                .bind(account.to_string())
+                .bind(before)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?,
+                AuditScope::AccountNamed(name) => {
+                    sqlx::query(&format!(
+                        "SELECT {COLUMNS} FROM audit_log l JOIN accounts a ON a.id = l.account_id \
+                     WHERE a.name = ? AND l.id < ? ORDER BY l.id DESC LIMIT ?"
+                    ))
+                    .bind(name.as_str())
+                    .bind(before)
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await?
+                }
+            };
+        rows.iter().map(audit_record).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        domain::{AccountId, AccountName},
+        store::{AdminStore, AuditAction, UnixTime},
+    };
+
+    async fn store(dir: &tempfile::TempDir) -> SqliteStore {
+        SqliteStore::connect(&format!("sqlite://{}", dir.path().join("k.db").display())).await.unwrap()
+    }
+
+    fn plus_one(current: Option<FailureCounter>) -> FailureCounter {
+        let mut c = current.unwrap_or_default();
+        c.failures += 1;
+        c
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_failures_from_two_replicas_are_all_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (store(&dir).await, store(&dir).await);
+        let mut tasks = Vec::new();
+        for i in 0..40 {
+            let s = if i % 2 == 0 { a.clone() } else { b.clone() };
+            tasks.push(tokio::spawn(async move { s.record_failure("key:X", &plus_one).await.unwrap() }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let counters = a.failure_counters(&["key:X".into(), "key:Y".into()]).await.unwrap();
+        assert_eq!(counters.len(), 1);
+        assert_eq!(counters[0].1.failures, 40);
+        b.clear_failures("key:X").await.unwrap();
+        assert!(a.failure_counters(&["key:X".into()]).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn prune_keeps_recent_and_locked_counters() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(&dir).await;
+        let at = |last: UnixTime, until: UnixTime| {
+            move |_| FailureCounter { failures: 1, strikes: 0, last_failure_at: last, locked_until: until }
+        };
+        s.record_failure("old", &at(100, 0)).await.unwrap();
+        s.record_failure("old-but-locked", &at(100, 10_000)).await.unwrap();
+        s.record_failure("recent", &at(900, 0)).await.unwrap();
+        assert_eq!(s.prune_failures(500, 1_000).await.unwrap(), 1);
+        let left = s.failure_counters(&["old".into(), "old-but-locked".into(), "recent".into()]).await.unwrap();
+        assert_eq!(left.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn audit_pages_newest_first_within_scope() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(&dir).await;
+        let admin = crate::store::NewAdmin {
+            id: crate::store::AdminId(uuid::Uuid::new_v4()),
+            email: crate::domain::Email::parse("a@b.io").unwrap(),
+            password_hash: "x".into(),
+            created_at: 1,
+        };
+        let account = s.create_admin(&AccountName::parse("acme").unwrap(), &admin).await.unwrap();
+        let other = AccountId::generate();
+        for i in 0..5 {
+            for acc in [Some(account), Some(other), None] {
+                let event = AuditEvent {
+                    at: i,
+                    account_id: acc,
+                    action: AuditAction::KeyGenerated,
+                    actor: "cli".into(),
+                    source: None,
+                    target: Some(format!("t{i}")),
+                };
+                s.append_audit(&event).await.unwrap();
+            }
+        }
+        let mine = s.audit_events(&AuditScope::Account(account), None, 3).await.unwrap();
+        assert_eq!(mine.iter().map(|r| r.event.at).collect::<Vec<_>>(), [4, 3, 2]);
+        let rest = s.audit_events(&AuditScope::Account(account), Some(mine[2].id), 10).await.unwrap();
+        assert_eq!(rest.iter().map(|r| r.event.at).collect::<Vec<_>>(), [1, 0]);
+        assert!(rest.iter().all(|r| r.event.account_id == Some(account)));
+        let named = s.audit_events(&AuditScope::AccountNamed(AccountName::parse("acme").unwrap()), None, 10).await;
+        assert_eq!(named.unwrap().len(), 5);
+        assert_eq!(s.audit_events(&AuditScope::All, None, 100).await.unwrap().len(), 15);
+    }
+}

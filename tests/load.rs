@@ -1,0 +1,204 @@
+//! Abuse under load: a flood of expensive logins, and what timing reveals. These tests
+//! measure the server, so they take turns rather than share the machine's cores.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use reqwest::{Client, StatusCode};
+use serde_json::json;
+
+/// One at a time: a flood running beside a timing test would measure the flood.
+static EXCLUSIVE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const FLOOD: usize = 200;
+
+backends! {
+async fn an_admin_login_flood_is_refused_fast_and_starves_nothing(builder: Builder) {
+    let _turn = EXCLUSIVE.lock().await;
+    let app = builder.spawn().await;
+    app.admin_login().await;
+    let (key, password) = app.generate_key().await;
+    let rss_before = peak_rss_kib(app.pid());
+
+    // Requests that must keep working while argon2 is saturated. At merge with the gateway
+    // branch, add forward-auth here: ("verify", GET /auth/verify with `Bearer <token>`).
+    let probe = |name: &'static str| {
+        let client = Client::new();
+        let url = app.url(if name == "healthz" { "/healthz" } else { "/auth/login" });
+        let body = json!({"api_key": key, "password": password});
+        async move {
+            let r = match name {
+                "healthz" => client.get(url).send().await.unwrap(),
+                _ => client.post(url).json(&body).send().await.unwrap(),
+            };
+            (name, r.status())
+        }
+    };
+
+    // 200 admin logins at once, each on its own connection, with the right password so that
+    // lockout plays no part: only the hashing pool's bound decides.
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut flood = Vec::new();
+    for _ in 0..FLOOD {
+        let url = app.url("/auth/login");
+        let done = done_tx.clone();
+        flood.push(tokio::spawn(async move {
+            let r = Client::new()
+                .post(url)
+                .json(&json!({"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}))
+                .send()
+                .await
+                .unwrap();
+            let status = r.status();
+            let retry_after = r.headers().get("retry-after").is_some();
+            let problem = r.headers().get("content-type").is_some_and(|v| v == "application/problem+json");
+            let _ = done.send(status);
+            (status, retry_after, problem)
+        }));
+    }
+    drop(done_tx);
+
+    // Wait for the first refusal: from then on the pool is saturated (every slot taken),
+    // and the probes run against a server that is as busy with argon2 as it can get.
+    let mut finished = 0;
+    loop {
+        let status = done_rx.recv().await.expect("the flood produced no refusal");
+        finished += 1;
+        if status != StatusCode::OK {
+            break;
+        }
+    }
+    let mut probes = Vec::new();
+    for _ in 0..5 {
+        probes.push(probe("healthz").await);
+        probes.push(probe("api login").await);
+    }
+    // Admin logins still queued or hashing after the probes answered: the probes did run
+    // while the pool was saturated, rather than after the flood.
+    while done_rx.try_recv().is_ok() {
+        finished += 1;
+    }
+    let in_flight_after_probes = FLOOD - finished;
+
+    let mut ok = 0;
+    let mut refused = 0;
+    for task in flood {
+        let (status, retry_after, problem) = task.await.unwrap();
+        match status {
+            StatusCode::OK => ok += 1,
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS => {
+                assert!(retry_after && problem, "a refusal must be a problem with Retry-After");
+                refused += 1;
+            }
+            other => panic!("admin login under flood answered {other}"),
+        }
+    }
+    let rss_after = peak_rss_kib(app.pid());
+    eprintln!(
+        "flood of {FLOOD}: {ok} logged in, {refused} refused; {in_flight_after_probes} still in flight after the \
+         probes; peak RSS {} MiB before, {} MiB after",
+        rss_before / 1024,
+        rss_after / 1024
+    );
+
+    for (name, status) in &probes {
+        assert_eq!(*status, StatusCode::OK, "{name} failed during the flood");
+    }
+    assert!(in_flight_after_probes > 0, "the probes must overlap the flood");
+    assert!(ok > 0, "the pool must keep serving admin logins");
+    assert!(refused > 0, "excess admin logins must be refused, not queued without bound");
+    // Each argon2 run needs 19 MiB. Unbounded, 200 at once would need ~3.8 GiB; on the
+    // bounded pool each worker owns its buffer from the start, so the flood must not add
+    // even two more buffers' worth to the peak.
+    let growth = rss_after.saturating_sub(rss_before);
+    assert!(growth < 38 * 1024, "the flood raised peak RSS by {} MiB: hashing memory is not bounded", growth / 1024);
+
+    // And it is over: the server answers normally again.
+    assert_eq!(app.try_admin_login(ADMIN_EMAIL, ADMIN_PASSWORD).await.status(), StatusCode::OK);
+}
+
+async fn unknown_admin_email_takes_as_long_as_a_wrong_password(builder: Builder) {
+    let _turn = EXCLUSIVE.lock().await;
+    // Lockout would answer early after a few failures; this test is about the hash alone.
+    let app = builder
+        .env("KEYGATE_LOCKOUT_THRESHOLD", "1000")
+        .env("KEYGATE_LOCKOUT_ADDRESS_THRESHOLD", "100000")
+        .spawn()
+        .await;
+    let client = Client::new();
+    let attempt = |email: &'static str| {
+        let request = client.post(app.url("/auth/login")).json(&json!({"email": email, "password": "wrong password 1"}));
+        async move {
+            let start = Instant::now();
+            let r = request.send().await.unwrap();
+            assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+            start.elapsed()
+        }
+    };
+    let (known, unknown) = interleaved(25, || attempt(ADMIN_EMAIL), || attempt("nobody@example.com")).await;
+    let ratio = median(&unknown).as_secs_f64() / median(&known).as_secs_f64();
+    eprintln!("admin login medians: known {:?}, unknown {:?}, ratio {ratio:.2}", median(&known), median(&unknown));
+    // Without the dummy hash an unknown email answers in a small fraction of the time.
+    assert!((0.5..=2.0).contains(&ratio), "unknown/known email timing ratio {ratio:.2}");
+}
+
+async fn unknown_api_key_takes_as_long_as_a_wrong_password(builder: Builder) {
+    let _turn = EXCLUSIVE.lock().await;
+    let app = builder
+        .env("KEYGATE_LOCKOUT_THRESHOLD", "1000")
+        .env("KEYGATE_LOCKOUT_ADDRESS_THRESHOLD", "100000")
+        .spawn()
+        .await;
+    app.admin_login().await;
+    let (key, _) = app.generate_key().await;
+    let (_, wrong) = app.generate_key().await;
+    let client = Client::new();
+    let attempt = |api_key: String| {
+        let request = client.post(app.url("/auth/login")).json(&json!({"api_key": api_key, "password": wrong}));
+        async move {
+            let start = Instant::now();
+            let r = request.send().await.unwrap();
+            assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+            start.elapsed()
+        }
+    };
+    let (known, unknown) = interleaved(41, || attempt(key.clone()), || attempt("ZZZZZZZZZZZZZZZZZZZZ".into())).await;
+    let ratio = median(&unknown).as_secs_f64() / median(&known).as_secs_f64();
+    eprintln!("api login medians: known {:?}, unknown {:?}, ratio {ratio:.2}", median(&known), median(&unknown));
+    // Both paths look the key up and compute one HMAC: the same work, within noise.
+    assert!((0.33..=3.0).contains(&ratio), "unknown/wrong key timing ratio {ratio:.2}");
+}
+}
+
+/// `n` samples of each, alternating, so that drift in machine load hits both alike.
+async fn interleaved<A, B, FA, FB>(n: usize, mut a: A, mut b: B) -> (Vec<Duration>, Vec<Duration>)
+where
+    A: FnMut() -> FA,
+    B: FnMut() -> FB,
+    FA: std::future::Future<Output = Duration>,
+    FB: std::future::Future<Output = Duration>,
+{
+    // Warm-up: connection set-up and first-use costs are not what is measured.
+    a().await;
+    b().await;
+    let (mut xs, mut ys) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for i in 0..n {
+        if i % 2 == 0 {
+            xs.push(a().await);
+            ys.push(b().await);
+        } else {
+            ys.push(b().await);
+            xs.push(a().await);
+        }
+    }
+    (xs, ys)
+}
+
+fn median(samples: &[Duration]) -> Duration {
+    let mut sorted = samples.to_vec();
+    sorted.sort();
+    sorted[sorted.len() / 2]
+}
