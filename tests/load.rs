@@ -23,16 +23,19 @@ async fn an_admin_login_flood_is_refused_fast_and_starves_nothing(builder: Build
     let (key, password) = app.generate_key().await;
     let rss_before = peak_rss_kib(app.pid());
 
-    // Requests that must keep working while argon2 is saturated. At merge with the gateway
-    // branch, add forward-auth here: ("verify", GET /auth/verify with `Bearer <token>`).
+    // Requests that must keep working while argon2 is saturated: liveness, API logins and
+    // forward-auth verification.
+    let token = app.token(&key, &password).await;
     let probe = |name: &'static str| {
         let client = Client::new();
-        let url = app.url(if name == "healthz" { "/healthz" } else { "/auth/login" });
         let body = json!({"api_key": key, "password": password});
+        let (healthz, login, verify) = (app.url("/healthz"), app.url("/auth/login"), app.url("/auth/verify"));
+        let token = token.clone();
         async move {
             let r = match name {
-                "healthz" => client.get(url).send().await.unwrap(),
-                _ => client.post(url).json(&body).send().await.unwrap(),
+                "healthz" => client.get(healthz).send().await.unwrap(),
+                "verify" => client.get(verify).bearer_auth(token).send().await.unwrap(),
+                _ => client.post(login).json(&body).send().await.unwrap(),
             };
             (name, r.status())
         }
@@ -75,6 +78,7 @@ async fn an_admin_login_flood_is_refused_fast_and_starves_nothing(builder: Build
     for _ in 0..5 {
         probes.push(probe("healthz").await);
         probes.push(probe("api login").await);
+        probes.push(probe("verify").await);
     }
     // Admin logins still queued or hashing after the probes answered: the probes did run
     // while the pool was saturated, rather than after the flood.

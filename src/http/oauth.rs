@@ -570,4 +570,34 @@ mod tests {
         let f = Form::parse(&form_headers(), b"client_id=a").unwrap();
         assert_eq!(code(client_credentials(&HeaderMap::new(), &f).err().unwrap()), OAuthErrorCode::InvalidClient);
     }
+
+    proptest::proptest! {
+        /// Any body bytes: a form or an `invalid_request`, never a panic.
+        #[test]
+        fn any_form_body_parses_or_is_refused(body in proptest::collection::vec(proptest::num::u8::ANY, 0..300)) {
+            if let Err(e) = Form::parse(&form_headers(), &body) {
+                proptest::prop_assert_eq!(code(e), OAuthErrorCode::InvalidRequest);
+            }
+        }
+
+        /// Credentials survive Basic encoding (RFC 6749 §2.3.1: form-encode, then base64).
+        #[test]
+        fn basic_credentials_round_trip(id in "\\PC{1,40}", secret in "\\PC{0,60}") {
+            let enc = |v: &str| form_urlencoded::byte_serialize(v.as_bytes()).collect::<String>();
+            let mut h = HeaderMap::new();
+            let value = format!("Basic {}", STANDARD.encode(format!("{}:{}", enc(&id), enc(&secret))));
+            h.insert(header::AUTHORIZATION, HeaderValue::from_str(&value).unwrap());
+            proptest::prop_assert_eq!(basic_credentials(&h).unwrap(), Some((id, secret)));
+        }
+
+        /// Any Authorization header: never a panic.
+        #[test]
+        fn any_basic_header_parses_or_is_refused(value in "[ -~]{0,200}") {
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                let mut h = HeaderMap::new();
+                h.insert(header::AUTHORIZATION, v);
+                let _ = basic_credentials(&h);
+            }
+        }
+    }
 }

@@ -168,4 +168,26 @@ mod tests {
         assert!(matches!(bearer_token(&auth(&["Bearer a b"])), Err(ApiError::InvalidToken)));
         assert!(matches!(bearer_token(&auth(&["Bearer a", "Bearer b"])), Err(ApiError::InvalidToken)));
     }
+
+    proptest::proptest! {
+        /// Any header value: never a panic, and a token that comes out is one non-empty,
+        /// whitespace-free word that was in the header.
+        #[test]
+        fn any_authorization_header_parses_or_is_refused(value in "[ -~]{0,200}") {
+            if let Ok(header) = HeaderValue::from_str(&value) {
+                let mut h = HeaderMap::new();
+                h.insert(header::AUTHORIZATION, header);
+                if let Ok(token) = bearer_token(&h) {
+                    proptest::prop_assert!(!token.is_empty() && !token.contains(char::is_whitespace));
+                    proptest::prop_assert!(value.contains(token));
+                }
+            }
+        }
+
+        #[test]
+        fn bearer_round_trips(token in "[A-Za-z0-9._~+/-]{1,100}=*") {
+            let h = auth(&[&format!("Bearer {token}")]);
+            proptest::prop_assert_eq!(bearer_token(&h).unwrap(), token.as_str());
+        }
+    }
 }
