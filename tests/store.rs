@@ -13,7 +13,10 @@ use keygate::{
         signing::{KeySealer, SealedKey, SigningAlg},
     },
     domain::{AccountId, AccountName, ApiKeyId, Email, KeyRef},
-    store::{self, AdminId, KeyRecord, NewAdmin, Revocation, SessionRecord, Store, StoreError, TransferError},
+    store::{
+        self, AdminId, AuditAction, AuditEvent, AuditScope, KeyRecord, NewAdmin, Revocation, SessionRecord, Store,
+        StoreError, TransferError,
+    },
 };
 use uuid::Uuid;
 
@@ -316,9 +319,27 @@ async fn copy_from_sqlite_keeps_every_row_and_refuses_a_non_empty_target(fx: Fix
     source.rotate_signing_key(&signing_key(), now + 5).await.unwrap();
     let revocation = Revocation { jti: "feedbeef".into(), key_ref: keys[0].key_ref, expires_at: now + 900, revoked_at: now };
     source.revoke_token(&revocation).await.unwrap();
+    let event = |at, account| AuditEvent {
+        at,
+        account_id: account,
+        action: AuditAction::KeyGenerated,
+        actor: "cli".into(),
+        source: Some("192.0.2.1".into()),
+        target: Some(format!("t{at}")),
+    };
+    let events = [event(now, Some(acme)), event(now + 1, None), event(now + 2, Some(other))];
+    for e in &events {
+        source.append_audit(e).await.unwrap();
+    }
 
     let target = fx.open().await;
     let copied = store::copy(source.as_ref(), target.as_ref()).await.unwrap();
+    // The audit log moves with the data, in order.
+    assert_eq!(copied.audit, 3);
+    let log = target.audit_events(&AuditScope::All, None, 10).await.unwrap();
+    let log: Vec<_> = log.into_iter().rev().map(|r| (r.event.at, r.event.account_id, r.event.target)).collect();
+    let expected: Vec<_> = events.iter().map(|e| (e.at, e.account_id, e.target.clone())).collect();
+    assert_eq!(log, expected);
     assert_eq!((copied.accounts, copied.admins, copied.keys, copied.sessions, copied.signing_keys), (2, 2, 3, 1, 2));
     // A revoked token stays revoked on the new store.
     assert_eq!(copied.revocations, 1);

@@ -10,7 +10,9 @@ use std::fmt;
 
 use async_trait::async_trait;
 
-use super::{KeyRecord, NewAdmin, Result, Revocation, SessionRecord, SigningKeyRecord, Store, StoreError, UnixTime};
+use super::{
+    AuditEvent, KeyRecord, NewAdmin, Result, Revocation, SessionRecord, SigningKeyRecord, Store, StoreError, UnixTime,
+};
 use crate::{
     crypto::session::SessionHash,
     domain::{AccountId, AccountName},
@@ -46,6 +48,9 @@ pub struct Snapshot {
     pub signing_keys: Vec<SigningKeyRecord>,
     /// Revoked tokens: copied so that a migration cannot bring a revoked token back.
     pub revocations: Vec<Revocation>,
+    /// The audit log, oldest first: the record of what happened moves with the data.
+    /// (Failed-login counters are not copied: they describe the last few minutes only.)
+    pub audit: Vec<AuditEvent>,
 }
 
 impl Snapshot {
@@ -57,6 +62,7 @@ impl Snapshot {
             sessions: self.sessions.len() as u64,
             signing_keys: self.signing_keys.len() as u64,
             revocations: self.revocations.len() as u64,
+            audit: self.audit.len() as u64,
         }
     }
 }
@@ -70,11 +76,12 @@ pub struct Counts {
     pub sessions: u64,
     pub signing_keys: u64,
     pub revocations: u64,
+    pub audit: u64,
 }
 
 impl Counts {
     pub fn total(&self) -> u64 {
-        self.accounts + self.admins + self.keys + self.sessions + self.signing_keys + self.revocations
+        self.accounts + self.admins + self.keys + self.sessions + self.signing_keys + self.revocations + self.audit
     }
 }
 
@@ -82,8 +89,8 @@ impl fmt::Display for Counts {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} accounts, {} admins, {} API keys, {} sessions, {} signing keys, {} revoked tokens",
-            self.accounts, self.admins, self.keys, self.sessions, self.signing_keys, self.revocations
+            "{} accounts, {} admins, {} API keys, {} sessions, {} signing keys, {} revoked tokens, {} audit events",
+            self.accounts, self.admins, self.keys, self.sessions, self.signing_keys, self.revocations, self.audit
         )
     }
 }

@@ -93,7 +93,7 @@ impl LockoutStore for PgStore {
     }
 }
 
-fn audit_record(row: &PgRow) -> Result<AuditRecord> {
+pub(super) fn audit_record(row: &PgRow) -> Result<AuditRecord> {
     let account: Option<String> = row.try_get("account_id")?;
     let action: String = row.try_get("action")?;
     Ok(AuditRecord {

@@ -5,7 +5,8 @@ use crate::store::{AccountRecord, AdminExport, Counts, SessionExport, Snapshot, 
 
 const COUNTS: &str = "SELECT (SELECT count(*) FROM accounts) AS accounts, (SELECT count(*) FROM admins) AS admins, \
      (SELECT count(*) FROM api_keys) AS keys, (SELECT count(*) FROM sessions) AS sessions, \
-     (SELECT count(*) FROM signing_keys) AS signing_keys, (SELECT count(*) FROM revoked_tokens) AS revocations";
+     (SELECT count(*) FROM signing_keys) AS signing_keys, (SELECT count(*) FROM revoked_tokens) AS revocations, \
+     (SELECT count(*) FROM audit_log) AS audit";
 
 async fn counts(conn: &mut PgConnection) -> Result<Counts> {
     let row = sqlx::query(COUNTS).fetch_one(&mut *conn).await?;
@@ -17,6 +18,7 @@ async fn counts(conn: &mut PgConnection) -> Result<Counts> {
         sessions: get("sessions")?,
         signing_keys: get("signing_keys")?,
         revocations: get("revocations")?,
+        audit: get("audit")?,
     })
 }
 
@@ -118,8 +120,16 @@ impl TransferStore for PgStore {
             })
         })
         .collect::<Result<Vec<_>>>()?;
+        let audit = sqlx::query(
+            "SELECT id, at, account_id::text AS account_id, action, actor, source, target FROM audit_log ORDER BY id",
+        )
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|row| super::security::audit_record(row).map(|r| r.event))
+        .collect::<Result<Vec<_>>>()?;
         tx.commit().await?;
-        Ok(Snapshot { accounts, admins, keys, sessions, signing_keys, revocations })
+        Ok(Snapshot { accounts, admins, keys, sessions, signing_keys, revocations, audit })
     }
 
     async fn import(&self, snapshot: &Snapshot) -> Result<()> {
@@ -127,7 +137,7 @@ impl TransferStore for PgStore {
         // Held to commit: a replica starting on this database meanwhile waits, then finds
         // the imported admin and signing key instead of creating its own; and no second
         // import can pass the emptiness check below at the same time.
-        sqlx::query("LOCK TABLE accounts, admins, api_keys, sessions, signing_keys, revoked_tokens IN EXCLUSIVE MODE")
+        sqlx::query("LOCK TABLE accounts, admins, api_keys, sessions, signing_keys, revoked_tokens, audit_log IN EXCLUSIVE MODE")
             .execute(&mut *tx)
             .await?;
         if counts(&mut tx).await?.total() > 0 {
@@ -205,6 +215,20 @@ impl TransferStore for PgStore {
             .bind(r.key_ref.to_string())
             .bind(r.expires_at)
             .bind(r.revoked_at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for e in &snapshot.audit {
+            sqlx::query(
+                "INSERT INTO audit_log (at, account_id, action, actor, source, target) \
+                 VALUES ($1, $2::uuid, $3, $4, $5, $6)",
+            )
+            .bind(e.at)
+            .bind(e.account_id.map(|a| a.to_string()))
+            .bind(e.action.as_str())
+            .bind(&e.actor)
+            .bind(&e.source)
+            .bind(&e.target)
             .execute(&mut *tx)
             .await?;
         }

@@ -85,7 +85,7 @@ impl LockoutStore for SqliteStore {
     }
 }
 
-fn audit_record(row: &SqliteRow) -> Result<AuditRecord> {
+pub(super) fn audit_record(row: &SqliteRow) -> Result<AuditRecord> {
     let account: Option<String> = row.try_get("account_id")?;
     let action: String = row.try_get("action")?;
     Ok(AuditRecord {

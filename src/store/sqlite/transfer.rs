@@ -5,7 +5,8 @@ use crate::store::{AccountRecord, AdminExport, Counts, SessionExport, Snapshot, 
 
 const COUNTS: &str = "SELECT (SELECT count(*) FROM accounts) AS accounts, (SELECT count(*) FROM admins) AS admins, \
      (SELECT count(*) FROM api_keys) AS keys, (SELECT count(*) FROM sessions) AS sessions, \
-     (SELECT count(*) FROM signing_keys) AS signing_keys, (SELECT count(*) FROM revoked_tokens) AS revocations";
+     (SELECT count(*) FROM signing_keys) AS signing_keys, (SELECT count(*) FROM revoked_tokens) AS revocations, \
+     (SELECT count(*) FROM audit_log) AS audit";
 
 async fn counts(conn: &mut sqlx::SqliteConnection) -> Result<Counts> {
     let row = sqlx::query(COUNTS).fetch_one(&mut *conn).await?;
@@ -17,6 +18,7 @@ async fn counts(conn: &mut sqlx::SqliteConnection) -> Result<Counts> {
         sessions: get("sessions")?,
         signing_keys: get("signing_keys")?,
         revocations: get("revocations")?,
+        audit: get("audit")?,
     })
 }
 
@@ -127,8 +129,14 @@ impl TransferStore for SqliteStore {
                     })
                 })
                 .collect::<Result<Vec<_>>>()?;
+        let audit = sqlx::query("SELECT id, at, account_id, action, actor, source, target FROM audit_log ORDER BY id")
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(|row| super::security::audit_record(row).map(|r| r.event))
+            .collect::<Result<Vec<_>>>()?;
         tx.commit().await?;
-        Ok(Snapshot { accounts, admins, keys, sessions, signing_keys, revocations })
+        Ok(Snapshot { accounts, admins, keys, sessions, signing_keys, revocations, audit })
     }
 
     async fn import(&self, snapshot: &Snapshot) -> Result<()> {
@@ -203,6 +211,19 @@ impl TransferStore for SqliteStore {
                 .bind(r.revoked_at)
                 .execute(&mut *tx)
                 .await?;
+        }
+        for e in &snapshot.audit {
+            sqlx::query(
+                "INSERT INTO audit_log (at, account_id, action, actor, source, target) VALUES (?, ?, ?, ?, ?, ?)",
+            )
+            .bind(e.at)
+            .bind(e.account_id.map(|a| a.to_string()))
+            .bind(e.action.as_str())
+            .bind(&e.actor)
+            .bind(&e.source)
+            .bind(&e.target)
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
         Ok(())
