@@ -125,6 +125,11 @@ impl IntoResponse for ApiError {
             Self::Unavailable => {
                 response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
+            // The rest of the body was never read, so the connection cannot carry another
+            // request: say so (RFC 9112 §9.6), or a client reusing it gets a torn response.
+            Self::PayloadTooLarge => {
+                response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
             Self::TooManyRequests { retry_after } => {
                 response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after.max(1)));
             }

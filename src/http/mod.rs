@@ -149,7 +149,7 @@ async fn refuse_large_bodies(request: Request, next: Next) -> Response {
     let declared =
         request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > MAX_BODY as u64) {
-        return error::problem(StatusCode::PAYLOAD_TOO_LARGE, "request body is too large");
+        return axum::response::IntoResponse::into_response(error::ApiError::PayloadTooLarge);
     }
     next.run(request).await
 }

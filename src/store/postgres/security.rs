@@ -109,21 +109,29 @@ pub(super) fn audit_record(row: &PgRow) -> Result<AuditRecord> {
     })
 }
 
+/// One audit row; also how `keygate migrate` writes the copied log, inside its transaction.
+pub(super) async fn insert_audit<'e>(
+    executor: impl sqlx::Executor<'e, Database = sqlx::Postgres>,
+    e: &AuditEvent,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO audit_log (at, account_id, action, actor, source, target) VALUES ($1, $2::uuid, $3, $4, $5, $6)",
+    )
+    .bind(e.at)
+    .bind(e.account_id.map(|a| a.to_string()))
+    .bind(e.action.as_str())
+    .bind(&e.actor)
+    .bind(&e.source)
+    .bind(&e.target)
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+
 #[async_trait]
 impl AuditStore for PgStore {
     async fn append_audit(&self, e: &AuditEvent) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO audit_log (at, account_id, action, actor, source, target) VALUES ($1, $2::uuid, $3, $4, $5, $6)",
-        )
-        .bind(e.at)
-        .bind(e.account_id.map(|a| a.to_string()))
-        .bind(e.action.as_str())
-        .bind(&e.actor)
-        .bind(&e.source)
-        .bind(&e.target)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        insert_audit(&self.pool, e).await
     }
 
     async fn audit_events(&self, scope: &AuditScope, before: Option<i64>, limit: u32) -> Result<Vec<AuditRecord>> {

@@ -219,18 +219,7 @@ impl TransferStore for PgStore {
             .await?;
         }
         for e in &snapshot.audit {
-            sqlx::query(
-                "INSERT INTO audit_log (at, account_id, action, actor, source, target) \
-                 VALUES ($1, $2::uuid, $3, $4, $5, $6)",
-            )
-            .bind(e.at)
-            .bind(e.account_id.map(|a| a.to_string()))
-            .bind(e.action.as_str())
-            .bind(&e.actor)
-            .bind(&e.source)
-            .bind(&e.target)
-            .execute(&mut *tx)
-            .await?;
+            super::security::insert_audit(&mut *tx, e).await?;
         }
         tx.commit().await?;
         Ok(())

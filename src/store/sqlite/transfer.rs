@@ -213,17 +213,7 @@ impl TransferStore for SqliteStore {
                 .await?;
         }
         for e in &snapshot.audit {
-            sqlx::query(
-                "INSERT INTO audit_log (at, account_id, action, actor, source, target) VALUES (?, ?, ?, ?, ?, ?)",
-            )
-            .bind(e.at)
-            .bind(e.account_id.map(|a| a.to_string()))
-            .bind(e.action.as_str())
-            .bind(&e.actor)
-            .bind(&e.source)
-            .bind(&e.target)
-            .execute(&mut *tx)
-            .await?;
+            super::security::insert_audit(&mut *tx, e).await?;
         }
         tx.commit().await?;
         Ok(())
