@@ -347,7 +347,16 @@ impl Scripts {
 
 fn wrk_command(url: &str, script: Option<&Path>, header: Option<&str>, connections: usize, seconds: u64) -> Command {
     let mut cmd = Command::new("wrk");
-    cmd.args(["-t2", &format!("-c{connections}"), &format!("-d{seconds}s"), "--latency", "--timeout", "10s"]);
+    // wrk refuses fewer connections than threads.
+    let threads = connections.clamp(1, 2);
+    cmd.args([
+        &format!("-t{threads}"),
+        &format!("-c{connections}"),
+        &format!("-d{seconds}s"),
+        "--latency",
+        "--timeout",
+        "10s",
+    ]);
     if let Some(script) = script {
         cmd.arg("-s").arg(script);
     }

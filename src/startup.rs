@@ -17,7 +17,7 @@ use crate::{
     domain::{AccountName, ApiPassword, Email},
     http::{self, AppState, SessionCookie},
     service::{self, AuthService, Policy},
-    store::{self, AdminId, NewAdmin, Store},
+    store::{self, AdminId, CachedStore, NewAdmin, Store},
 };
 
 /// HKDF labels: one per derived key, never reused for anything else.
@@ -33,6 +33,7 @@ pub struct Application {
     router: axum::Router,
     auth: Arc<AuthService>,
     key_reload_interval: Duration,
+    cache: Arc<CachedStore>,
 }
 
 impl Application {
@@ -58,7 +59,10 @@ impl Application {
             session_lifetime: settings.session_lifetime,
         };
         let api_hasher = api_password_hasher(&master);
-        let auth = Arc::new(AuthService::new(store, policy, api_hasher, admin_hasher, ring, sealer));
+        // The hot paths' reads from memory. Logins too on the embedded store, whose keys
+        // only this process deletes; see store::cache for why not with PostgreSQL.
+        let cache = Arc::new(CachedStore::new(store, settings.is_embedded()));
+        let auth = Arc::new(AuthService::new(cache.clone(), policy, api_hasher, admin_hasher, ring, sealer));
         let state = AppState {
             auth: auth.clone(),
             cookie: SessionCookie::new(settings.cookie_secure, settings.session_lifetime),
@@ -72,6 +76,7 @@ impl Application {
             router: http::router(state),
             auth,
             key_reload_interval: Duration::from_secs(settings.key_reload_interval),
+            cache,
         })
     }
 
@@ -83,8 +88,12 @@ impl Application {
         tracing::info!("listening on http://{}", self.local_addr()?);
         // Picks up signing-key rotations made elsewhere (CLI, other replicas) while we run.
         let upkeep = tokio::spawn(self.auth.clone().maintain(self.key_reload_interval));
+        // Loads the caches and keeps them in step with the store; until its first load they
+        // simply pass every call through, so start-up does not wait for it.
+        let sync = tokio::spawn(self.cache.keep_in_sync());
         let served = axum::serve(self.listener, self.router).with_graceful_shutdown(shutdown).await;
         upkeep.abort();
+        sync.abort();
         served
     }
 }

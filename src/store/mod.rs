@@ -9,10 +9,16 @@ use crate::{
     domain::{AccountId, AccountName, ApiKeyId, Email, KeyRef},
 };
 
+pub mod cache;
+mod changes;
+mod paging;
 pub mod postgres;
 pub mod sqlite;
 mod transfer;
 
+pub use cache::CachedStore;
+pub use changes::{Change, ChangeFeed, ChangeSignal};
+pub use paging::KeyPageStore;
 pub use transfer::{AccountRecord, AdminExport, Counts, SessionExport, Snapshot, TransferError, TransferStore, copy};
 
 /// Seconds since the Unix epoch. Integers compare the same way in every backend.
@@ -212,7 +218,15 @@ pub trait RevocationStore: Send + Sync {
 /// Everything the service needs from a backend.
 #[async_trait]
 pub trait Store:
-    AdminStore + KeyStore + SessionStore + SigningKeyStore + TransferStore + KeyLookupStore + RevocationStore
+    AdminStore
+    + KeyStore
+    + SessionStore
+    + SigningKeyStore
+    + TransferStore
+    + KeyLookupStore
+    + RevocationStore
+    + KeyPageStore
+    + ChangeFeed
 {
     /// Cheap round trip, for readiness.
     async fn ping(&self) -> Result<()>;
