@@ -290,6 +290,9 @@ impl CachedStore {
         if let Err(e) = self.inner.purge_changes(now - CHANGE_RETENTION).await {
             tracing::debug!(error = %e, "cannot purge old change-log rows; next time");
         }
+        if cursor.loaded_at.is_none() {
+            tracing::info!(revocations = live.len(), "caches loaded; following the change log");
+        }
         *cursor = Cursor { seq, loaded_at: Some(Instant::now()) };
         Ok(())
     }
@@ -595,6 +598,47 @@ mod tests {
         assert_ne!(jti_key(hex), jti_key(&hex.to_uppercase()));
         assert_ne!(jti_key("a"), jti_key("b"));
         assert_ne!(jti_key("x".repeat(32).as_str()), jti_key(hex));
+    }
+
+    async fn sqlite(dir: &tempfile::TempDir) -> Arc<dyn Store> {
+        let url = format!("sqlite://{}", dir.path().join("k.db").display());
+        Arc::new(crate::store::sqlite::SqliteStore::connect(&url).await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_read_that_raced_a_deletion_is_not_cached() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = sqlite(&dir).await;
+        let admin = NewAdmin {
+            id: AdminId(uuid::Uuid::new_v4()),
+            email: Email::parse("a@example.com").unwrap(),
+            password_hash: "x".into(),
+            created_at: 0,
+        };
+        let account = store.create_admin(&AccountName::parse("acme").unwrap(), &admin).await.unwrap();
+        let key = KeyRecord {
+            key_ref: KeyRef::generate(),
+            account_id: account,
+            api_key: ApiKeyId::generate(),
+            secret_hash: vec![7; 32],
+            created_at: 0,
+        };
+        store.insert_key(&key).await.unwrap();
+        let cache = CachedStore::new(store.clone(), true);
+        cache.sync_once().await;
+
+        // A login read the key from the store; before it could fill the cache, another
+        // server deleted the key and this one heard of it.
+        let epoch = cache.epoch.load(Ordering::Acquire);
+        let read = store.find_key(&key.api_key).await.unwrap().unwrap();
+        let other = CachedStore::new(store.clone(), true);
+        assert!(other.delete_key(account, key.key_ref).await.unwrap());
+        cache.sync_once().await;
+        cache.fill_login(epoch, &read);
+        cache.fill_account(epoch, key.key_ref, Some(account));
+        assert!(cache.keys().logins.is_empty() && cache.keys().accounts.is_empty(), "a stale read was cached");
+        assert!(cache.find_key(&key.api_key).await.unwrap().is_none());
+        assert_eq!(cache.key_account(key.key_ref).await.unwrap(), None);
     }
 
     #[test]
