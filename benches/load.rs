@@ -1,5 +1,5 @@
 //! The load benchmark: `cargo bench --bench load` (options after `--`: `--keys N`,
-//! `--duration SECONDS`, `--connections N`).
+//! `--duration SECONDS`, `--connections N`, `--only verify,login,token,admin,mixed,list`).
 //!
 //! Builds in release, seeds a temporary store with N keys, starts keygate and a hello-world
 //! server on the same HTTP stack, drives each scenario with wrk (same threads, connections
@@ -32,11 +32,13 @@ struct Options {
     keys: usize,
     duration: u64,
     connections: usize,
+    /// Scenarios to run (`--only verify,login`); all when empty. The baseline always runs.
+    only: Vec<String>,
 }
 
 impl Options {
     fn parse() -> anyhow::Result<Self> {
-        let mut o = Options { keys: 100_000, duration: 10, connections: 64 };
+        let mut o = Options { keys: 100_000, duration: 10, connections: 64, only: Vec::new() };
         let mut args = std::env::args().skip(1).filter(|a| a != "--bench");
         while let Some(flag) = args.next() {
             let value = args.next().with_context(|| format!("{flag} needs a value"))?;
@@ -44,12 +46,21 @@ impl Options {
                 "--keys" => o.keys = value.parse()?,
                 "--duration" => o.duration = value.parse()?,
                 "--connections" => o.connections = value.parse()?,
-                other => bail!("unknown option {other} (expected --keys, --duration, --connections)"),
+                "--only" => o.only = value.split(',').map(str::to_owned).collect(),
+                other => bail!("unknown option {other} (expected --keys, --duration, --connections, --only)"),
             }
         }
         o.keys = o.keys.max(HOT_KEYS);
         Ok(o)
     }
+
+    fn runs(&self, scenario: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|s| s == scenario)
+    }
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.1} MiB", kib as f64 / 1024.0)
 }
 
 #[derive(Debug, Default, Clone)]
@@ -104,42 +115,60 @@ fn main() -> anyhow::Result<()> {
     let d = opts.duration;
     let c = opts.connections;
     let mut rows: Vec<(String, WrkResult, String)> = Vec::new();
+    // Each row is printed as it is measured too, so a long run shows progress.
+    let mut record = |name: &str, result: WrkResult, target: String, server: &Server| {
+        eprintln!(
+            "  {name}: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, {} failed; keygate RSS {} / peak {}",
+            result.rps,
+            result.p50_ms,
+            result.p99_ms,
+            result.failures,
+            server.rss_kib("VmRSS:").map_or("?".into(), mib),
+            server.rss_kib("VmHWM:").map_or("?".into(), mib),
+        );
+        rows.push((name.to_owned(), result, target));
+    };
     let baseline = wrk(&format!("{}/", hello.base), None, c, d)?;
-    rows.push(("hello-world baseline (GET)".into(), baseline.clone(), String::new()));
+    record("hello-world baseline (GET)", baseline.clone(), String::new(), &server);
 
-    let verify = wrk(&format!("{base}/auth/verify"), Some(&scripts.verify), c, d)?;
-    rows.push(("GET /auth/verify".into(), verify, "≥ 0.80× baseline, p99 ≤ 5 ms".into()));
+    if opts.runs("verify") {
+        let verify = wrk(&format!("{base}/auth/verify"), Some(&scripts.verify), c, d)?;
+        record("GET /auth/verify", verify, "≥ 0.80× baseline, p99 ≤ 5 ms".into(), &server);
+    }
+    if opts.runs("login") {
+        let api_login = wrk(&format!("{base}/auth/login"), Some(&scripts.api_login), c, d)?;
+        record("POST /auth/login (API key)", api_login, "≥ 0.35× baseline".into(), &server);
+    }
+    if opts.runs("token") {
+        let token = wrk(&format!("{base}/oauth/token"), Some(&scripts.oauth_token), c, d)?;
+        record("POST /oauth/token", token, "≥ 10× oidc-provider (~2k/s here)".into(), &server);
+    }
+    if opts.runs("admin") {
+        let argon2_rate = argon2_reference_rate(Duration::from_secs(3));
+        let admin = wrk(&format!("{base}/auth/login"), Some(&scripts.admin_login), 8, d)?;
+        let admin_share = admin.rps / argon2_rate;
+        let target = format!("≥ 80% of argon2 rate ({argon2_rate:.0}/s here): {:.0}%", admin_share * 100.0);
+        record("POST /auth/login (admin, 8 conns)", admin, target, &server);
+    }
+    if opts.runs("mixed") {
+        // API-login latency alone, then with 32 admin logins running at once.
+        let quiet = wrk(&format!("{base}/auth/login"), Some(&scripts.api_login), 8, d)?;
+        let admin_flood = WrkRun::spawn(&format!("{base}/auth/login"), Some(&scripts.admin_login), 32, d)?;
+        let busy = wrk(&format!("{base}/auth/login"), Some(&scripts.api_login), 8, d)?;
+        let flood = admin_flood.finish()?;
+        let p99_ratio = busy.p99_ms / quiet.p99_ms.max(0.001);
+        record("API login, 8 conns, idle", quiet, String::new(), &server);
+        record("API login, 8 conns, + 32 admin logins", busy, format!("p99 ≤ 3× idle: {p99_ratio:.2}×"), &server);
+        record("  (the 32 admin logins meanwhile)", flood, String::new(), &server);
+    }
+    if opts.runs("list") {
+        let cookie = runtime.block_on(session_cookie(&base))?;
+        let url = format!("{base}/auth/keys/list?limit=100");
+        let list = wrk_with_header(&url, &format!("Cookie: {cookie}"), 1, d.min(5))?;
+        record("GET /auth/keys/list?limit=100 (1 conn)", list, "≤ 10 ms".into(), &server);
+    }
 
-    let api_login = wrk(&format!("{base}/auth/login"), Some(&scripts.api_login), c, d)?;
-    rows.push(("POST /auth/login (API key)".into(), api_login, "≥ 0.35× baseline".into()));
-
-    let token = wrk(&format!("{base}/oauth/token"), Some(&scripts.oauth_token), c, d)?;
-    rows.push(("POST /oauth/token".into(), token, "≥ 10× oidc-provider (~2k/s here)".into()));
-
-    let argon2_rate = argon2_reference_rate(Duration::from_secs(3));
-    let admin = wrk(&format!("{base}/auth/login"), Some(&scripts.admin_login), 8, d)?;
-    let admin_share = admin.rps / argon2_rate;
-    rows.push((
-        "POST /auth/login (admin, 8 conns)".into(),
-        admin,
-        format!("≥ 80% of argon2 rate ({argon2_rate:.0}/s here): {:.0}%", admin_share * 100.0),
-    ));
-
-    // API-login latency alone, then with 32 admin logins running at once.
-    let quiet = wrk(&format!("{base}/auth/login"), Some(&scripts.api_login), 8, d)?;
-    let admin_flood = WrkRun::spawn(&format!("{base}/auth/login"), Some(&scripts.admin_login), 32, d)?;
-    let busy = wrk(&format!("{base}/auth/login"), Some(&scripts.api_login), 8, d)?;
-    let flood = admin_flood.finish()?;
-    let p99_ratio = busy.p99_ms / quiet.p99_ms.max(0.001);
-    rows.push(("API login, 8 conns, idle".into(), quiet, String::new()));
-    rows.push(("API login, 8 conns, + 32 admin logins".into(), busy, format!("p99 ≤ 3× idle: {p99_ratio:.2}×")));
-    rows.push(("  (the 32 admin logins meanwhile)".into(), flood, String::new()));
-
-    let cookie = runtime.block_on(session_cookie(&base))?;
-    let list = wrk_with_header(&format!("{base}/auth/keys/list?limit=100"), &format!("Cookie: {cookie}"), 1, d.min(5))?;
-    rows.push(("GET /auth/keys/list (one page, 1 conn)".into(), list, "≤ 10 ms".into()));
-
-    let rss = server.peak_rss_kib();
+    let rss = server.rss_kib("VmHWM:");
     print_table(&opts, &rows, &baseline, startup, rss);
     drop(hello);
     drop(server);
@@ -242,9 +271,10 @@ impl Server {
         Ok(Self { child, base })
     }
 
-    fn peak_rss_kib(&self) -> Option<u64> {
+    /// A memory figure from /proc/PID/status, in KiB: `VmHWM:` (peak RSS) or `VmRSS:`.
+    fn rss_kib(&self, field: &str) -> Option<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
-        status.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()
+        status.lines().find(|l| l.starts_with(field))?.split_whitespace().nth(1)?.parse().ok()
     }
 
     fn stop(&mut self) {
@@ -347,7 +377,16 @@ impl Scripts {
 
 fn wrk_command(url: &str, script: Option<&Path>, header: Option<&str>, connections: usize, seconds: u64) -> Command {
     let mut cmd = Command::new("wrk");
-    cmd.args(["-t2", &format!("-c{connections}"), &format!("-d{seconds}s"), "--latency", "--timeout", "10s"]);
+    // wrk refuses fewer connections than threads.
+    let threads = connections.clamp(1, 2);
+    cmd.args([
+        &format!("-t{threads}"),
+        &format!("-c{connections}"),
+        &format!("-d{seconds}s"),
+        "--latency",
+        "--timeout",
+        "10s",
+    ]);
     if let Some(script) = script {
         cmd.arg("-s").arg(script);
     }

@@ -110,10 +110,15 @@ pub struct AuthService {
     sealer: KeySealer,
     /// When a token with an unknown kid last made us reload the ring (see `gateway`).
     last_kid_reload: Mutex<Option<std::time::Instant>>,
+    /// Tokens whose signature was checked already (see `token_cache`).
+    verified_tokens: token_cache::TokenCache,
 }
 
 mod gateway;
+mod paging;
+pub mod token_cache;
 pub use gateway::{CLOCK_LEEWAY, MAX_KEY_RELOAD_INTERVAL, MAX_TOKEN_LEN, VerifiedToken, read_key_ring, verifies_until};
+pub use paging::{KeyPage, MAX_PAGE};
 
 impl AuthService {
     pub fn new(
@@ -132,6 +137,7 @@ impl AuthService {
             keys: RwLock::new(Arc::new(keys)),
             sealer,
             last_kid_reload: Mutex::new(None),
+            verified_tokens: token_cache::TokenCache::new(),
         }
     }
 

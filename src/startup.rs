@@ -17,7 +17,7 @@ use crate::{
     domain::{AccountName, ApiPassword, Email},
     http::{self, AppState, SecurityPolicy, SessionCookie},
     service::{self, AuthService, Policy},
-    store::{self, AdminId, NewAdmin, Store},
+    store::{self, AdminId, CachedStore, NewAdmin, Store},
 };
 
 /// HKDF labels: one per derived key, never reused for anything else.
@@ -33,6 +33,7 @@ pub struct Application {
     router: axum::Router,
     auth: Arc<AuthService>,
     key_reload_interval: Duration,
+    cache: Arc<CachedStore>,
 }
 
 /// How often stale failed-login counters are swept from the store.
@@ -70,7 +71,10 @@ impl Application {
             lockout: settings.security.lockout.clone(),
         };
         let api_hasher = api_password_hasher(&master);
-        let auth = Arc::new(AuthService::new(store, policy, api_hasher, admin_hasher, ring, sealer));
+        // The hot paths' reads from memory. Logins too on the embedded store, whose keys
+        // only this process deletes; see store::cache for why not with PostgreSQL.
+        let cache = Arc::new(CachedStore::new(store, settings.is_embedded()));
+        let auth = Arc::new(AuthService::new(cache.clone(), policy, api_hasher, admin_hasher, ring, sealer));
         let security = Arc::new(SecurityPolicy {
             trusted_proxies: settings.security.trusted_proxies.clone(),
             public_origin: settings.security.public_origin.clone(),
@@ -85,6 +89,7 @@ impl Application {
             router: http::router(state),
             auth,
             key_reload_interval: Duration::from_secs(settings.key_reload_interval),
+            cache,
         })
     }
 
@@ -102,11 +107,15 @@ impl Application {
         // Picks up signing-key rotations made elsewhere (CLI, other replicas) while we run.
         let upkeep = tokio::spawn(self.auth.clone().maintain(self.key_reload_interval));
         let pruner = tokio::spawn(prune_lockouts(self.auth.clone()));
+        // Loads the caches and keeps them in step with the store; until its first load they
+        // simply pass every call through, so start-up does not wait for it.
+        let sync = tokio::spawn(self.cache.keep_in_sync());
         // With the peer's socket address, which the lockout counts failures by.
         let service = self.router.into_make_service_with_connect_info::<SocketAddr>();
         let served = axum::serve(self.listener, service).with_graceful_shutdown(shutdown).await;
         upkeep.abort();
         pruner.abort();
+        sync.abort();
         served
     }
 }

@@ -5,9 +5,9 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use common::*;
+use common::{cache::*, *};
 use reqwest::{Client, StatusCode, header};
 use serde_json::{Value, json};
 
@@ -153,4 +153,84 @@ async fn postgres_without_a_master_key_refuses_to_start() {
     // It stopped before touching the database, and generated no key of its own.
     assert_eq!(db.count("information_schema.tables WHERE table_schema = 'public'").await, 0);
     assert!(!data.path().join("master.key").exists());
+}
+
+/// Two replicas, caches loaded, and a key whose token is verified twice on B, so that B
+/// answers for it from memory: (a, b, api_key, password, key_ref, token).
+async fn replicas_with_a_cached_token(builder: Builder) -> (TestApp, TestApp, String, String, String, String) {
+    let a = builder.spawn().await;
+    let b = a.replica().spawn().await;
+    a.wait_for_caches().await;
+    b.wait_for_caches().await;
+    a.admin_login().await;
+    let (api_key, password) = a.generate_key().await;
+    let key_ref = a.ref_of(&api_key).await;
+    let token = a.token(&api_key, &password).await;
+    for _ in 0..2 {
+        assert_eq!(b.verify(&token).await.status(), StatusCode::OK);
+    }
+    (a, b, api_key, password, key_ref, token)
+}
+
+#[tokio::test]
+async fn a_key_deleted_on_one_replica_fails_on_the_other_at_once_and_its_tokens_within_a_second() {
+    let Some(builder) = Builder::postgres().await else { return };
+    let (a, b, api_key, password, key_ref, token) = replicas_with_a_cached_token(builder).await;
+    let (other_key, other_password) = a.generate_key().await;
+    let other_token = b.token(&other_key, &other_password).await;
+    assert_eq!(b.api_login(&api_key, &password).await.status(), StatusCode::OK);
+
+    let since = Instant::now();
+    let r = a.client.delete(a.url(&format!("/auth/user/{key_ref}"))).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    // Logins read the database on PostgreSQL: refused on the very next request.
+    assert_problem(b.api_login(&api_key, &password).await, StatusCode::UNAUTHORIZED).await;
+    let refused =
+        within(since, PROPAGATION_BOUND, || async { b.verify(&token).await.status() == StatusCode::UNAUTHORIZED })
+            .await;
+    assert!(refused, "B still verified the deleted key's token a second after the deletion on A");
+    // The other key is untouched, on both.
+    for app in [&a, &b] {
+        assert_eq!(app.verify(&other_token).await.status(), StatusCode::OK);
+    }
+}
+
+#[tokio::test]
+async fn a_token_revoked_on_one_replica_fails_on_the_other_within_a_second() {
+    let Some(builder) = Builder::postgres().await else { return };
+    let (a, b, api_key, password, _, token) = replicas_with_a_cached_token(builder).await;
+    let sibling = b.token(&api_key, &password).await;
+    assert_eq!(b.verify(&sibling).await.status(), StatusCode::OK);
+
+    let since = Instant::now();
+    assert_eq!(a.revoke_token(&api_key, &password, &token).await.status(), StatusCode::OK);
+    assert_eq!(a.verify(&token).await.status(), StatusCode::UNAUTHORIZED, "A must refuse its own revocation at once");
+    let refused =
+        within(since, PROPAGATION_BOUND, || async { b.verify(&token).await.status() == StatusCode::UNAUTHORIZED })
+            .await;
+    assert!(refused, "B still verified a token revoked on A a second later");
+    assert_eq!(b.verify(&sibling).await.status(), StatusCode::OK, "only the revoked token is refused");
+}
+
+#[tokio::test]
+async fn a_replica_cut_off_from_the_database_stops_answering_from_memory() {
+    // The caches answer only while the change log can be read: without the database a
+    // replica cannot hear of deletions, so within a second it stops vouching for tokens
+    // (503, as every call that needs the database), and it resumes once the database is back.
+    let Some(builder) = Builder::postgres().await else { return };
+    let (a, b, _, _, _, token) = replicas_with_a_cached_token(builder).await;
+    let db = b.db().unwrap();
+    let since = Instant::now();
+    db.take_down().await;
+    let unavailable = within(since, PROPAGATION_BOUND, || async {
+        b.verify(&token).await.status() == StatusCode::SERVICE_UNAVAILABLE
+    })
+    .await;
+    assert!(unavailable, "B kept answering from memory a second into the outage");
+    db.bring_up().await;
+    let back =
+        within(Instant::now(), Duration::from_secs(30), || async { b.verify(&token).await.status() == StatusCode::OK })
+            .await;
+    assert!(back, "B did not recover:\n{}", b.logs());
+    assert_eq!(a.verify(&token).await.status(), StatusCode::OK);
 }

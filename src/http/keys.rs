@@ -1,18 +1,20 @@
 //! Key management for admins: generate, list, delete, always within the session's account.
 
 use axum::{
-    extract::{Path, State},
-    http::StatusCode,
+    extract::{Path, Query, State, rejection::QueryRejection},
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
 };
 use secrecy::SecretString;
-use serde::Serialize;
-use utoipa::ToSchema;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use super::{
     AppState,
     error::{ApiError, Problem},
     extract::{Admin, Json},
 };
+use crate::{domain::KeyRef, service::MAX_PAGE, store::KeySummary};
 
 #[derive(Serialize, ToSchema)]
 pub struct GeneratedKey {
@@ -52,25 +54,84 @@ pub async fn generate(State(state): State<AppState>, Admin(session): Admin) -> R
     Ok(Json(GeneratedKey { api_key: key.api_key.to_string(), password: SecretString::from(key.password.expose()) }))
 }
 
+/// Optional paging for `GET /auth/keys/list`. Without either parameter the response is
+/// every key, as it has always been.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListParams {
+    /// At most this many keys (1 to 1000). When more follow, the response carries a
+    /// `Link: <…>; rel="next"` header with the URL of the next page.
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
+    pub limit: Option<String>,
+    /// Start after this key: the `api_key_ref` of the last key of the previous page.
+    #[param(value_type = Option<String>, example = "0b6f4ef3-4c0e-4a53-9b5e-6d1f0f3a9a51")]
+    pub after: Option<String>,
+}
+
+impl ListParams {
+    fn parse(self) -> Result<(Option<KeyRef>, Option<u32>), ApiError> {
+        let limit = match self.limit {
+            None => None,
+            Some(raw) => match raw.parse::<u32>() {
+                Ok(n) if (1..=MAX_PAGE).contains(&n) => Some(n),
+                _ => return Err(ApiError::BadRequest(format!("limit must be a whole number from 1 to {MAX_PAGE}"))),
+            },
+        };
+        let after = match self.after {
+            None => None,
+            Some(raw) => {
+                Some(KeyRef::parse(&raw).map_err(|_| ApiError::BadRequest("after must be an api_key_ref".into()))?)
+            }
+        };
+        Ok((after, limit))
+    }
+}
+
 #[utoipa::path(
     get,
     path = "/auth/keys/list",
     operation_id = "list_keys",
     tag = "keys",
     security(("session" = [])),
+    params(ListParams),
     responses(
-        (status = 200, description = "The account's keys, oldest first", body = [KeyListItem]),
+        (status = 200, description = "The account's keys, oldest first: all of them, or one page when `limit` is given",
+            body = [KeyListItem],
+            headers(("Link" = String, description = "`<…>; rel=\"next\"`: the next page, when `limit` was given and more keys follow"))),
+        (status = 400, description = "A bad `limit` or `after`, or `after` names no key of this account (any more)",
+            body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No valid session", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Temporarily unavailable", body = Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn list(State(state): State<AppState>, Admin(session): Admin) -> Result<Json<Vec<KeyListItem>>, ApiError> {
-    let keys = state.auth.list_keys(&session).await?;
-    Ok(Json(
+pub async fn list(
+    State(state): State<AppState>,
+    Admin(session): Admin,
+    params: Result<Query<ListParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(params) = params.map_err(|_| ApiError::BadRequest("malformed query string".into()))?;
+    let (after, limit) = params.parse()?;
+    let items = |keys: Vec<KeySummary>| -> Vec<KeyListItem> {
         keys.into_iter()
             .map(|k| KeyListItem { api_key_ref: k.key_ref.to_string(), api_key: k.api_key.to_string() })
-            .collect(),
-    ))
+            .collect()
+    };
+    if after.is_none() && limit.is_none() {
+        return Ok(Json(items(state.auth.list_keys(&session).await?)).into_response());
+    }
+    let page = state
+        .auth
+        .list_keys_page(&session, after, limit)
+        .await?
+        .ok_or_else(|| ApiError::BadRequest("after names no key of this account (deleted since?)".into()))?;
+    let mut response = Json(items(page.keys)).into_response();
+    if let (Some(next), Some(limit)) = (page.next_after, limit) {
+        // A URI reference relative to this one (RFC 8288 §3.1); both parts are plain ASCII.
+        let link = format!("</auth/keys/list?limit={limit}&after={next}>; rel=\"next\"");
+        let value = HeaderValue::from_str(&link).map_err(|e| ApiError::Internal(e.into()))?;
+        response.headers_mut().insert(header::LINK, value);
+    }
+    Ok(response)
 }
 
 #[utoipa::path(

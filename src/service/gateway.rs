@@ -51,9 +51,25 @@ impl AuthService {
     /// `AuthError::InvalidToken`; a store failure is an error of its own (503), never a pass.
     #[tracing::instrument(skip_all)]
     pub async fn verify_token(&self, token: &str) -> Result<VerifiedToken> {
-        let verified = self.check_signature(token).await?;
-        self.check_not_withdrawn(&verified).await?;
-        Ok(verified)
+        let now = store::now().max(0) as u64;
+        // A token seen before skips the signature check; what can change since (expiry,
+        // revocation, deletion) is checked below and on every call.
+        let (verified, remembered) = match self.verified_tokens.get(token, now).map(parse_claims) {
+            Some(Ok(verified)) => (verified, true),
+            _ => (self.check_signature(token).await?, false),
+        };
+        match self.check_not_withdrawn(&verified).await {
+            Err(e) if remembered => {
+                self.verified_tokens.forget(token);
+                Err(e)
+            }
+            Err(e) => Err(e),
+            Ok(()) if remembered => Ok(verified),
+            Ok(()) => {
+                self.verified_tokens.insert(token, verified.claims.exp.saturating_add(CLOCK_LEEWAY), now);
+                Ok(verified)
+            }
+        }
     }
 
     /// Signature and claims, with no store access unless the kid is new to us.
@@ -72,14 +88,7 @@ impl AuthService {
         let claims = ring
             .verify(token, &self.policy.issuer, &self.policy.audience, CLOCK_LEEWAY)
             .ok_or(AuthError::InvalidToken("signature, algorithm, kid or claims"))?;
-        // Our own signature vouches for these, but a parse costs nothing and keeps a bad
-        // claim from reaching the store or a response header.
-        let key_ref = KeyRef::parse(&claims.sub).map_err(|_| AuthError::InvalidToken("sub"))?;
-        let account_id = AccountId::parse(&claims.acc).map_err(|_| AuthError::InvalidToken("acc"))?;
-        if claims.jti.is_empty() || claims.jti.len() > MAX_JTI_LEN {
-            return Err(AuthError::InvalidToken("jti"));
-        }
-        Ok(VerifiedToken { claims, key_ref, account_id })
+        parse_claims(claims)
     }
 
     /// The store half: the key still exists (in the token's account) and the token is not
@@ -161,6 +170,8 @@ impl AuthService {
         let mut slot = self.keys.write().unwrap_or_else(|poisoned| poisoned.into_inner());
         if slot.active_kid() != ring.active_kid() || slot.kids() != ring.kids() {
             tracing::info!(active = ring.active_kid(), verifying = ?ring.kids(), "signing keys changed");
+            // A key that left the ring must stop verifying, remembered tokens included.
+            self.verified_tokens.clear();
         }
         *slot = std::sync::Arc::new(ring);
         Ok(())
@@ -188,6 +199,17 @@ impl AuthService {
             }
         }
     }
+}
+
+/// Our own signature vouches for these claims, but a parse costs nothing and keeps a bad
+/// claim from reaching the store or a response header.
+fn parse_claims(claims: AccessClaims) -> Result<VerifiedToken> {
+    let key_ref = KeyRef::parse(&claims.sub).map_err(|_| AuthError::InvalidToken("sub"))?;
+    let account_id = AccountId::parse(&claims.acc).map_err(|_| AuthError::InvalidToken("acc"))?;
+    if claims.jti.is_empty() || claims.jti.len() > MAX_JTI_LEN {
+        return Err(AuthError::InvalidToken("jti"));
+    }
+    Ok(VerifiedToken { claims, key_ref, account_id })
 }
 
 /// The key ring as the store has it now. Reads only: creating or rotating keys is for

@@ -9,11 +9,17 @@ use crate::{
     domain::{AccountId, AccountName, ApiKeyId, Email, KeyRef},
 };
 
+pub mod cache;
+mod changes;
+mod paging;
 pub mod postgres;
 mod security;
 pub mod sqlite;
 mod transfer;
 
+pub use cache::CachedStore;
+pub use changes::{Change, ChangeFeed, ChangeSignal};
+pub use paging::KeyPageStore;
 pub use transfer::{AccountRecord, AdminExport, Counts, SessionExport, Snapshot, TransferError, TransferStore, copy};
 
 pub use security::{
@@ -226,6 +232,8 @@ pub trait Store:
     + RevocationStore
     + LockoutStore
     + AuditStore
+    + KeyPageStore
+    + ChangeFeed
 {
     /// Cheap round trip, for readiness.
     async fn ping(&self) -> Result<()>;

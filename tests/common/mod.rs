@@ -13,6 +13,7 @@ use std::{
 use reqwest::{Client, Response, StatusCode};
 use serde_json::{Value, json};
 
+pub mod cache;
 pub mod gateway;
 
 pub const ADMIN_EMAIL: &str = "admin@example.com";

@@ -25,7 +25,9 @@ use uuid::Uuid;
 use super::*;
 use crate::crypto::signing::SigningAlg;
 
+mod changes;
 mod gateway;
+mod paging;
 mod security;
 mod transfer;
 

@@ -13,7 +13,9 @@ use uuid::Uuid;
 use super::*;
 use crate::crypto::signing::SigningAlg;
 
+mod changes;
 mod gateway;
+mod paging;
 mod transfer;
 
 #[derive(Debug, Clone)]

@@ -1,0 +1,41 @@
+//! Listing an account's keys a page at a time, for accounts with many keys.
+
+use super::{AdminSession, AuthService, Result};
+use crate::{domain::KeyRef, store::KeySummary};
+
+/// The largest page a caller may ask for.
+pub const MAX_PAGE: u32 = 1000;
+
+/// One page of keys, oldest first.
+#[derive(Debug)]
+pub struct KeyPage {
+    pub keys: Vec<KeySummary>,
+    /// Where the next page starts (after this key), when there is one.
+    pub next_after: Option<KeyRef>,
+}
+
+impl AuthService {
+    /// At most `limit` keys of the session's account after the key `after` (from the first
+    /// key without it); every remaining key when `limit` is `None`. `None` when `after` is
+    /// not a key of this account (any more).
+    pub async fn list_keys_page(
+        &self,
+        session: &AdminSession,
+        after: Option<KeyRef>,
+        limit: Option<u32>,
+    ) -> Result<Option<KeyPage>> {
+        // One more than asked for tells whether there is a next page without a count.
+        let fetch = limit.map_or(u32::MAX, |n| n.clamp(1, MAX_PAGE) + 1);
+        let Some(mut keys) = self.store.list_keys_page(session.account_id, after, fetch).await? else {
+            return Ok(None);
+        };
+        let next_after = match limit {
+            Some(n) if keys.len() > n as usize => {
+                keys.truncate(n as usize);
+                keys.last().map(|k| k.key_ref)
+            }
+            _ => None,
+        };
+        Ok(Some(KeyPage { keys, next_after }))
+    }
+}

@@ -1,0 +1,251 @@
+//! The store side of the caches, on every backend: the trigger-written change log, keyset
+//! pages, and `CachedStore` over a real store with a second store (another replica's pool)
+//! changing things behind its back.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::{sync::Arc, time::Duration};
+
+use common::PgDatabase;
+use keygate::{
+    domain::{AccountId, AccountName, ApiKeyId, Email, KeyRef},
+    store::{
+        self, AdminId, CachedStore, Change, KeyLookupStore, KeyRecord, KeyStore, NewAdmin, Revocation, RevocationStore,
+        Store,
+    },
+};
+use uuid::Uuid;
+
+struct Fixture {
+    url: String,
+    _dir: Option<tempfile::TempDir>,
+    _db: Option<PgDatabase>,
+}
+
+impl Fixture {
+    fn sqlite() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("keygate.db").display());
+        Fixture { url, _dir: Some(dir), _db: None }
+    }
+
+    async fn postgres() -> Option<Self> {
+        let db = PgDatabase::create().await?;
+        Some(Fixture { url: db.url.clone(), _dir: None, _db: Some(db) })
+    }
+
+    /// A store with a pool of its own, as another replica has.
+    async fn open(&self) -> Arc<dyn Store> {
+        store::connect(&self.url).await.unwrap()
+    }
+
+    fn is_postgres(&self) -> bool {
+        self._db.is_some()
+    }
+}
+
+macro_rules! store_cases {
+    ($(async fn $name:ident($fx:ident: Fixture) $body:block)*) => {
+        $(mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            async fn run($fx: Fixture) $body
+            #[tokio::test]
+            async fn sqlite() {
+                run(Fixture::sqlite()).await
+            }
+            #[tokio::test]
+            async fn postgres() {
+                if let Some(fx) = Fixture::postgres().await {
+                    run(fx).await
+                }
+            }
+        })*
+    };
+}
+
+async fn account(store: &dyn Store, name: &str) -> AccountId {
+    let admin = NewAdmin {
+        id: AdminId(Uuid::new_v4()),
+        email: Email::parse(&format!("{name}@example.com")).unwrap(),
+        password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA".into(),
+        created_at: store::now(),
+    };
+    store.create_admin(&AccountName::parse(name).unwrap(), &admin).await.unwrap()
+}
+
+async fn new_key(store: &dyn Store, account_id: AccountId, created_at: i64) -> KeyRecord {
+    let key = KeyRecord {
+        key_ref: KeyRef::generate(),
+        account_id,
+        api_key: ApiKeyId::generate(),
+        secret_hash: keygate::crypto::random_bytes::<32>().to_vec(),
+        created_at,
+    };
+    store.insert_key(&key).await.unwrap();
+    key
+}
+
+fn revocation(key: &KeyRecord, jti: &str, expires_at: i64) -> Revocation {
+    Revocation { jti: jti.into(), key_ref: key.key_ref, expires_at, revoked_at: store::now() }
+}
+
+/// A cache over its own pool, loaded and trusted.
+async fn loaded_cache(fx: &Fixture, serve_logins: bool) -> Arc<CachedStore> {
+    let cache = Arc::new(CachedStore::new(fx.open().await, serve_logins));
+    cache.sync_once().await;
+    assert!(cache.is_trusted());
+    cache
+}
+
+store_cases! {
+async fn the_change_log_records_deletions_and_revocations_in_order(fx: Fixture) {
+    let store = fx.open().await;
+    let acme = account(store.as_ref(), "acme").await;
+    let first = new_key(store.as_ref(), acme, 100).await;
+    let second = new_key(store.as_ref(), acme, 100).await;
+    let start = store.last_change().await.unwrap();
+    assert!(store.changes_after(start, 100).await.unwrap().is_empty(), "creating keys is no change to hear of");
+
+    assert!(store.delete_key(acme, first.key_ref).await.unwrap());
+    let future = store::now() + 600;
+    store.revoke_token(&revocation(&second, "0123456789abcdef0123456789abcdef", future)).await.unwrap();
+    // Revoking again changes nothing, so it logs nothing.
+    store.revoke_token(&revocation(&second, "0123456789abcdef0123456789abcdef", future)).await.unwrap();
+    // A refused deletion (wrong account) neither.
+    let other = account(store.as_ref(), "other").await;
+    assert!(!store.delete_key(other, second.key_ref).await.unwrap());
+
+    let changes = store.changes_after(start, 100).await.unwrap();
+    let kinds: Vec<Change> = changes.iter().map(|(_, c)| c.clone()).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            Change::KeyDeleted { key_ref: first.key_ref, api_key: first.api_key.clone() },
+            Change::TokenRevoked { jti: "0123456789abcdef0123456789abcdef".into(), expires_at: future },
+        ]
+    );
+    assert!(changes[0].0 < changes[1].0);
+    assert_eq!(store.last_change().await.unwrap(), changes[1].0);
+    // Paged reads resume where they stopped.
+    let one = store.changes_after(start, 1).await.unwrap();
+    assert_eq!(one.len(), 1);
+    assert_eq!(store.changes_after(one[0].0, 100).await.unwrap(), changes[1..]);
+
+    // Live revocations only; purging the log keeps recent rows.
+    store.revoke_token(&revocation(&second, "ffffffffffffffffffffffffffffffff", store::now() - 1)).await.unwrap();
+    let live = store.live_revocations(store::now()).await.unwrap();
+    assert_eq!(live, vec![("0123456789abcdef0123456789abcdef".to_owned(), future)]);
+    assert_eq!(store.purge_changes(store::now() - 60).await.unwrap(), 0);
+    assert_eq!(store.purge_changes(store::now() + 60).await.unwrap(), 3);
+    assert!(store.changes_after(start, 100).await.unwrap().is_empty());
+}
+
+async fn pages_are_ordered_by_creation_then_ref(fx: Fixture) {
+    let store = fx.open().await;
+    let acme = account(store.as_ref(), "acme").await;
+    let other = account(store.as_ref(), "other").await;
+    // Several keys per second, and out of order, so both sort keys matter.
+    let mut keys = Vec::new();
+    for created_at in [300, 100, 200, 100, 300, 100] {
+        keys.push(new_key(store.as_ref(), acme, created_at).await);
+    }
+    new_key(store.as_ref(), other, 150).await;
+    let all = store.list_keys(acme).await.unwrap();
+    let mut expected: Vec<(i64, String)> = keys.iter().map(|k| (k.created_at, k.key_ref.to_string())).collect();
+    expected.sort();
+    assert_eq!(all.iter().map(|k| (k.created_at, k.key_ref.to_string())).collect::<Vec<_>>(), expected);
+
+    let first = store.list_keys_page(acme, None, 4).await.unwrap().unwrap();
+    assert_eq!(first, all[..4]);
+    let rest = store.list_keys_page(acme, Some(first[3].key_ref), 4).await.unwrap().unwrap();
+    assert_eq!(rest, all[4..]);
+    assert_eq!(store.list_keys_page(acme, Some(all[5].key_ref), 4).await.unwrap().unwrap(), vec![]);
+    // A cursor outside the account, or gone, is no cursor.
+    let foreign = store.list_keys(other).await.unwrap()[0].key_ref;
+    assert!(store.list_keys_page(acme, Some(foreign), 4).await.unwrap().is_none());
+    assert!(store.list_keys_page(acme, Some(KeyRef::generate()), 4).await.unwrap().is_none());
+}
+
+async fn the_cache_follows_changes_made_through_another_pool(fx: Fixture) {
+    let other = fx.open().await;
+    let acme = account(other.as_ref(), "acme").await;
+    let key = new_key(other.as_ref(), acme, 100).await;
+    let kept = new_key(other.as_ref(), acme, 100).await;
+    let cache = loaded_cache(&fx, true).await;
+
+    // Read once: cached.
+    assert_eq!(cache.key_account(key.key_ref).await.unwrap(), Some(acme));
+    assert_eq!(cache.find_key(&key.api_key).await.unwrap().unwrap().key_ref, key.key_ref);
+    assert!(!cache.is_token_revoked("0123456789abcdef0123456789abcdef").await.unwrap());
+
+    // Changed behind its back: the cache still answers from memory (this is the window
+    // the change log closes)...
+    assert!(other.delete_key(acme, key.key_ref).await.unwrap());
+    other.revoke_token(&revocation(&kept, "0123456789abcdef0123456789abcdef", store::now() + 600)).await.unwrap();
+    let stale = cache.key_account(key.key_ref).await.unwrap();
+    // (Unless this machine stalled for a whole lease since the load: then the store
+    // answered, correctly, and there is no window to see.)
+    if cache.is_trusted() {
+        assert_eq!(stale, Some(acme), "the cache was not in use");
+    }
+    // ...until it reads the log.
+    cache.sync_once().await;
+    assert_eq!(cache.key_account(key.key_ref).await.unwrap(), None);
+    assert!(cache.find_key(&key.api_key).await.unwrap().is_none());
+    assert!(cache.is_token_revoked("0123456789abcdef0123456789abcdef").await.unwrap());
+    assert_eq!(cache.key_account(kept.key_ref).await.unwrap(), Some(acme));
+    assert!(cache.find_key(&kept.api_key).await.unwrap().is_some());
+}
+
+async fn an_unloaded_or_lapsed_cache_asks_the_store(fx: Fixture) {
+    let other = fx.open().await;
+    let acme = account(other.as_ref(), "acme").await;
+    let key = new_key(other.as_ref(), acme, 100).await;
+    let cache = Arc::new(CachedStore::new(fx.open().await, true));
+    assert!(!cache.is_trusted());
+    assert_eq!(cache.key_account(key.key_ref).await.unwrap(), Some(acme));
+    assert!(other.delete_key(acme, key.key_ref).await.unwrap());
+    assert_eq!(cache.key_account(key.key_ref).await.unwrap(), None, "an unloaded cache answered from memory");
+
+    // Loaded, the lease runs out unless renewed; then the store answers again.
+    let key = new_key(other.as_ref(), acme, 100).await;
+    cache.sync_once().await;
+    assert_eq!(cache.key_account(key.key_ref).await.unwrap(), Some(acme));
+    assert!(other.delete_key(acme, key.key_ref).await.unwrap());
+    tokio::time::sleep(store::cache::LEASE + Duration::from_millis(50)).await;
+    assert!(!cache.is_trusted());
+    assert_eq!(cache.key_account(key.key_ref).await.unwrap(), None, "a lapsed cache answered from memory");
+}
+
+async fn logins_come_from_memory_only_where_allowed(fx: Fixture) {
+    // Shared stores (PostgreSQL) must refuse a key deleted by another replica at the very
+    // next login, which only the database can tell.
+    let other = fx.open().await;
+    let acme = account(other.as_ref(), "acme").await;
+    let key = new_key(other.as_ref(), acme, 100).await;
+    let shared = loaded_cache(&fx, false).await;
+    assert!(shared.find_key(&key.api_key).await.unwrap().is_some());
+    assert!(other.delete_key(acme, key.key_ref).await.unwrap());
+    assert!(shared.find_key(&key.api_key).await.unwrap().is_none());
+    // A cache's own deletions apply to its logins at once either way.
+    let key = new_key(other.as_ref(), acme, 100).await;
+    let own = loaded_cache(&fx, true).await;
+    assert!(own.find_key(&key.api_key).await.unwrap().is_some());
+    assert!(own.delete_key(acme, key.key_ref).await.unwrap());
+    assert!(own.find_key(&key.api_key).await.unwrap().is_none());
+    assert_eq!(own.key_account(key.key_ref).await.unwrap(), None);
+    if fx.is_postgres() {
+        // The backend that can wakes readers as soon as a change commits.
+        let mut signal = other.change_signal().await.unwrap().expect("PostgreSQL has LISTEN");
+        let key = new_key(other.as_ref(), acme, 100).await;
+        let woke = tokio::spawn(async move { signal.changed().await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(own.delete_key(acme, key.key_ref).await.unwrap());
+        tokio::time::timeout(Duration::from_secs(30), woke).await.expect("no notification").unwrap().unwrap();
+    } else {
+        assert!(other.change_signal().await.unwrap().is_none());
+    }
+}
+}
