@@ -24,6 +24,11 @@
 //! the store (one indexed point read), and only token verification, which has a 1 s bound,
 //! is served from memory.
 //!
+//! Failed-login counters are mirrored the same way, and for the same reason only on the
+//! embedded store: there this process is their only writer, so a write-through copy is
+//! exact and an API login's lockout check costs no database read. With PostgreSQL a lock
+//! set by another replica must hold here at once, so every check reads the store.
+//!
 //! Memory is bounded: at most `MAX_KEYS` keys and `MAX_TOMBSTONES` tombstones (random
 //! entries make room when full), and `MAX_REVOCATIONS` revocations, past which the set is
 //! marked incomplete and revocation checks go to the store until a full reload fits again.
@@ -125,7 +130,15 @@ pub struct CachedStore {
     cursor: tokio::sync::Mutex<Cursor>,
     /// Whether a failure to read the change log has been logged since the last success.
     complained: AtomicBool,
+    /// Embedded store only: each subject's counter as the store holds it (`None`: no row).
+    counters: std::sync::Mutex<HashMap<String, Option<FailureCounter>>>,
+    /// Bumped by every counter write; a read-through fill that saw it move is discarded,
+    /// so a fill racing a failure can never hide the lock that failure set.
+    counters_epoch: AtomicU64,
 }
+
+/// At most this many subjects' counters are mirrored; past it the mirror starts afresh.
+const MAX_COUNTERS: usize = 100_000;
 
 #[derive(Default)]
 struct Cursor {
@@ -148,6 +161,30 @@ impl CachedStore {
             origin: Instant::now(),
             cursor: tokio::sync::Mutex::default(),
             complained: AtomicBool::new(false),
+            counters: std::sync::Mutex::default(),
+            counters_epoch: AtomicU64::new(0),
+        }
+    }
+
+    fn counters(&self) -> std::sync::MutexGuard<'_, HashMap<String, Option<FailureCounter>>> {
+        self.counters.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Records what the store now holds for `subject` after a write through this process
+    /// (`None` when unknown, e.g. the write failed).
+    fn counter_written(&self, subject: &str, now: Option<Option<FailureCounter>>) {
+        if !self.serve_logins {
+            return;
+        }
+        self.counters_epoch.fetch_add(1, Ordering::AcqRel);
+        let mut map = self.counters();
+        match now {
+            Some(counter) => {
+                map.insert(subject.to_owned(), counter);
+            }
+            None => {
+                map.remove(subject);
+            }
         }
     }
 
@@ -506,21 +543,52 @@ impl AdminStore for CachedStore {
     }
 }
 
-// Failed-login counters and the audit log are never cached: a lock must hold on every
-// replica the moment it is set, and audit reads are rare.
 #[async_trait]
 impl LockoutStore for CachedStore {
     async fn failure_counters(&self, subjects: &[String]) -> Result<Vec<(String, FailureCounter)>> {
-        self.inner.failure_counters(subjects).await
+        if !self.serve_logins {
+            return self.inner.failure_counters(subjects).await;
+        }
+        {
+            let map = self.counters();
+            if subjects.iter().all(|s| map.contains_key(s)) {
+                return Ok(subjects
+                    .iter()
+                    .filter_map(|s| map.get(s).copied().flatten().map(|c| (s.clone(), c)))
+                    .collect());
+            }
+        }
+        let epoch = self.counters_epoch.load(Ordering::Acquire);
+        let rows = self.inner.failure_counters(subjects).await?;
+        let mut map = self.counters();
+        if self.counters_epoch.load(Ordering::Acquire) == epoch {
+            if map.len() + subjects.len() > MAX_COUNTERS {
+                map.clear();
+            }
+            for subject in subjects {
+                let found = rows.iter().find(|(s, _)| s == subject).map(|(_, c)| *c);
+                map.insert(subject.clone(), found);
+            }
+        }
+        Ok(rows)
     }
     async fn record_failure(&self, subject: &str, update: FailureUpdate<'_>) -> Result<FailureCounter> {
-        self.inner.record_failure(subject, update).await
+        let result = self.inner.record_failure(subject, update).await;
+        self.counter_written(subject, result.as_ref().ok().map(|c| Some(*c)));
+        result
     }
     async fn clear_failures(&self, subject: &str) -> Result<()> {
-        self.inner.clear_failures(subject).await
+        let result = self.inner.clear_failures(subject).await;
+        self.counter_written(subject, result.as_ref().ok().map(|()| None));
+        result
     }
     async fn prune_failures(&self, idle_since: UnixTime, now: UnixTime) -> Result<u64> {
-        self.inner.prune_failures(idle_since, now).await
+        let pruned = self.inner.prune_failures(idle_since, now).await;
+        if self.serve_logins {
+            self.counters_epoch.fetch_add(1, Ordering::AcqRel);
+            self.counters().clear();
+        }
+        pruned
     }
 }
 
