@@ -472,7 +472,7 @@ pub async fn revoke(
 }
 
 /// RFC 8414 authorization server metadata. The endpoint URLs are built on the issuer,
-/// which therefore should be keygate's public base URL (the default, `http://<listen>`, is).
+/// which therefore should be keygate's public base URL (the default is the bound address).
 #[derive(Serialize, ToSchema)]
 pub struct ServerMetadata {
     pub issuer: String,
