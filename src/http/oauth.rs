@@ -31,7 +31,11 @@ use super::{
     security::Client,
     verify::{self, AllMethods},
 };
-use crate::service::{AuthError, VerifiedToken};
+use crate::{
+    domain::ClientAddr,
+    service::{AuthError, VerifiedToken},
+    store::KeyRecord,
+};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -427,12 +431,24 @@ pub async fn introspect(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<impl IntoResponse, OAuthError> {
-    let form = Form::parse(&headers, &body?)?;
-    let (client_id, client_secret) = client_credentials(&headers, &form)?;
+    let (caller, token) = authenticated_token_request(&state, client, &headers, &body?).await?;
+    let verified = state.auth.introspect(&caller, &token).await?;
+    Ok((no_store(), Json(IntrospectionResponse::from(verified))))
+}
+
+/// What introspection and revocation share: the caller authenticates with its key's client
+/// credentials (counted towards lockout like any login) and names one `token`.
+async fn authenticated_token_request(
+    state: &AppState,
+    client: ClientAddr,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(KeyRecord, String), OAuthError> {
+    let form = Form::parse(headers, body)?;
+    let (client_id, client_secret) = client_credentials(headers, &form)?;
     let caller = state.auth.authenticate_key(&client_id, &client_secret, client).await?;
     let token = form.get("token").ok_or_else(|| invalid_request("token is required"))?;
-    let verified = state.auth.introspect(&caller, token).await?;
-    Ok((no_store(), Json(IntrospectionResponse::from(verified))))
+    Ok((caller, token.to_owned()))
 }
 
 /// Token revocation (RFC 7009): the token stops working everywhere keygate checks it
@@ -463,11 +479,8 @@ pub async fn revoke(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<impl IntoResponse, OAuthError> {
-    let form = Form::parse(&headers, &body?)?;
-    let (client_id, client_secret) = client_credentials(&headers, &form)?;
-    let caller = state.auth.authenticate_key(&client_id, &client_secret, client).await?;
-    let token = form.get("token").ok_or_else(|| invalid_request("token is required"))?;
-    state.auth.revoke_token(&caller, token).await?;
+    let (caller, token) = authenticated_token_request(&state, client, &headers, &body?).await?;
+    state.auth.revoke_token(&caller, &token).await?;
     Ok((StatusCode::OK, no_store()))
 }
 

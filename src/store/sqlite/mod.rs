@@ -259,6 +259,20 @@ impl SessionStore for SqliteStore {
     }
 }
 
+fn signing_key(row: &SqliteRow) -> Result<SigningKeyRecord> {
+    let alg: String = row.try_get("alg")?;
+    Ok(SigningKeyRecord {
+        key: SealedKey {
+            kid: row.try_get("kid")?,
+            alg: SigningAlg::from_str(&alg).map_err(corrupt("signing alg"))?,
+            sealed_private: row.try_get("sealed_private")?,
+            public_key: row.try_get("public_key")?,
+        },
+        created_at: row.try_get("created_at")?,
+        retired_at: row.try_get("retired_at")?,
+    })
+}
+
 #[async_trait]
 impl SigningKeyStore for SqliteStore {
     async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>> {
@@ -268,21 +282,7 @@ impl SigningKeyStore for SqliteStore {
         )
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                let alg: String = row.try_get("alg")?;
-                Ok(SigningKeyRecord {
-                    key: SealedKey {
-                        kid: row.try_get("kid")?,
-                        alg: SigningAlg::from_str(&alg).map_err(corrupt("signing alg"))?,
-                        sealed_private: row.try_get("sealed_private")?,
-                        public_key: row.try_get("public_key")?,
-                    },
-                    created_at: row.try_get("created_at")?,
-                    retired_at: row.try_get("retired_at")?,
-                })
-            })
-            .collect()
+        rows.iter().map(signing_key).collect()
     }
 
     async fn insert_first_signing_key(&self, key: &SealedKey, now: UnixTime) -> Result<()> {

@@ -101,19 +101,7 @@ impl TransferStore for SqliteStore {
         .fetch_all(&mut *tx)
         .await?
         .iter()
-        .map(|row| {
-            let alg: String = row.try_get("alg")?;
-            Ok(SigningKeyRecord {
-                key: SealedKey {
-                    kid: row.try_get("kid")?,
-                    alg: SigningAlg::from_str(&alg).map_err(corrupt("signing alg"))?,
-                    sealed_private: row.try_get("sealed_private")?,
-                    public_key: row.try_get("public_key")?,
-                },
-                created_at: row.try_get("created_at")?,
-                retired_at: row.try_get("retired_at")?,
-            })
-        })
+        .map(signing_key)
         .collect::<Result<Vec<_>>>()?;
         let revocations =
             sqlx::query("SELECT jti, key_ref, expires_at, revoked_at FROM revoked_tokens ORDER BY revoked_at, jti")
