@@ -1,5 +1,6 @@
 //! The load benchmark: `cargo bench --bench load` (options after `--`: `--keys N`,
-//! `--duration SECONDS`, `--connections N`, `--only verify,login,token,admin,mixed,list`).
+//! `--duration SECONDS`, `--connections N`, `--only verify,login,token,admin,mixed,list`,
+//! `--signing-alg ES256|EdDSA`).
 //!
 //! Builds in release, seeds a temporary store with N keys, starts keygate and a hello-world
 //! server on the same HTTP stack, drives each scenario with wrk (same threads, connections
@@ -34,11 +35,13 @@ struct Options {
     connections: usize,
     /// Scenarios to run (`--only verify,login`); all when empty. The baseline always runs.
     only: Vec<String>,
+    /// `KEYGATE_SIGNING_ALG` for the server; its default when unset.
+    signing_alg: Option<String>,
 }
 
 impl Options {
     fn parse() -> anyhow::Result<Self> {
-        let mut o = Options { keys: 100_000, duration: 10, connections: 64, only: Vec::new() };
+        let mut o = Options { keys: 100_000, duration: 10, connections: 64, only: Vec::new(), signing_alg: None };
         let mut args = std::env::args().skip(1).filter(|a| a != "--bench");
         while let Some(flag) = args.next() {
             let value = args.next().with_context(|| format!("{flag} needs a value"))?;
@@ -47,7 +50,10 @@ impl Options {
                 "--duration" => o.duration = value.parse()?,
                 "--connections" => o.connections = value.parse()?,
                 "--only" => o.only = value.split(',').map(str::to_owned).collect(),
-                other => bail!("unknown option {other} (expected --keys, --duration, --connections, --only)"),
+                "--signing-alg" => o.signing_alg = Some(value),
+                other => {
+                    bail!("unknown option {other} (expected --keys, --duration, --connections, --only, --signing-alg)")
+                }
             }
         }
         o.keys = o.keys.max(HOT_KEYS);
@@ -82,7 +88,10 @@ fn main() -> anyhow::Result<()> {
     }
     let dir = tempfile::tempdir()?;
     let runtime = tokio::runtime::Runtime::new()?;
-    let env = server_env(dir.path());
+    let mut env = server_env(dir.path());
+    if let Some(alg) = &opts.signing_alg {
+        env.push(("KEYGATE_SIGNING_ALG".into(), alg.clone()));
+    }
 
     // 1. A store with an admin and a signing key, then N keys written straight into it.
     eprintln!("seeding {} keys…", opts.keys);
@@ -329,47 +338,57 @@ struct Scripts {
 }
 
 impl Scripts {
+    /// Each script formats its requests once, in `init`, and hands them out in turn: wrk
+    /// shares the machine with the server, and building every request in Lua would spend
+    /// CPU on the load generator that the baseline (a fixed request) does not.
     fn write(dir: &Path, hot: &[(String, String)], tokens: &[String]) -> anyhow::Result<Self> {
-        let creds: String = hot.iter().map(|(k, p)| format!("{{\"{k}\",\"{p}\"}},")).collect();
-        let toks: String = tokens.iter().map(|t| format!("\"{t}\",")).collect();
-        let rotate = "local i = 0\nlocal function next_index(n) i = i % n + 1 return i end\n";
-        let write = |name: &str, body: String| -> anyhow::Result<PathBuf> {
+        let script = |name: &str, requests: Vec<String>| -> anyhow::Result<PathBuf> {
             let path = dir.join(name);
-            std::fs::write(&path, body)?;
+            let list: String = requests.iter().map(|r| format!("    {r},\n")).collect();
+            std::fs::write(
+                &path,
+                format!(
+                    "local requests = {{}}\nlocal i = 0\ninit = function()\n  requests = {{\n{list}  }}\nend\n\
+                     request = function()\n  i = i % #requests + 1\n  return requests[i]\nend\n"
+                ),
+            )?;
             Ok(path)
         };
+        let json = "{[\"Content-Type\"] = \"application/json\"}";
+        let form = "{[\"Content-Type\"] = \"application/x-www-form-urlencoded\"}";
         Ok(Self {
-            verify: write(
+            verify: script(
                 "verify.lua",
-                format!(
-                    "{rotate}local t = {{{toks}}}\nrequest = function()\n  local k = next_index(#t)\n  \
-                     return wrk.format(\"GET\", \"/auth/verify\", {{[\"Authorization\"] = \"Bearer \" .. t[k]}})\nend\n"
-                ),
+                tokens
+                    .iter()
+                    .map(|t| format!("wrk.format(\"GET\", \"/auth/verify\", {{[\"Authorization\"] = \"Bearer {t}\"}})"))
+                    .collect(),
             )?,
-            api_login: write(
+            api_login: script(
                 "api_login.lua",
-                format!(
-                    "{rotate}local c = {{{creds}}}\nrequest = function()\n  local k = next_index(#c)\n  \
-                     local body = '{{\"api_key\":\"' .. c[k][1] .. '\",\"password\":\"' .. c[k][2] .. '\"}}'\n  \
-                     return wrk.format(\"POST\", \"/auth/login\", {{[\"Content-Type\"] = \"application/json\"}}, body)\nend\n"
-                ),
+                hot.iter()
+                    .map(|(k, p)| {
+                        format!("wrk.format(\"POST\", \"/auth/login\", {json}, '{{\"api_key\":\"{k}\",\"password\":\"{p}\"}}')")
+                    })
+                    .collect(),
             )?,
-            oauth_token: write(
+            oauth_token: script(
                 "oauth_token.lua",
-                format!(
-                    "{rotate}local c = {{{creds}}}\nrequest = function()\n  local k = next_index(#c)\n  \
-                     local body = 'grant_type=client_credentials&client_id=' .. c[k][1] .. '&client_secret=' .. c[k][2]\n  \
-                     return wrk.format(\"POST\", \"/oauth/token\", \
-                     {{[\"Content-Type\"] = \"application/x-www-form-urlencoded\"}}, body)\nend\n"
-                ),
+                hot.iter()
+                    .map(|(k, p)| {
+                        format!(
+                            "wrk.format(\"POST\", \"/oauth/token\", {form}, \
+                             'grant_type=client_credentials&client_id={k}&client_secret={p}')"
+                        )
+                    })
+                    .collect(),
             )?,
-            admin_login: write(
+            admin_login: script(
                 "admin_login.lua",
-                format!(
-                    "request = function()\n  return wrk.format(\"POST\", \"/auth/login\", \
-                     {{[\"Content-Type\"] = \"application/json\"}}, \
-                     '{{\"email\":\"{ADMIN_EMAIL}\",\"password\":\"{ADMIN_PASSWORD}\"}}')\nend\n"
-                ),
+                vec![format!(
+                    "wrk.format(\"POST\", \"/auth/login\", {json}, \
+                     '{{\"email\":\"{ADMIN_EMAIL}\",\"password\":\"{ADMIN_PASSWORD}\"}}')"
+                )],
             )?,
         })
     }
@@ -492,8 +511,11 @@ fn print_table(
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let _ = writeln!(
         out,
-        "\nkeygate load benchmark — {} keys, wrk -t2 -c{} -d{}s, {cores} cores\n",
-        opts.keys, opts.connections, opts.duration
+        "\nkeygate load benchmark — {} keys, wrk -t2 -c{} -d{}s, {cores} cores, signing {}\n",
+        opts.keys,
+        opts.connections,
+        opts.duration,
+        opts.signing_alg.as_deref().unwrap_or("ES256 (default)")
     );
     let _ = writeln!(out, "| scenario | req/s | p50 ms | p99 ms | failed | × baseline | target |");
     let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---|");

@@ -33,11 +33,11 @@ pub enum HashPoolError {
 /// run at once and an admission limit bounds how many wait, so a login flood is refused at
 /// once past the limit, and what it costs in memory is fixed.
 ///
-/// Each thread allocates its 19 MiB of argon2 memory once and reuses it. Hashing on
+/// Each thread allocates its 19 MiB of argon2 memory at its first job and reuses it. Hashing on
 /// tokio's blocking pool with a fresh buffer per call (as argon2's convenience API does)
 /// measured ~380 MiB resident after a 200-login flood with only two hashes running at a
 /// time: that pool grows a thread whenever none is idle at the instant of a spawn, and the
-/// allocator keeps freed 19 MiB buffers per thread. Now it is workers × 19 MiB, for good.
+/// allocator keeps freed 19 MiB buffers per thread. Now it is at most workers × 19 MiB, for good.
 #[derive(Clone)]
 pub struct AdminPasswordHasher {
     jobs: mpsc::SyncSender<Job>,
@@ -66,10 +66,19 @@ impl AdminPasswordHasher {
                 .spawn(move || work(&receiver))
                 .expect("cannot start a password-hashing thread");
         }
-        let mut memory = vec![Block::default(); params().block_count()];
-        // Hashing a fixed-size buffer with valid parameters cannot fail.
+        // On a hashing thread, in its own memory: a buffer of its own here would be a third
+        // 19 MiB at the resident peak, held by the allocator after it is freed.
+        let (done, dummy) = mpsc::channel();
+        let job: Job = Box::new(move |memory| {
+            let _ = done.send(hash_with(memory, &super::random_bytes::<16>()));
+        });
+        // Start-up: the threads were just started and the queue is empty; hashing a
+        // fixed-size buffer with valid parameters cannot fail.
         #[allow(clippy::expect_used)]
-        let dummy = hash_with(&mut memory, &super::random_bytes::<16>()).expect("argon2 hash of 16 bytes");
+        let dummy = {
+            jobs.send(job).expect("password-hashing threads are running");
+            dummy.recv().ok().flatten().expect("argon2 hash of 16 bytes")
+        };
         Self { jobs, admitted: Arc::new(AtomicUsize::new(0)), max_admitted: workers + queue, dummy: dummy.into() }
     }
 
@@ -112,16 +121,24 @@ impl AdminPasswordHasher {
     }
 }
 
-/// A hashing thread: runs jobs, on memory it allocated once, until every sender is gone.
-/// A panicking job loses only its own result, never the thread.
+/// A hashing thread: runs jobs, on memory it allocates at its first job and keeps, until
+/// every sender is gone. A panicking job loses only its own result, never the thread.
 fn work(receiver: &Mutex<mpsc::Receiver<Job>>) {
-    let mut memory = vec![Block::default(); params().block_count()];
+    // Hashing yields to the async workers when both want a core (an admin-login flood must
+    // not stretch API-login latency) and still gets every idle cycle. On Linux this sets the
+    // calling thread's nice value only.
+    #[cfg(target_os = "linux")]
+    let _ = rustix::process::nice(19);
+    let mut memory = Vec::new();
     loop {
         let job = match receiver.lock() {
             Ok(guard) => guard.recv(),
             Err(poisoned) => poisoned.into_inner().recv(),
         };
         let Ok(job) = job else { return };
+        if memory.is_empty() {
+            memory = vec![Block::default(); params().block_count()];
+        }
         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&mut memory)));
     }
 }

@@ -8,7 +8,7 @@
 //! documented exception, and it covers only the 400/401 answers the RFCs define; a body
 //! that is too large (413) or a store outage (503) is still problem+json.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
 use axum::{
     Json, Router,
@@ -381,11 +381,12 @@ pub struct IntrospectionResponse {
     pub acc: Option<String>,
 }
 
-impl From<Option<VerifiedToken>> for IntrospectionResponse {
-    fn from(token: Option<VerifiedToken>) -> Self {
-        let Some(VerifiedToken { claims: c, .. }) = token else {
+impl From<Option<Arc<VerifiedToken>>> for IntrospectionResponse {
+    fn from(token: Option<Arc<VerifiedToken>>) -> Self {
+        let Some(token) = token else {
             return Self::default();
         };
+        let c = token.claims.clone();
         Self {
             active: true,
             scope: Some(""),

@@ -8,7 +8,7 @@
 
 use axum::{
     Router,
-    extract::State,
+    extract::{Request, State},
     http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header},
     response::IntoResponse,
     routing::any,
@@ -63,17 +63,20 @@ pub fn router() -> Router<AppState> {
         (status = 503, description = "The store is unavailable; retry", body = Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn verify(State(state): State<AppState>, headers: HeaderMap) -> Result<impl IntoResponse, ApiError> {
-    let token = bearer_token(&headers)?;
+// The whole request rather than a `HeaderMap`, which axum would clone.
+pub async fn verify(State(state): State<AppState>, request: Request) -> Result<impl IntoResponse, ApiError> {
+    let token = bearer_token(request.headers())?;
     let verified = state.auth.verify_token(token).await?;
-    // Every value comes from a claim we signed and then parsed, so it is a valid header.
+    // Every value comes from a claim we signed and then parsed, so it is a valid header;
+    // `sub` and `acc` are the key ref and account id as they were written.
     let value = |s: &str| HeaderValue::from_str(s).map_err(|e| ApiError::Internal(e.into()));
+    let claims = &verified.claims;
     Ok((
         StatusCode::OK,
         [
-            (SUBJECT, value(&verified.key_ref.to_string())?),
-            (ACCOUNT, value(&verified.account_id.to_string())?),
-            (KEY, value(&verified.claims.api_key)?),
+            (SUBJECT, value(&claims.sub)?),
+            (ACCOUNT, value(&claims.acc)?),
+            (KEY, value(&claims.api_key)?),
             (SCOPES, HeaderValue::from_static("")),
         ],
     ))
@@ -90,13 +93,14 @@ fn bearer_token(headers: &HeaderMap) -> Result<&str, ApiError> {
     if values.next().is_some() {
         return Err(ApiError::InvalidToken);
     }
-    let value = value.to_str().map_err(|_| ApiError::InvalidToken)?.trim();
+    // Visible ASCII only (`to_str`), so byte-wise whitespace tests are the whole story.
+    let value = value.to_str().map_err(|_| ApiError::InvalidToken)?.trim_ascii();
     let (scheme, token) = value.split_once(' ').unwrap_or((value, ""));
     if !scheme.eq_ignore_ascii_case("bearer") {
         return Err(ApiError::MissingToken);
     }
-    let token = token.trim();
-    if token.is_empty() || token.contains(char::is_whitespace) {
+    let token = token.trim_ascii();
+    if token.is_empty() || token.bytes().any(|b| b.is_ascii_whitespace()) {
         return Err(ApiError::InvalidToken);
     }
     Ok(token)

@@ -7,7 +7,10 @@
 //! not revoked. The last two need the store; they sit behind `check_not_withdrawn`, the one
 //! seam where a cache may later go.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use super::{AuthError, AuthService, Result};
 use crate::{
@@ -49,14 +52,13 @@ pub struct VerifiedToken {
 impl AuthService {
     /// The full check behind forward-auth and introspection. Every refusal is
     /// `AuthError::InvalidToken`; a store failure is an error of its own (503), never a pass.
-    #[tracing::instrument(skip_all)]
-    pub async fn verify_token(&self, token: &str) -> Result<VerifiedToken> {
+    pub async fn verify_token(&self, token: &str) -> Result<Arc<VerifiedToken>> {
         let now = store::now().max(0) as u64;
         // A token seen before skips the signature check; what can change since (expiry,
         // revocation, deletion) is checked below and on every call.
-        let (verified, remembered) = match self.verified_tokens.get(token, now).map(parse_claims) {
-            Some(Ok(verified)) => (verified, true),
-            _ => (self.check_signature(token).await?, false),
+        let (verified, remembered) = match self.verified_tokens.get(token, now) {
+            Some(verified) => (verified, true),
+            None => (Arc::new(self.check_signature(token).await?), false),
         };
         match self.check_not_withdrawn(&verified).await {
             Err(e) if remembered => {
@@ -66,7 +68,8 @@ impl AuthService {
             Err(e) => Err(e),
             Ok(()) if remembered => Ok(verified),
             Ok(()) => {
-                self.verified_tokens.insert(token, verified.claims.exp.saturating_add(CLOCK_LEEWAY), now);
+                let valid_until = verified.claims.exp.saturating_add(CLOCK_LEEWAY);
+                self.verified_tokens.insert(token, verified.clone(), valid_until, now);
                 Ok(verified)
             }
         }
@@ -119,7 +122,7 @@ impl AuthService {
     /// RFC 7662 introspection by an authenticated client. `None` (inactive) for anything
     /// `verify_token` refuses, and for tokens of another account: a client learns nothing
     /// about tokens it could not have been given by its own tenant.
-    pub async fn introspect(&self, caller: &KeyRecord, token: &str) -> Result<Option<VerifiedToken>> {
+    pub async fn introspect(&self, caller: &KeyRecord, token: &str) -> Result<Option<Arc<VerifiedToken>>> {
         match self.verify_token(token).await {
             Ok(t) if t.account_id == caller.account_id => Ok(Some(t)),
             Ok(_) => {
