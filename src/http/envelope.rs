@@ -66,9 +66,8 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut request: Request) -> Self::Future {
+    fn call(&mut self, request: Request) -> Self::Future {
         let id = request_id(&request);
-        request.headers_mut().insert(X_REQUEST_ID, id.clone());
         // Method and path only: headers and query strings may carry credentials.
         let span = tracing::info_span!(
             "request",
@@ -143,6 +142,7 @@ fn request_id(request: &Request) -> HeaderValue {
 fn finish(response: Response, id: HeaderValue) -> Response {
     let mut response = problem_for_bare_errors(response);
     let headers = response.headers_mut();
+    headers.reserve(7);
     headers.insert(X_REQUEST_ID, id);
     headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
