@@ -316,10 +316,18 @@ async fn security_headers_on_every_response(builder: Builder) {
         ("openapi", c.get(app.url("/openapi.json")).send().await.unwrap()),
         ("logout", c.post(app.url("/auth/logout")).header("cookie", &cookie).send().await.unwrap()),
     ];
+    let token: String = app.api_login(key, password).await.json().await.unwrap();
+    let verify = |auth: String| c.get(app.url("/auth/verify")).header("authorization", auth).send();
+    responses.push(("verify", verify(format!("Bearer {token}")).await.unwrap()));
+    responses.push(("verify refused", verify("Bearer x.y.z".into()).await.unwrap()));
+    assert_eq!(responses[responses.len() - 2].1.status(), StatusCode::OK);
     responses.push(("jwks", c.get(app.url("/.well-known/jwks.json")).send().await.unwrap()));
+    let mut ids = std::collections::HashSet::new();
     for (name, r) in &responses {
         let h = r.headers();
         let get = |k: &str| h.get(k).map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+        // Each response names its request, for correlating logs; no two alike.
+        assert!(ids.insert(get("x-request-id")), "{name}: request id missing or repeated");
         assert_eq!(get("x-content-type-options"), "nosniff", "{name}");
         assert_eq!(get("referrer-policy"), "no-referrer", "{name}");
         assert_eq!(get("x-frame-options"), "DENY", "{name}");
@@ -335,6 +343,16 @@ async fn security_headers_on_every_response(builder: Builder) {
             assert_eq!(get("cache-control"), "no-store", "{name}");
         }
     }
+
+    // A gateway's own request id is kept, so its logs and ours line up; one too long to be
+    // an id is replaced rather than echoed.
+    let with_id = |id: String| c.get(app.url("/healthz")).header("x-request-id", id).send();
+    let kept = with_id("gw-7f3a".into()).await.unwrap();
+    assert_eq!(kept.headers()["x-request-id"], "gw-7f3a");
+    let long = "a".repeat(500);
+    let replaced = with_id(long.clone()).await.unwrap();
+    let id = replaced.headers()["x-request-id"].to_str().unwrap();
+    assert!(!id.is_empty() && id != long);
 }
 
 // --- Audit log -----------------------------------------------------------------------------
