@@ -29,7 +29,6 @@ mod verify;
 pub use auth::decode_login;
 pub use cookie::SessionCookie;
 use envelope::EnvelopeLayer;
-pub use envelope::{CONTENT_SECURITY_POLICY, REQUEST_TIMEOUT};
 use oauth::MergeGatewayDoc;
 pub use security::SecurityPolicy;
 

@@ -4,8 +4,8 @@
 //!
 //! A token is good when its signature verifies under one of our keys with the algorithm
 //! pinned to that key, `iss`/`aud`/`exp`/`nbf` hold, its key still exists and its `jti` is
-//! not revoked. The last two need the store; they sit behind `check_not_withdrawn`, the one
-//! seam where a cache may later go.
+//! not revoked. The last two are the store's to answer (in practice its cache, kept coherent
+//! across replicas); they sit behind `check_not_withdrawn`.
 
 use std::{
     sync::Arc,
@@ -95,8 +95,8 @@ impl AuthService {
     }
 
     /// The store half: the key still exists (in the token's account) and the token is not
-    /// revoked. Two point reads, run together. This is the seam for a later cache; whatever
-    /// goes here must keep "a deleted key's tokens fail within a second".
+    /// revoked. Two point reads, run together, answered by the store's cache while its lease
+    /// holds, which keeps "a deleted key's tokens fail within a second".
     async fn check_not_withdrawn(&self, token: &VerifiedToken) -> Result<()> {
         let (account, revoked) =
             tokio::try_join!(self.store.key_account(token.key_ref), self.store.is_token_revoked(&token.claims.jti),)?;
