@@ -4,8 +4,8 @@
 //! - API passwords are machine-generated with 190 bits of entropy, so a slow hash buys
 //!   nothing; a keyed HMAC-SHA256 makes a stolen database useless without the master key
 //!   and keeps logins fast (`ApiPasswordHasher`).
-//! - Admin passwords are chosen by people, so they get argon2id on a bounded blocking pool
-//!   (`AdminPasswordHasher`).
+//! - Admin passwords are chosen by people, so they get argon2id on a few dedicated, bounded,
+//!   low-priority threads (`AdminPasswordHasher`).
 //! - Session ids are 256 random bits; the store keeps only their SHA-256, so a database
 //!   read does not yield live sessions (`session`).
 //! - JWTs are signed asymmetrically, so gateways can verify with public keys alone; the
