@@ -116,7 +116,7 @@ pub struct AuthService {
 
 mod gateway;
 mod paging;
-pub mod token_cache;
+mod token_cache;
 pub use gateway::{CLOCK_LEEWAY, MAX_KEY_RELOAD_INTERVAL, MAX_TOKEN_LEN, VerifiedToken, read_key_ring, verifies_until};
 pub use paging::{KeyPage, MAX_PAGE};
 
@@ -236,10 +236,10 @@ impl AuthService {
                 started.store(!was_locked && next.locked_until > now, Ordering::Relaxed);
                 next
             };
-            let next = self.store.record_failure(&subject.key(), &update).await?;
-            counters.push((subject.key(), next));
+            let key = subject.key();
+            let next = self.store.record_failure(&key, &update).await?;
             if started.load(Ordering::Relaxed) {
-                tracing::warn!(subject = %subject.key(), until = next.locked_until, "login lockout");
+                tracing::warn!(subject = %key, until = next.locked_until, "login lockout");
                 let account = if subject.is_identity() { account } else { None };
                 audit::record(
                     self.store.as_ref(),
@@ -247,10 +247,11 @@ impl AuthService {
                     account,
                     audit::SYSTEM_ACTOR.to_owned(),
                     Some(client),
-                    Some(subject.key()),
+                    Some(key.clone()),
                 )
                 .await;
             }
+            counters.push((key, next));
         }
         Ok(lockout::retry_after(&counters, now))
     }

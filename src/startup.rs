@@ -15,7 +15,7 @@ use crate::{
         signing::{KeyRing, KeySealer, SigningAlg},
     },
     domain::{AccountName, ApiPassword, Email},
-    http::{self, AppState, SecurityPolicy, SessionCookie},
+    http::{self, AppState, SessionCookie},
     service::{self, AuthService, Policy},
     store::{self, AdminId, CachedStore, NewAdmin, Store},
 };
@@ -75,14 +75,10 @@ impl Application {
         // only this process deletes; see store::cache for why not with PostgreSQL.
         let cache = Arc::new(CachedStore::new(store, settings.is_embedded()));
         let auth = Arc::new(AuthService::new(cache.clone(), policy, api_hasher, admin_hasher, ring, sealer));
-        let security = Arc::new(SecurityPolicy {
-            trusted_proxies: settings.security.trusted_proxies.clone(),
-            public_origin: settings.security.public_origin.clone(),
-        });
         let state = AppState {
             auth: auth.clone(),
             cookie: SessionCookie::new(settings.cookie_secure, settings.session_lifetime),
-            security,
+            security: Arc::new(settings.security.http.clone()),
         };
         Ok(Self {
             listener,

@@ -11,20 +11,6 @@ use std::time::Instant;
 use common::{cache::*, gateway::*, *};
 use reqwest::StatusCode;
 
-/// A key, its ref and a token, with the token verified twice so that both the key and the
-/// verified token sit in the server's caches.
-async fn cached_key(app: &TestApp) -> (String, String, String, String) {
-    app.wait_for_caches().await;
-    app.admin_login().await;
-    let (api_key, password) = app.generate_key().await;
-    let key_ref = app.ref_of(&api_key).await;
-    let token = app.token(&api_key, &password).await;
-    for _ in 0..2 {
-        assert_eq!(app.verify(&token).await.status(), StatusCode::OK);
-    }
-    (api_key, password, key_ref, token)
-}
-
 /// Runs `sql` with one bound text parameter directly on the server's database.
 async fn execute_sql(app: &TestApp, sqlite: &str, postgres: &str, param: &str) -> u64 {
     let url = app.database_url();
@@ -40,7 +26,7 @@ async fn execute_sql(app: &TestApp, sqlite: &str, postgres: &str, param: &str) -
 backends! {
 async fn own_deletions_and_revocations_apply_at_once(builder: Builder) {
     let app = builder.spawn().await;
-    let (api_key, password, key_ref, token) = cached_key(&app).await;
+    let (api_key, password, key_ref, token) = app.cached_key_on(&app).await;
     let (other_key, other_password) = app.generate_key().await;
     let second = app.token(&other_key, &other_password).await;
     let third = app.token(&other_key, &other_password).await;
@@ -65,7 +51,7 @@ async fn a_deletion_by_sql_reaches_the_cache_within_a_second(builder: Builder) {
     // An operator deleting a row by hand bypasses keygate entirely; the trigger-written
     // change log still carries it to every server.
     let app = builder.spawn().await;
-    let (api_key, password, key_ref, token) = cached_key(&app).await;
+    let (api_key, password, key_ref, token) = app.cached_key_on(&app).await;
     let since = Instant::now();
     let deleted = execute_sql(
         &app,
@@ -89,7 +75,7 @@ async fn a_deletion_by_sql_reaches_the_cache_within_a_second(builder: Builder) {
 
 async fn a_revocation_by_sql_reaches_the_cache_within_a_second(builder: Builder) {
     let app = builder.spawn().await;
-    let (_, _, key_ref, token) = cached_key(&app).await;
+    let (_, _, key_ref, token) = app.cached_key_on(&app).await;
     let claims = claims_like(&token);
     let since = Instant::now();
     let url = app.database_url();
@@ -124,7 +110,7 @@ async fn a_revocation_by_sql_reaches_the_cache_within_a_second(builder: Builder)
 async fn revocations_survive_a_restart_of_the_cache(builder: Builder) {
     // The revocation set is loaded from the store at start, not only learned while running.
     let app = builder.spawn().await;
-    let (api_key, password, _, token) = cached_key(&app).await;
+    let (api_key, password, _, token) = app.cached_key_on(&app).await;
     assert_eq!(app.revoke_token(&api_key, &password, &token).await.status(), StatusCode::OK);
     let app = app.restart().await;
     app.wait_for_caches().await;
@@ -140,7 +126,7 @@ async fn a_second_server_on_the_same_sqlite_file_is_heard_within_a_second() {
     // Not the embedded store's intended use (one server per file), but it must stay safe:
     // B's deletions and revocations reach A's caches through the change log.
     let a = TestApp::spawn().await;
-    let (api_key, password, key_ref, token) = cached_key(&a).await;
+    let (api_key, password, key_ref, token) = a.cached_key_on(&a).await;
     let (other_key, other_password) = a.generate_key().await;
     let other_token = a.token(&other_key, &other_password).await;
     assert_eq!(a.verify(&other_token).await.status(), StatusCode::OK);

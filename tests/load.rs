@@ -26,21 +26,6 @@ async fn an_admin_login_flood_is_refused_fast_and_starves_nothing(builder: Build
     // Requests that must keep working while argon2 is saturated: liveness, API logins and
     // forward-auth verification.
     let token = app.token(&key, &password).await;
-    let probe = |name: &'static str| {
-        let client = Client::new();
-        let body = json!({"api_key": key, "password": password});
-        let (healthz, login, verify) = (app.url("/healthz"), app.url("/auth/login"), app.url("/auth/verify"));
-        let token = token.clone();
-        async move {
-            let r = match name {
-                "healthz" => client.get(healthz).send().await.unwrap(),
-                "verify" => client.get(verify).bearer_auth(token).send().await.unwrap(),
-                _ => client.post(login).json(&body).send().await.unwrap(),
-            };
-            (name, r.status())
-        }
-    };
-
     // 200 admin logins at once, each on its own connection, with the right password so that
     // lockout plays no part: only the hashing pool's bound decides.
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -76,9 +61,9 @@ async fn an_admin_login_flood_is_refused_fast_and_starves_nothing(builder: Build
     }
     let mut probes = Vec::new();
     for _ in 0..5 {
-        probes.push(probe("healthz").await);
-        probes.push(probe("api login").await);
-        probes.push(probe("verify").await);
+        probes.push(("healthz", Client::new().get(app.url("/healthz")).send().await.unwrap().status()));
+        probes.push(("api login", app.api_login(&key, &password).await.status()));
+        probes.push(("verify", app.verify(&token).await.status()));
     }
     // Admin logins still queued or hashing after the probes answered: the probes did run
     // while the pool was saturated, rather than after the flood.
@@ -126,55 +111,52 @@ async fn an_admin_login_flood_is_refused_fast_and_starves_nothing(builder: Build
 
 async fn unknown_admin_email_takes_as_long_as_a_wrong_password(builder: Builder) {
     let _turn = EXCLUSIVE.lock().await;
-    // Lockout would answer early after a few failures; this test is about the hash alone.
-    let app = builder
-        .env("KEYGATE_LOCKOUT_THRESHOLD", "1000")
-        .env("KEYGATE_LOCKOUT_ADDRESS_THRESHOLD", "100000")
-        .spawn()
-        .await;
+    let app = without_lockout(builder).spawn().await;
     let client = Client::new();
     let attempt = |email: &'static str| {
-        let request = client.post(app.url("/auth/login")).json(&json!({"email": email, "password": "wrong password 1"}));
-        async move {
-            let start = Instant::now();
-            let r = request.send().await.unwrap();
-            assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
-            start.elapsed()
-        }
+        refused_login(client.post(app.url("/auth/login")).json(&json!({"email": email, "password": "wrong password 1"})))
     };
     let (known, unknown) = interleaved(25, || attempt(ADMIN_EMAIL), || attempt("nobody@example.com")).await;
-    let ratio = median(&unknown).as_secs_f64() / median(&known).as_secs_f64();
-    eprintln!("admin login medians: known {:?}, unknown {:?}, ratio {ratio:.2}", median(&known), median(&unknown));
+    let ratio = median_ratio("admin login", &known, &unknown);
     // Without the dummy hash an unknown email answers in a small fraction of the time.
     assert!((0.5..=2.0).contains(&ratio), "unknown/known email timing ratio {ratio:.2}");
 }
 
 async fn unknown_api_key_takes_as_long_as_a_wrong_password(builder: Builder) {
     let _turn = EXCLUSIVE.lock().await;
-    let app = builder
-        .env("KEYGATE_LOCKOUT_THRESHOLD", "1000")
-        .env("KEYGATE_LOCKOUT_ADDRESS_THRESHOLD", "100000")
-        .spawn()
-        .await;
+    let app = without_lockout(builder).spawn().await;
     app.admin_login().await;
     let (key, _) = app.generate_key().await;
     let (_, wrong) = app.generate_key().await;
     let client = Client::new();
     let attempt = |api_key: String| {
-        let request = client.post(app.url("/auth/login")).json(&json!({"api_key": api_key, "password": wrong}));
-        async move {
-            let start = Instant::now();
-            let r = request.send().await.unwrap();
-            assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
-            start.elapsed()
-        }
+        refused_login(client.post(app.url("/auth/login")).json(&json!({"api_key": api_key, "password": wrong})))
     };
     let (known, unknown) = interleaved(41, || attempt(key.clone()), || attempt("ZZZZZZZZZZZZZZZZZZZZ".into())).await;
-    let ratio = median(&unknown).as_secs_f64() / median(&known).as_secs_f64();
-    eprintln!("api login medians: known {:?}, unknown {:?}, ratio {ratio:.2}", median(&known), median(&unknown));
+    let ratio = median_ratio("api login", &known, &unknown);
     // Both paths look the key up and compute one HMAC: the same work, within noise.
     assert!((0.33..=3.0).contains(&ratio), "unknown/wrong key timing ratio {ratio:.2}");
 }
+}
+
+/// Lockout would answer early after a few failures; the timing tests are about the hash alone.
+fn without_lockout(builder: Builder) -> Builder {
+    builder.env("KEYGATE_LOCKOUT_THRESHOLD", "1000").env("KEYGATE_LOCKOUT_ADDRESS_THRESHOLD", "100000")
+}
+
+/// How long a login takes to be refused with 401.
+async fn refused_login(request: reqwest::RequestBuilder) -> Duration {
+    let start = Instant::now();
+    let r = request.send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    start.elapsed()
+}
+
+/// The median of the unknown identity's samples over the known one's, printed with both.
+fn median_ratio(what: &str, known: &[Duration], unknown: &[Duration]) -> f64 {
+    let ratio = median(unknown).as_secs_f64() / median(known).as_secs_f64();
+    eprintln!("{what} medians: known {:?}, unknown {:?}, ratio {ratio:.2}", median(known), median(unknown));
+    ratio
 }
 
 /// `n` samples of each, alternating, so that drift in machine load hits both alike.

@@ -160,15 +160,7 @@ async fn postgres_without_a_master_key_refuses_to_start() {
 async fn replicas_with_a_cached_token(builder: Builder) -> (TestApp, TestApp, String, String, String, String) {
     let a = builder.spawn().await;
     let b = a.replica().spawn().await;
-    a.wait_for_caches().await;
-    b.wait_for_caches().await;
-    a.admin_login().await;
-    let (api_key, password) = a.generate_key().await;
-    let key_ref = a.ref_of(&api_key).await;
-    let token = a.token(&api_key, &password).await;
-    for _ in 0..2 {
-        assert_eq!(b.verify(&token).await.status(), StatusCode::OK);
-    }
+    let (api_key, password, key_ref, token) = a.cached_key_on(&b).await;
     (a, b, api_key, password, key_ref, token)
 }
 

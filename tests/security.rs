@@ -73,6 +73,43 @@ async fn api_key_lockout_spares_other_keys(builder: Builder) {
     assert_eq!(app.api_login(&other_key, &other_password).await.status(), StatusCode::OK);
 }
 
+// Guessing a client secret through the OAuth endpoints is guessing the API password: the
+// failures count towards the same per-key lock, whichever endpoint they went to.
+async fn oauth_client_secret_guesses_lock_the_key(builder: Builder) {
+    let app = builder.env("KEYGATE_LOCKOUT_THRESHOLD", "3").spawn().await;
+    app.admin_login().await;
+    let (key, password) = app.generate_key().await;
+    let (_, wrong) = app.generate_key().await;
+    let token: String = app.api_login(&key, &password).await.json().await.unwrap();
+    let c = Client::new();
+    let call = |path: &'static str, secret: String| {
+        let mut form = vec![("client_id", key.clone()), ("client_secret", secret)];
+        match path {
+            "/oauth/token" => form.push(("grant_type", "client_credentials".into())),
+            _ => form.push(("token", token.clone())),
+        }
+        c.post(app.url(path)).form(&form).send()
+    };
+
+    assert_eq!(call("/oauth/introspect", wrong.clone()).await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(call("/oauth/revoke", wrong.clone()).await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    // The third wrong guess, at a third endpoint, reaches the threshold.
+    let r = call("/oauth/token", wrong.clone()).await.unwrap();
+    assert!(retry_after(&r) >= 1);
+    assert_problem(r, StatusCode::TOO_MANY_REQUESTS).await;
+    // Locked: the right secret is refused on every endpoint, and on /auth/login.
+    for path in ["/oauth/token", "/oauth/introspect", "/oauth/revoke"] {
+        assert_problem(call(path, password.clone()).await.unwrap(), StatusCode::TOO_MANY_REQUESTS).await;
+    }
+    assert_problem(app.api_login(&key, &password).await, StatusCode::TOO_MANY_REQUESTS).await;
+    // The token was never revoked by a locked-out caller.
+    assert_eq!(app.verify(&token).await.status(), StatusCode::OK);
+    let page: Value = app.client.get(app.url("/auth/audit")).send().await.unwrap().json().await.unwrap();
+    let lockouts: Vec<&Value> = page["events"].as_array().unwrap().iter().filter(|e| e["action"] == "lockout").collect();
+    assert_eq!(lockouts.len(), 1, "{page}");
+    assert_eq!(lockouts[0]["target"], format!("key:{key}"));
+}
+
 async fn back_off_grows_with_each_lock_and_success_resets_it(builder: Builder) {
     let app = builder.env("KEYGATE_LOCKOUT_THRESHOLD", "2").env("KEYGATE_LOCKOUT_DURATION", "2").spawn().await;
     app.admin_login().await;
@@ -287,16 +324,8 @@ async fn security_headers_on_every_response(builder: Builder) {
     let app = builder.spawn().await;
     let (cookie, _) = app.admin_session_cookie().await;
     let c = Client::new();
-    let generated: Value = c
-        .post(app.url("/auth/keys/generate"))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let (key, password) = (generated["api_key"].as_str().unwrap(), generated["password"].as_str().unwrap());
+    let (key, password) = app.generate_key_with(&cookie_client(&cookie)).await;
+    let (key, password) = (key.as_str(), password.as_str());
 
     let mut responses = vec![
         ("api login", app.api_login(key, password).await),
@@ -366,15 +395,14 @@ async fn audit_log_records_who_did_what_and_pages_newest_first(builder: Builder)
     let (cookie, session_id) = app.admin_session_cookie().await;
     let c = Client::new();
     let mut secrets = vec![ADMIN_PASSWORD.to_owned(), "a wrong password".to_owned(), session_id, typed_into_email.into()];
+    let admin = cookie_client(&cookie);
     for _ in 0..2 {
-        let g: Value =
-            c.post(app.url("/auth/keys/generate")).header("cookie", &cookie).send().await.unwrap().json().await.unwrap();
-        secrets.push(g["password"].as_str().unwrap().to_owned());
-        secrets.push(app.token(g["api_key"].as_str().unwrap(), g["password"].as_str().unwrap()).await);
+        let (key, password) = app.generate_key_with(&admin).await;
+        secrets.push(app.token(&key, &password).await);
+        secrets.push(password);
     }
-    let keys: Vec<Value> =
-        c.get(app.url("/auth/keys/list")).header("cookie", &cookie).send().await.unwrap().json().await.unwrap();
-    let deleted = keys[0]["api_key_ref"].as_str().unwrap();
+    let keys = app.list_keys_with(&admin).await;
+    let deleted = keys[0].0.as_str();
     let r = c.delete(app.url(&format!("/auth/user/{deleted}"))).header("cookie", &cookie).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     let audit = |query: String| {
@@ -472,9 +500,8 @@ async fn nothing_secret_in_debug_logs(builder: Builder) {
     let wrong_admin_password = "an almost-right password";
     assert_eq!(app.try_admin_login(ADMIN_EMAIL, wrong_admin_password).await.status(), StatusCode::UNAUTHORIZED);
     let (cookie, session_id) = app.admin_session_cookie().await;
-    let g: Value =
-        c.post(app.url("/auth/keys/generate")).header("cookie", &cookie).send().await.unwrap().json().await.unwrap();
-    let (key, password) = (g["api_key"].as_str().unwrap().to_owned(), g["password"].as_str().unwrap().to_owned());
+    let admin = cookie_client(&cookie);
+    let (key, password) = app.generate_key_with(&admin).await;
     let token = app.token(&key, &password).await;
     let r = c
         .post(app.url("/auth/login"))
@@ -486,9 +513,8 @@ async fn nothing_secret_in_debug_logs(builder: Builder) {
     assert_eq!(r.status(), StatusCode::OK);
     let wrong_api_password = password.replace("kgp_", "kgp_X");
     assert_eq!(app.api_login(&key, &wrong_api_password).await.status(), StatusCode::UNAUTHORIZED);
-    let keys: Vec<Value> =
-        c.get(app.url("/auth/keys/list")).header("cookie", &cookie).send().await.unwrap().json().await.unwrap();
-    let key_ref = keys[0]["api_key_ref"].as_str().unwrap();
+    let keys = app.list_keys_with(&admin).await;
+    let key_ref = &keys[0].0;
     c.delete(app.url(&format!("/auth/user/{key_ref}"))).header("cookie", &cookie).send().await.unwrap();
     c.post(app.url("/auth/logout")).header("cookie", &cookie).send().await.unwrap();
     // Give the log reader a moment to drain the pipe.

@@ -4,9 +4,9 @@
 
 mod common;
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
-use common::PgDatabase;
+use common::fixture::*;
 use keygate::{
     crypto::{
         session::new_session,
@@ -14,87 +14,12 @@ use keygate::{
     },
     domain::{AccountId, AccountName, ApiKeyId, Email, KeyRef},
     store::{
-        self, AdminId, AuditAction, AuditEvent, AuditScope, KeyRecord, NewAdmin, Revocation, SessionRecord, Store,
-        StoreError, TransferError,
+        self, AuditAction, AuditEvent, AuditScope, NewAdmin, Revocation, SessionRecord, StoreError, TransferError,
     },
 };
-use uuid::Uuid;
-
-/// A fresh, empty store location; keeps its file or database alive while in scope.
-struct Fixture {
-    url: String,
-    _dir: Option<tempfile::TempDir>,
-    db: Option<PgDatabase>,
-}
-
-impl Fixture {
-    fn sqlite() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("keygate.db").display());
-        Fixture { url, _dir: Some(dir), db: None }
-    }
-
-    async fn postgres() -> Option<Self> {
-        let db = PgDatabase::create().await?;
-        Some(Fixture { url: db.url.clone(), _dir: None, db: Some(db) })
-    }
-
-    /// Another fresh location of the same backend.
-    async fn fresh(&self) -> Fixture {
-        match self.db {
-            Some(_) => Fixture::postgres().await.unwrap(),
-            None => Fixture::sqlite(),
-        }
-    }
-
-    /// A new store on this location, with a pool of its own (as another replica has).
-    async fn open(&self) -> Arc<dyn Store> {
-        store::connect(&self.url).await.unwrap()
-    }
-}
-
-/// Each case as a module with a `sqlite` and a `postgres` test.
-macro_rules! store_cases {
-    ($(async fn $name:ident($fx:ident: Fixture) $body:block)*) => {
-        $(mod $name {
-            #[allow(unused_imports)]
-            use super::*;
-            async fn run($fx: Fixture) $body
-            #[tokio::test]
-            async fn sqlite() {
-                run(Fixture::sqlite()).await
-            }
-            #[tokio::test]
-            async fn postgres() {
-                if let Some(fx) = Fixture::postgres().await {
-                    run(fx).await
-                }
-            }
-        })*
-    };
-}
 
 fn account(name: &str) -> AccountName {
     AccountName::parse(name).unwrap()
-}
-
-fn new_admin(email: &str) -> NewAdmin {
-    NewAdmin {
-        id: AdminId(Uuid::new_v4()),
-        email: Email::parse(email).unwrap(),
-        password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA".into(),
-        created_at: store::now(),
-    }
-}
-
-fn key_record(account_id: AccountId, created_at: i64) -> KeyRecord {
-    KeyRecord {
-        key_ref: KeyRef::generate(),
-        account_id,
-        api_key: ApiKeyId::generate(),
-        secret_hash: keygate::crypto::random_bytes::<32>().to_vec(),
-        created_at,
-    }
 }
 
 fn signing_key() -> SealedKey {

@@ -7,82 +7,19 @@ mod common;
 
 use std::{sync::Arc, time::Duration};
 
-use common::PgDatabase;
+use common::fixture::*;
 use keygate::{
-    domain::{AccountId, AccountName, ApiKeyId, Email, KeyRef},
-    store::{
-        self, AdminId, CachedStore, Change, KeyLookupStore, KeyRecord, KeyStore, NewAdmin, Revocation, RevocationStore,
-        Store,
-    },
+    domain::{AccountId, AccountName, KeyRef},
+    store::{self, CachedStore, Change, KeyLookupStore, KeyRecord, KeyStore, Revocation, RevocationStore, Store},
 };
-use uuid::Uuid;
-
-struct Fixture {
-    url: String,
-    _dir: Option<tempfile::TempDir>,
-    _db: Option<PgDatabase>,
-}
-
-impl Fixture {
-    fn sqlite() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("keygate.db").display());
-        Fixture { url, _dir: Some(dir), _db: None }
-    }
-
-    async fn postgres() -> Option<Self> {
-        let db = PgDatabase::create().await?;
-        Some(Fixture { url: db.url.clone(), _dir: None, _db: Some(db) })
-    }
-
-    /// A store with a pool of its own, as another replica has.
-    async fn open(&self) -> Arc<dyn Store> {
-        store::connect(&self.url).await.unwrap()
-    }
-
-    fn is_postgres(&self) -> bool {
-        self._db.is_some()
-    }
-}
-
-macro_rules! store_cases {
-    ($(async fn $name:ident($fx:ident: Fixture) $body:block)*) => {
-        $(mod $name {
-            #[allow(unused_imports)]
-            use super::*;
-            async fn run($fx: Fixture) $body
-            #[tokio::test]
-            async fn sqlite() {
-                run(Fixture::sqlite()).await
-            }
-            #[tokio::test]
-            async fn postgres() {
-                if let Some(fx) = Fixture::postgres().await {
-                    run(fx).await
-                }
-            }
-        })*
-    };
-}
 
 async fn account(store: &dyn Store, name: &str) -> AccountId {
-    let admin = NewAdmin {
-        id: AdminId(Uuid::new_v4()),
-        email: Email::parse(&format!("{name}@example.com")).unwrap(),
-        password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA".into(),
-        created_at: store::now(),
-    };
+    let admin = new_admin(&format!("{name}@example.com"));
     store.create_admin(&AccountName::parse(name).unwrap(), &admin).await.unwrap()
 }
 
 async fn new_key(store: &dyn Store, account_id: AccountId, created_at: i64) -> KeyRecord {
-    let key = KeyRecord {
-        key_ref: KeyRef::generate(),
-        account_id,
-        api_key: ApiKeyId::generate(),
-        secret_hash: keygate::crypto::random_bytes::<32>().to_vec(),
-        created_at,
-    };
+    let key = key_record(account_id, created_at);
     store.insert_key(&key).await.unwrap();
     key
 }

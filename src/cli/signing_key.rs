@@ -39,7 +39,7 @@ pub async fn run(command: SigningKeyCommand, settings: &Settings) -> anyhow::Res
             let key = sealer.generate(settings.signing_alg)?;
             let now = store::now();
             store.rotate_signing_key(&key, now).await.context("cannot store the new signing key")?;
-            service::audit::record_signing_key_rotation(store.as_ref(), previous.as_deref(), &key.kid, "cli").await;
+            service::audit::record_signing_key_rotation(store.as_ref(), previous.as_deref(), &key.kid).await;
             println!("active signing key: {} ({})", key.kid, key.alg);
             if let Some(previous) = previous {
                 println!(

@@ -5,6 +5,7 @@ use clap::Args;
 use super::{ConfigError, bad, seconds};
 use crate::{
     domain::{Origin, TrustedProxies},
+    http::SecurityPolicy,
     service::lockout::LockoutPolicy,
 };
 
@@ -42,8 +43,8 @@ pub(super) struct SecurityFile {
 
 #[derive(Debug, Clone, Default)]
 pub struct SecuritySettings {
-    pub trusted_proxies: TrustedProxies,
-    pub public_origin: Option<Origin>,
+    /// Trusted proxies and the public origin, as the HTTP layer applies them.
+    pub http: SecurityPolicy,
     pub lockout: LockoutPolicy,
 }
 
@@ -87,7 +88,7 @@ pub(super) fn load(args: &SecurityArgs, file: SecurityFile) -> Result<SecuritySe
             1..=3_600,
         )?,
     };
-    Ok(SecuritySettings { trusted_proxies, public_origin, lockout })
+    Ok(SecuritySettings { http: SecurityPolicy { trusted_proxies, public_origin }, lockout })
 }
 
 #[cfg(test)]
@@ -102,8 +103,8 @@ mod tests {
     #[test]
     fn defaults_trust_no_proxy() {
         let s = load(SecurityArgs::default()).unwrap().security;
-        assert!(s.trusted_proxies.is_empty());
-        assert!(s.public_origin.is_none());
+        assert!(s.http.trusted_proxies.is_empty());
+        assert!(s.http.public_origin.is_none());
         assert_eq!(s.lockout, LockoutPolicy::default());
     }
 
@@ -118,9 +119,9 @@ mod tests {
         })
         .unwrap()
         .security;
-        assert!(s.trusted_proxies.contains("10.9.8.7".parse().unwrap()));
-        assert!(!s.trusted_proxies.contains("11.0.0.1".parse().unwrap()));
-        assert_eq!(s.public_origin.unwrap().to_string(), "https://auth.example.com");
+        assert!(s.http.trusted_proxies.contains("10.9.8.7".parse().unwrap()));
+        assert!(!s.http.trusted_proxies.contains("11.0.0.1".parse().unwrap()));
+        assert_eq!(s.http.public_origin.unwrap().to_string(), "https://auth.example.com");
         assert_eq!(s.lockout, LockoutPolicy { identity_threshold: 3, address_threshold: 100, base_lock: 30 });
     }
 
@@ -167,7 +168,7 @@ mod tests {
         let path = dir.path().join("keygate.toml");
         std::fs::write(&path, "trusted_proxies = [\"10.0.0.0/8\", \"::1\"]\nlockout_threshold = 7\n").unwrap();
         let s = Settings::load(&SettingsArgs { config: Some(path), ..Default::default() }, |_| None).unwrap();
-        assert!(s.security.trusted_proxies.contains("::1".parse().unwrap()));
+        assert!(s.security.http.trusted_proxies.contains("::1".parse().unwrap()));
         assert_eq!(s.security.lockout.identity_threshold, 7);
     }
 }

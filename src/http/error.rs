@@ -40,8 +40,8 @@ pub enum ApiError {
     #[error("not found")]
     NotFound,
     /// A cookie-authenticated change requested from another site (CSRF).
-    #[error("{0}")]
-    Forbidden(&'static str),
+    #[error("cross-site requests may not use the admin session")]
+    CrossSite,
     /// Locked out after too many failed logins. The detail is the same for every locked
     /// subject, so it does not say whether the email, the key or the address is locked.
     #[error("too many failed logins; try again later")]
@@ -65,7 +65,7 @@ impl ApiError {
                 StatusCode::UNAUTHORIZED
             }
             Self::NotFound => StatusCode::NOT_FOUND,
-            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::CrossSite => StatusCode::FORBIDDEN,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,

@@ -43,8 +43,6 @@ impl FromRequestParts<AppState> for Client {
     }
 }
 
-const CROSS_SITE: &str = "cross-site requests may not use the admin session";
-
 /// Refuses a state-changing request that a browser sent on behalf of another site.
 ///
 /// `SameSite=Strict` already keeps the session cookie off cross-site requests in current
@@ -65,16 +63,16 @@ pub fn check_same_origin(method: &Method, headers: &HeaderMap, policy: &Security
     }
     if let Some(site) = headers.get("sec-fetch-site") {
         if !matches!(site.as_bytes(), b"same-origin" | b"none") {
-            return Err(ApiError::Forbidden(CROSS_SITE));
+            return Err(ApiError::CrossSite);
         }
     }
     let Some(origin) = headers.get(header::ORIGIN) else { return Ok(()) };
-    let origin = origin.to_str().ok().and_then(|o| Origin::parse(o).ok()).ok_or(ApiError::Forbidden(CROSS_SITE))?;
+    let origin = origin.to_str().ok().and_then(|o| Origin::parse(o).ok()).ok_or(ApiError::CrossSite)?;
     let same = match &policy.public_origin {
         Some(public) => origin == *public,
         None => headers.get(header::HOST).and_then(|h| h.to_str().ok()).is_some_and(|host| origin.matches_host(host)),
     };
-    if same { Ok(()) } else { Err(ApiError::Forbidden(CROSS_SITE)) }
+    if same { Ok(()) } else { Err(ApiError::CrossSite) }
 }
 
 #[cfg(test)]

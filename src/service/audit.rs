@@ -39,10 +39,10 @@ pub async fn record(
 }
 
 /// For `keygate signing-key rotate`: records that `new_kid` replaced `old_kid`.
-pub async fn record_signing_key_rotation(store: &dyn AuditStore, old_kid: Option<&str>, new_kid: &str, actor: &str) {
+pub async fn record_signing_key_rotation(store: &dyn AuditStore, old_kid: Option<&str>, new_kid: &str) {
     let target = match old_kid {
         Some(old) => format!("{old} -> {new_kid}"),
         None => new_kid.to_owned(),
     };
-    record(store, AuditAction::SigningKeyRotated, None, actor.to_owned(), None, Some(target)).await;
+    record(store, AuditAction::SigningKeyRotated, None, CLI_ACTOR.to_owned(), None, Some(target)).await;
 }

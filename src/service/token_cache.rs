@@ -24,7 +24,7 @@ use super::VerifiedToken;
 /// check.
 pub const MAX_TOKENS: usize = 1 << 14;
 
-type TokenDigest = [u8; 32];
+pub type TokenDigest = [u8; 32];
 
 struct Entry {
     /// The last second at which the token is still valid (`exp` plus leeway).
@@ -36,12 +36,6 @@ pub struct TokenCache {
     entries: Mutex<HashMap<TokenDigest, Entry>>,
 }
 
-impl Default for TokenCache {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl TokenCache {
     pub fn new() -> Self {
         Self { entries: Mutex::new(HashMap::new()) }
@@ -51,21 +45,20 @@ impl TokenCache {
         self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// `token`, parsed, if it was verified before and is valid at `now`.
-    pub fn get(&self, token: &str, now: u64) -> Option<Arc<VerifiedToken>> {
-        let digest = digest(token);
+    /// The token with this digest, parsed, if it was verified before and is valid at `now`.
+    pub fn get(&self, digest: &TokenDigest, now: u64) -> Option<Arc<VerifiedToken>> {
         let mut map = self.map();
-        let entry = map.get(&digest)?;
+        let entry = map.get(digest)?;
         if now > entry.valid_until {
-            map.remove(&digest);
+            map.remove(digest);
             return None;
         }
         Some(entry.token.clone())
     }
 
-    /// Remembers that `token` verified as `verified` and stays valid until `valid_until`.
-    pub fn insert(&self, token: &str, verified: Arc<VerifiedToken>, valid_until: u64, now: u64) {
-        let digest = digest(token);
+    /// Remembers that the token with this digest verified as `verified` and stays valid
+    /// until `valid_until`.
+    pub fn insert(&self, digest: TokenDigest, verified: Arc<VerifiedToken>, valid_until: u64, now: u64) {
         let mut map = self.map();
         if map.len() >= MAX_TOKENS {
             map.retain(|_, entry| entry.valid_until >= now);
@@ -79,24 +72,27 @@ impl TokenCache {
         map.insert(digest, Entry { valid_until, token: verified });
     }
 
-    pub fn forget(&self, token: &str) {
-        self.map().remove(&digest(token));
+    pub fn forget(&self, digest: &TokenDigest) {
+        self.map().remove(digest);
     }
 
     pub fn clear(&self) {
         *self.map() = HashMap::new();
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.map().len()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 }
 
-fn digest(token: &str) -> TokenDigest {
+/// The cache key of a token: computed once per request by the caller.
+pub fn digest(token: &str) -> TokenDigest {
     Sha256::digest(token.as_bytes()).into()
 }
 
@@ -129,15 +125,15 @@ mod tests {
         let cache = TokenCache::new();
         let t = "eyJhbGciOiJFUzI1NiJ9.eyJqdGkiOiJvbmUifQ.c2ln";
         let one = verified("one");
-        assert!(cache.get(t, 50).is_none());
-        cache.insert(t, one.clone(), 110, 50);
-        assert!(Arc::ptr_eq(&cache.get(t, 50).unwrap(), &one));
-        assert!(Arc::ptr_eq(&cache.get(t, 110).unwrap(), &one));
+        assert!(cache.get(&digest(t), 50).is_none());
+        cache.insert(digest(t), one.clone(), 110, 50);
+        assert!(Arc::ptr_eq(&cache.get(&digest(t), 50).unwrap(), &one));
+        assert!(Arc::ptr_eq(&cache.get(&digest(t), 110).unwrap(), &one));
         // One byte more, or less: a miss.
-        assert!(cache.get(&format!("{t}x"), 50).is_none());
-        assert!(cache.get(&t[..t.len() - 1], 50).is_none());
+        assert!(cache.get(&digest(&format!("{t}x")), 50).is_none());
+        assert!(cache.get(&digest(&t[..t.len() - 1]), 50).is_none());
         // Past its validity the entry is dropped.
-        assert!(cache.get(t, 111).is_none());
+        assert!(cache.get(&digest(t), 111).is_none());
         assert!(cache.is_empty());
     }
 
@@ -146,15 +142,15 @@ mod tests {
         let cache = TokenCache::new();
         let v = verified("v");
         for i in 0..MAX_TOKENS + 10 {
-            cache.insert(&format!("a.{i}.b"), v.clone(), 1000, 0);
+            cache.insert(digest(&format!("a.{i}.b")), v.clone(), 1000, 0);
         }
         assert!(cache.len() <= MAX_TOKENS);
         // Expired entries make room before live ones.
         cache.clear();
         for i in 0..MAX_TOKENS {
-            cache.insert(&format!("old.{i}.b"), v.clone(), 10, 0);
+            cache.insert(digest(&format!("old.{i}.b")), v.clone(), 10, 0);
         }
-        cache.insert("new.0.b", v, 1000, 20);
+        cache.insert(digest("new.0.b"), v, 1000, 20);
         assert_eq!(cache.len(), 1);
     }
 }

@@ -48,7 +48,7 @@ use sha2::{Digest, Sha256};
 use super::*;
 
 /// How often the change log is read when nothing wakes the reader earlier.
-pub const POLL_EVERY: Duration = Duration::from_millis(250);
+const POLL_EVERY: Duration = Duration::from_millis(250);
 /// How long one successful read of the change log lets the cache answer. Three polls'
 /// worth, so one slow poll does not send every request to the store, and well under the
 /// 1 s within which a deletion or revocation must be honoured everywhere.
@@ -67,12 +67,12 @@ const RETRY_INCOMPLETE_EVERY: Duration = Duration::from_secs(60);
 const BATCH: u32 = 1000;
 
 /// At most this many keys in memory (about 100 bytes each with their login record).
-pub const MAX_KEYS: usize = 1 << 16;
+const MAX_KEYS: usize = 1 << 16;
 /// At most this many tombstones of deleted keys (about 20 bytes each).
 const MAX_TOMBSTONES: usize = 1 << 16;
 /// At most this many live revocations in memory (about 35 bytes each); beyond, the store
 /// answers.
-pub const MAX_REVOCATIONS: usize = 1 << 16;
+const MAX_REVOCATIONS: usize = 1 << 16;
 
 /// What the cache keeps of a key for logins: the `KeyRecord` without the allocations.
 #[derive(Clone, Copy)]
@@ -232,8 +232,9 @@ impl CachedStore {
     }
 
     fn remember_revocation(&self, jti: &str, expires_at: UnixTime) {
+        let key = jti_key(jti);
         let mut revoked = self.revoked_mut();
-        if revoked.jtis.len() >= MAX_REVOCATIONS && !revoked.jtis.contains_key(&jti_key(jti)) {
+        if revoked.jtis.len() >= MAX_REVOCATIONS && !revoked.jtis.contains_key(&key) {
             let now = now();
             revoked.jtis.retain(|_, until| *until > now);
             if revoked.jtis.len() >= MAX_REVOCATIONS {
@@ -247,7 +248,7 @@ impl CachedStore {
                 return;
             }
         }
-        revoked.jtis.insert(jti_key(jti), expires_at);
+        revoked.jtis.insert(key, expires_at);
     }
 
     /// Keeps the cache in step with the store for as long as the server runs: reads the

@@ -82,10 +82,15 @@ impl fmt::Display for AuditAction {
     }
 }
 
+/// A stored action name this build does not know.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown audit action {0:?}")]
+pub struct UnknownAuditAction(String);
+
 impl FromStr for AuditAction {
-    type Err = ();
-    fn from_str(s: &str) -> Result<Self, ()> {
-        Self::ALL.into_iter().find(|a| a.as_str() == s).ok_or(())
+    type Err = UnknownAuditAction;
+    fn from_str(s: &str) -> Result<Self, UnknownAuditAction> {
+        Self::ALL.into_iter().find(|a| a.as_str() == s).ok_or_else(|| UnknownAuditAction(s.to_owned()))
     }
 }
 

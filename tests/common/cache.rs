@@ -14,6 +14,22 @@ use super::TestApp;
 pub const PROPAGATION_BOUND: Duration = Duration::from_secs(1);
 
 impl TestApp {
+    /// A key of this server's admin, its ref and a token, with the token verified twice on
+    /// `verifier` (this server or a replica) so that both the key and the verified token sit
+    /// in that server's caches: (api_key, password, key_ref, token).
+    pub async fn cached_key_on(&self, verifier: &TestApp) -> (String, String, String, String) {
+        self.wait_for_caches().await;
+        verifier.wait_for_caches().await;
+        self.admin_login().await;
+        let (api_key, password) = self.generate_key().await;
+        let key_ref = self.ref_of(&api_key).await;
+        let token = self.token(&api_key, &password).await;
+        for _ in 0..2 {
+            assert_eq!(verifier.verify(&token).await.status(), reqwest::StatusCode::OK);
+        }
+        (api_key, password, key_ref, token)
+    }
+
     /// Waits until the server has loaded its caches, so that what follows is answered from
     /// memory and a test of their coherence is not passed by the store answering instead.
     pub async fn wait_for_caches(&self) {

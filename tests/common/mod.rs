@@ -14,6 +14,7 @@ use reqwest::{Client, Response, StatusCode};
 use serde_json::{Value, json};
 
 pub mod cache;
+pub mod fixture;
 pub mod gateway;
 
 pub const ADMIN_EMAIL: &str = "admin@example.com";
@@ -50,6 +51,14 @@ pub struct Builder {
 /// expands to a module per test with a `sqlite` and a `postgres` test. The PostgreSQL half
 /// runs when `KEYGATE_TEST_POSTGRES` names a server, and otherwise passes with a printed
 /// notice that `.ci/run` refuses.
+/// A client that presents `cookie` (`name=value`) on every request, as a browser holding
+/// that admin session would.
+pub fn cookie_client(cookie: &str) -> Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(reqwest::header::COOKIE, cookie.parse().unwrap());
+    Client::builder().default_headers(headers).build().unwrap()
+}
+
 #[macro_export]
 macro_rules! backends {
     ($(async fn $name:ident($builder:ident: Builder) $body:block)*) => {

@@ -111,6 +111,11 @@ fn api_key(row: &PgRow) -> Result<ApiKeyId> {
     ApiKeyId::parse(&row.try_get::<String, _>("api_key")?).map_err(corrupt("api key"))
 }
 
+/// A `key_ref, api_key, created_at` row, as key listings select it.
+fn key_summary(row: &PgRow) -> Result<KeySummary> {
+    Ok(KeySummary { key_ref: key_ref(row)?, api_key: api_key(row)?, created_at: row.try_get("created_at")? })
+}
+
 fn signing_key(row: &PgRow) -> Result<SigningKeyRecord> {
     let alg: String = row.try_get("alg")?;
     Ok(SigningKeyRecord {
@@ -245,22 +250,8 @@ impl KeyStore for PgStore {
     }
 
     async fn list_keys(&self, account: AccountId) -> Result<Vec<KeySummary>> {
-        let rows = sqlx::query(
-            "SELECT key_ref::text AS key_ref, api_key, created_at FROM api_keys WHERE account_id = $1::uuid \
-             ORDER BY created_at, key_ref",
-        )
-        .bind(account.to_string())
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(KeySummary {
-                    key_ref: key_ref(row)?,
-                    api_key: api_key(row)?,
-                    created_at: row.try_get("created_at")?,
-                })
-            })
-            .collect()
+        // The first page of the keyset listing, with no limit worth the name.
+        Ok(self.list_keys_page(account, None, u32::MAX).await?.unwrap_or_default())
     }
 
     async fn delete_key(&self, account: AccountId, key_ref: KeyRef) -> Result<bool> {

@@ -1,9 +1,8 @@
 //! Keyset pagination of an account's keys.
 
 use async_trait::async_trait;
-use sqlx::Row;
 
-use super::{PgStore, api_key, key_ref};
+use super::{PgStore, key_summary};
 use crate::{
     domain::{AccountId, KeyRef},
     store::{KeyPageStore, KeySummary, Result},
@@ -56,15 +55,6 @@ impl KeyPageStore for PgStore {
                     rows
                 }
             };
-        rows.iter()
-            .map(|row| {
-                Ok(KeySummary {
-                    key_ref: key_ref(row)?,
-                    api_key: api_key(row)?,
-                    created_at: row.try_get("created_at")?,
-                })
-            })
-            .collect::<Result<Vec<_>>>()
-            .map(Some)
+        rows.iter().map(key_summary).collect::<Result<Vec<_>>>().map(Some)
     }
 }

@@ -7,8 +7,8 @@ use super::PgStore;
 use crate::{
     domain::AccountId,
     store::{
-        AuditEvent, AuditRecord, AuditScope, AuditStore, FailureCounter, FailureUpdate, LockoutStore, Result,
-        StoreError, UnixTime, corrupt,
+        AuditEvent, AuditRecord, AuditScope, AuditStore, FailureCounter, FailureUpdate, LockoutStore, Result, UnixTime,
+        corrupt,
     },
 };
 
@@ -45,24 +45,32 @@ impl LockoutStore for PgStore {
     }
 
     async fn record_failure(&self, subject: &str, update: FailureUpdate<'_>) -> Result<FailureCounter> {
-        // The row is created if missing, then locked (FOR UPDATE), so replicas counting a
-        // failure for the same subject at once serialise instead of both writing `n + 1`.
-        // A fresh all-zero row behaves exactly like no row for `update`.
+        // The row is created if missing, then locked (our insert holds its lock; otherwise
+        // FOR UPDATE takes it), so replicas counting a failure for the same subject at once
+        // serialise instead of both writing `n + 1`.
         let mut tx = self.pool.begin().await?;
-        sqlx::query(
+        let created = sqlx::query(
             "INSERT INTO login_failures (subject, failures, strikes, last_failure_at, locked_until) \
              VALUES ($1, 0, 0, 0, 0) ON CONFLICT (subject) DO NOTHING",
         )
         .bind(subject)
         .execute(&mut *tx)
-        .await?;
-        let row = sqlx::query(
-            "SELECT failures, strikes, last_failure_at, locked_until FROM login_failures WHERE subject = $1 FOR UPDATE",
-        )
-        .bind(subject)
-        .fetch_one(&mut *tx)
-        .await?;
-        let next = update(Some(counter(&row)?));
+        .await?
+        .rows_affected()
+            == 1;
+        let current = if created {
+            None
+        } else {
+            let row = sqlx::query(
+                "SELECT failures, strikes, last_failure_at, locked_until FROM login_failures \
+                 WHERE subject = $1 FOR UPDATE",
+            )
+            .bind(subject)
+            .fetch_one(&mut *tx)
+            .await?;
+            Some(counter(&row)?)
+        };
+        let next = update(current);
         sqlx::query(
             "UPDATE login_failures SET failures = $2, strikes = $3, last_failure_at = $4, locked_until = $5 \
              WHERE subject = $1",
@@ -101,7 +109,7 @@ pub(super) fn audit_record(row: &PgRow) -> Result<AuditRecord> {
         event: AuditEvent {
             at: row.try_get("at")?,
             account_id: account.map(|a| AccountId::parse(&a).map_err(corrupt("account id"))).transpose()?,
-            action: action.parse().map_err(|()| StoreError::Corrupt(format!("audit action {action}")))?,
+            action: action.parse().map_err(corrupt("audit action"))?,
             actor: row.try_get("actor")?,
             source: row.try_get("source")?,
             target: row.try_get("target")?,

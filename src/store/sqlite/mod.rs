@@ -16,14 +16,13 @@ use crate::crypto::signing::SigningAlg;
 mod changes;
 mod gateway;
 mod paging;
+mod security;
 mod transfer;
 
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
 }
-
-mod security;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -66,6 +65,11 @@ fn key_ref(row: &SqliteRow) -> Result<KeyRef> {
 
 fn api_key(row: &SqliteRow) -> Result<ApiKeyId> {
     ApiKeyId::parse(&row.try_get::<String, _>("api_key")?).map_err(corrupt("api key"))
+}
+
+/// A `key_ref, api_key, created_at` row, as key listings select it.
+fn key_summary(row: &SqliteRow) -> Result<KeySummary> {
+    Ok(KeySummary { key_ref: key_ref(row)?, api_key: api_key(row)?, created_at: row.try_get("created_at")? })
 }
 
 async fn insert_account_admin(
@@ -180,21 +184,8 @@ impl KeyStore for SqliteStore {
     }
 
     async fn list_keys(&self, account: AccountId) -> Result<Vec<KeySummary>> {
-        let rows = sqlx::query(
-            "SELECT key_ref, api_key, created_at FROM api_keys WHERE account_id = ? ORDER BY created_at, key_ref",
-        )
-        .bind(account.to_string())
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(KeySummary {
-                    key_ref: key_ref(row)?,
-                    api_key: api_key(row)?,
-                    created_at: row.try_get("created_at")?,
-                })
-            })
-            .collect()
+        // The first page of the keyset listing, with no limit worth the name.
+        Ok(self.list_keys_page(account, None, u32::MAX).await?.unwrap_or_default())
     }
 
     async fn delete_key(&self, account: AccountId, key_ref: KeyRef) -> Result<bool> {

@@ -3,10 +3,13 @@
 use async_trait::async_trait;
 use sqlx::{Row, sqlite::SqliteRow};
 
-use super::{SqliteStore, account_id};
-use crate::store::{
-    AuditEvent, AuditRecord, AuditScope, AuditStore, FailureCounter, FailureUpdate, LockoutStore, Result, UnixTime,
-    corrupt,
+use super::SqliteStore;
+use crate::{
+    domain::AccountId,
+    store::{
+        AuditEvent, AuditRecord, AuditScope, AuditStore, FailureCounter, FailureUpdate, LockoutStore, Result, UnixTime,
+        corrupt,
+    },
 };
 
 fn counter(row: &SqliteRow) -> Result<FailureCounter> {
@@ -92,11 +95,8 @@ pub(super) fn audit_record(row: &SqliteRow) -> Result<AuditRecord> {
         id: row.try_get("id")?,
         event: AuditEvent {
             at: row.try_get("at")?,
-            account_id: match account {
-                Some(_) => Some(account_id(row, "account_id")?),
-                None => None,
-            },
-            action: action.parse().map_err(|()| crate::store::StoreError::Corrupt(format!("audit action {action}")))?,
+            account_id: account.map(|a| AccountId::parse(&a).map_err(corrupt("account id"))).transpose()?,
+            action: action.parse().map_err(corrupt("audit action"))?,
             actor: row.try_get("actor")?,
             source: row.try_get("source")?,
             target: row.try_get("target")?,
@@ -131,35 +131,30 @@ impl AuditStore for SqliteStore {
         const COLUMNS: &str = "l.id, l.at, l.account_id, l.action, l.actor, l.source, l.target";
         let before = before.unwrap_or(i64::MAX);
         let limit = i64::from(limit);
-        let rows =
-            match scope {
-                AuditScope::All => {
-                    sqlx::query(&format!("SELECT {COLUMNS} FROM audit_log l WHERE l.id < ? ORDER BY l.id DESC LIMIT ?"))
-                        .bind(before)
-                        .bind(limit)
-                        .fetch_all(&self.pool)
-                        .await?
-                }
-                AuditScope::Account(account) => sqlx::query(&format!(
-                    "SELECT {COLUMNS} FROM audit_log l WHERE l.account_id = ? AND l.id < ? ORDER BY l.id DESC LIMIT ?"
-                ))
-                .bind(account.to_string())
-                .bind(before)
-                .bind(limit)
-                .fetch_all(&self.pool)
-                .await?,
-                AuditScope::AccountNamed(name) => {
-                    sqlx::query(&format!(
-                        "SELECT {COLUMNS} FROM audit_log l JOIN accounts a ON a.id = l.account_id \
-                     WHERE a.name = ? AND l.id < ? ORDER BY l.id DESC LIMIT ?"
-                    ))
-                    .bind(name.as_str())
-                    .bind(before)
-                    .bind(limit)
-                    .fetch_all(&self.pool)
-                    .await?
-                }
-            };
+        // Numbered parameters, so every scope binds `before` and `limit` first.
+        let (sql, scope_value) = match scope {
+            AuditScope::All => {
+                (format!("SELECT {COLUMNS} FROM audit_log l WHERE l.id < ?1 ORDER BY l.id DESC LIMIT ?2"), None)
+            }
+            AuditScope::Account(account) => (
+                format!(
+                    "SELECT {COLUMNS} FROM audit_log l WHERE l.account_id = ?3 AND l.id < ?1 ORDER BY l.id DESC LIMIT ?2"
+                ),
+                Some(account.to_string()),
+            ),
+            AuditScope::AccountNamed(name) => (
+                format!(
+                    "SELECT {COLUMNS} FROM audit_log l JOIN accounts a ON a.id = l.account_id \
+                     WHERE a.name = ?3 AND l.id < ?1 ORDER BY l.id DESC LIMIT ?2"
+                ),
+                Some(name.as_str().to_owned()),
+            ),
+        };
+        let mut query = sqlx::query(&sql).bind(before).bind(limit);
+        if let Some(value) = scope_value {
+            query = query.bind(value);
+        }
+        let rows = query.fetch_all(&self.pool).await?;
         rows.iter().map(audit_record).collect()
     }
 }
