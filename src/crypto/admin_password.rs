@@ -12,7 +12,7 @@ use secrecy::{ExposeSecret, SecretString};
 use subtle::ConstantTimeEq;
 
 /// argon2id with OWASP's recommended minimum (19 MiB, 2 passes, 1 lane).
-fn params() -> Params {
+pub fn params() -> Params {
     // Constant, valid parameters.
     #[allow(clippy::expect_used)]
     Params::new(19 * 1024, 2, 1, None).expect("valid argon2 parameters")

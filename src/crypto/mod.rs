@@ -17,7 +17,7 @@ mod master;
 pub mod session;
 pub mod signing;
 
-pub use admin_password::{AdminPasswordHasher, HashPoolError};
+pub use admin_password::{AdminPasswordHasher, HashPoolError, params as admin_password_params};
 pub use api_password::ApiPasswordHasher;
 pub use master::{MasterKey, MasterKeyError, private_file};
 
