@@ -4,7 +4,7 @@
 
 use async_trait::async_trait;
 
-use super::{Result, UnixTime};
+use super::{Result, UnixTime, rows::Columns};
 use crate::domain::{ApiKeyId, KeyRef};
 
 /// One entry of the change log.
@@ -47,22 +47,19 @@ pub trait ChangeSignal: Send {
     async fn changed(&mut self) -> Result<()>;
 }
 
-/// Builds a `Change` from a log row's columns; `Unreadable` when they do not parse.
-pub(crate) fn change_from_row(
-    kind: &str,
-    key_ref: Option<&str>,
-    api_key: Option<&str>,
-    jti: Option<String>,
-    expires_at: Option<UnixTime>,
-) -> Change {
-    let key = || Some((KeyRef::parse(key_ref?).ok()?, ApiKeyId::parse(api_key?).ok()?));
-    match kind {
+/// A log row (`seq, kind, key_ref, api_key, jti, expires_at`) as its number and `Change`;
+/// `Unreadable` when the columns do not parse.
+pub(super) fn change_from_row(row: &impl Columns) -> Result<(i64, Change)> {
+    let (key_ref, api_key) = (row.opt_text("key_ref")?, row.opt_text("api_key")?);
+    let key = || Some((KeyRef::parse(key_ref.as_deref()?).ok()?, ApiKeyId::parse(api_key.as_deref()?).ok()?));
+    let change = match row.text("kind")?.as_str() {
         "key_deleted" => key().map_or(Change::Unreadable, |(key_ref, api_key)| Change::KeyDeleted { key_ref, api_key }),
         "key_changed" => key().map_or(Change::Unreadable, |(key_ref, api_key)| Change::KeyChanged { key_ref, api_key }),
-        "token_revoked" => match (jti, expires_at) {
+        "token_revoked" => match (row.opt_text("jti")?, row.opt_int("expires_at")?) {
             (Some(jti), Some(expires_at)) => Change::TokenRevoked { jti, expires_at },
             _ => Change::Unreadable,
         },
         _ => Change::Unreadable,
-    }
+    };
+    Ok((row.int("seq")?, change))
 }

@@ -13,6 +13,7 @@ pub mod cache;
 mod changes;
 mod paging;
 pub mod postgres;
+mod rows;
 mod security;
 pub mod sqlite;
 mod transfer;

@@ -40,6 +40,14 @@ pub struct Builder {
     db: Option<Arc<PgDatabase>>,
 }
 
+/// A client that presents `cookie` (`name=value`) on every request, as a browser holding
+/// that admin session would.
+pub fn cookie_client(cookie: &str) -> Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(reqwest::header::COOKIE, cookie.parse().unwrap());
+    Client::builder().default_headers(headers).build().unwrap()
+}
+
 /// Writes each test once and runs it against every backend:
 ///
 /// ```ignore
@@ -51,14 +59,6 @@ pub struct Builder {
 /// expands to a module per test with a `sqlite` and a `postgres` test. The PostgreSQL half
 /// runs when `KEYGATE_TEST_POSTGRES` names a server, and otherwise passes with a printed
 /// notice that `.ci/run` refuses.
-/// A client that presents `cookie` (`name=value`) on every request, as a browser holding
-/// that admin session would.
-pub fn cookie_client(cookie: &str) -> Client {
-    let mut headers = reqwest::header::HeaderMap::new();
-    headers.insert(reqwest::header::COOKIE, cookie.parse().unwrap());
-    Client::builder().default_headers(headers).build().unwrap()
-}
-
 #[macro_export]
 macro_rules! backends {
     ($(async fn $name:ident($builder:ident: Builder) $body:block)*) => {

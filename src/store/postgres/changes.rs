@@ -3,7 +3,7 @@
 //! commits instead of at their next periodic read.
 
 use async_trait::async_trait;
-use sqlx::{Row, postgres::PgListener};
+use sqlx::postgres::PgListener;
 
 use super::PgStore;
 use crate::store::{Change, ChangeFeed, ChangeSignal, Result, UnixTime, changes::change_from_row};
@@ -27,21 +27,7 @@ impl ChangeFeed for PgStore {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                let kind: String = row.try_get("kind")?;
-                let key_ref: Option<String> = row.try_get("key_ref")?;
-                let api_key: Option<String> = row.try_get("api_key")?;
-                let change = change_from_row(
-                    &kind,
-                    key_ref.as_deref(),
-                    api_key.as_deref(),
-                    row.try_get("jti")?,
-                    row.try_get("expires_at")?,
-                );
-                Ok((row.try_get("seq")?, change))
-            })
-            .collect()
+        rows.iter().map(change_from_row).collect()
     }
 
     async fn live_revocations(&self, now: UnixTime) -> Result<Vec<(String, UnixTime)>> {

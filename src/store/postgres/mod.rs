@@ -18,12 +18,10 @@ use std::{str::FromStr, time::Duration};
 use async_trait::async_trait;
 use sqlx::{
     Connection, PgConnection, PgPool, Row,
-    postgres::{PgConnectOptions, PgPoolOptions, PgRow},
+    postgres::{PgConnectOptions, PgPoolOptions},
 };
-use uuid::Uuid;
 
-use super::*;
-use crate::crypto::signing::SigningAlg;
+use super::{rows::*, *};
 
 mod changes;
 mod gateway;
@@ -88,46 +86,6 @@ impl PgStore {
             .await?;
         Ok(Self { pool })
     }
-}
-
-fn uuid_col(row: &PgRow, col: &str) -> Result<Uuid> {
-    let raw: String = row.try_get(col)?;
-    Uuid::try_parse(&raw).map_err(corrupt("uuid"))
-}
-
-fn admin_id(row: &PgRow, col: &str) -> Result<AdminId> {
-    uuid_col(row, col).map(AdminId)
-}
-
-fn account_id(row: &PgRow, col: &str) -> Result<AccountId> {
-    AccountId::parse(&row.try_get::<String, _>(col)?).map_err(corrupt("account id"))
-}
-
-fn key_ref(row: &PgRow) -> Result<KeyRef> {
-    KeyRef::parse(&row.try_get::<String, _>("key_ref")?).map_err(corrupt("key ref"))
-}
-
-fn api_key(row: &PgRow) -> Result<ApiKeyId> {
-    ApiKeyId::parse(&row.try_get::<String, _>("api_key")?).map_err(corrupt("api key"))
-}
-
-/// A `key_ref, api_key, created_at` row, as key listings select it.
-fn key_summary(row: &PgRow) -> Result<KeySummary> {
-    Ok(KeySummary { key_ref: key_ref(row)?, api_key: api_key(row)?, created_at: row.try_get("created_at")? })
-}
-
-fn signing_key(row: &PgRow) -> Result<SigningKeyRecord> {
-    let alg: String = row.try_get("alg")?;
-    Ok(SigningKeyRecord {
-        key: SealedKey {
-            kid: row.try_get("kid")?,
-            alg: SigningAlg::from_str(&alg).map_err(corrupt("signing alg"))?,
-            sealed_private: row.try_get("sealed_private")?,
-            public_key: row.try_get("public_key")?,
-        },
-        created_at: row.try_get("created_at")?,
-        retired_at: row.try_get("retired_at")?,
-    })
 }
 
 /// Takes a transaction-scoped advisory lock: held until commit or rollback, so it cannot
@@ -195,15 +153,7 @@ impl AdminStore for PgStore {
         .bind(email.as_str())
         .fetch_optional(&self.pool)
         .await?;
-        row.map(|row| {
-            Ok(AdminRecord {
-                id: admin_id(&row, "id")?,
-                account_id: account_id(&row, "account_id")?,
-                email: Email::parse(&row.try_get::<String, _>("email")?).map_err(corrupt("email"))?,
-                password_hash: row.try_get("password_hash")?,
-            })
-        })
-        .transpose()
+        row.as_ref().map(admin_record).transpose()
     }
 
     async fn any_admin(&self) -> Result<bool> {
@@ -237,16 +187,7 @@ impl KeyStore for PgStore {
         .bind(api_key_id.as_str())
         .fetch_optional(&self.pool)
         .await?;
-        row.map(|row| {
-            Ok(KeyRecord {
-                key_ref: key_ref(&row)?,
-                account_id: account_id(&row, "account_id")?,
-                api_key: api_key(&row)?,
-                secret_hash: row.try_get("secret_hash")?,
-                created_at: row.try_get("created_at")?,
-            })
-        })
-        .transpose()
+        row.as_ref().map(key_record).transpose()
     }
 
     async fn list_keys(&self, account: AccountId) -> Result<Vec<KeySummary>> {
@@ -290,16 +231,7 @@ impl SessionStore for PgStore {
         .bind(hash.as_slice())
         .fetch_optional(&self.pool)
         .await?;
-        row.map(|row| {
-            Ok(SessionRecord {
-                admin_id: admin_id(&row, "admin_id")?,
-                account_id: account_id(&row, "account_id")?,
-                created_at: row.try_get("created_at")?,
-                last_seen_at: row.try_get("last_seen_at")?,
-                expires_at: row.try_get("expires_at")?,
-            })
-        })
-        .transpose()
+        row.as_ref().map(session_record).transpose()
     }
 
     async fn touch_session(&self, hash: &SessionHash, now: UnixTime) -> Result<()> {

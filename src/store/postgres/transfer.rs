@@ -1,25 +1,12 @@
 //! Whole-store export and import for `keygate migrate`.
 
 use super::*;
-use crate::store::{AccountRecord, AdminExport, Counts, SessionExport, Snapshot, TransferStore};
-
-const COUNTS: &str = "SELECT (SELECT count(*) FROM accounts) AS accounts, (SELECT count(*) FROM admins) AS admins, \
-     (SELECT count(*) FROM api_keys) AS keys, (SELECT count(*) FROM sessions) AS sessions, \
-     (SELECT count(*) FROM signing_keys) AS signing_keys, (SELECT count(*) FROM revoked_tokens) AS revocations, \
-     (SELECT count(*) FROM audit_log) AS audit";
+use crate::store::rows::{COUNTS, counts as counts_row};
+use crate::store::{Counts, SessionExport, Snapshot, TransferStore};
 
 async fn counts(conn: &mut PgConnection) -> Result<Counts> {
     let row = sqlx::query(COUNTS).fetch_one(&mut *conn).await?;
-    let get = |col: &str| row.try_get::<i64, _>(col).map(|n| n.max(0) as u64);
-    Ok(Counts {
-        accounts: get("accounts")?,
-        admins: get("admins")?,
-        keys: get("keys")?,
-        sessions: get("sessions")?,
-        signing_keys: get("signing_keys")?,
-        revocations: get("revocations")?,
-        audit: get("audit")?,
-    })
+    counts_row(&row)
 }
 
 #[async_trait]
@@ -31,13 +18,7 @@ impl TransferStore for PgStore {
             .fetch_all(&mut *tx)
             .await?
             .iter()
-            .map(|row| {
-                Ok(AccountRecord {
-                    id: account_id(row, "id")?,
-                    name: AccountName::parse(&row.try_get::<String, _>("name")?).map_err(corrupt("account name"))?,
-                    created_at: row.try_get("created_at")?,
-                })
-            })
+            .map(account_record)
             .collect::<Result<Vec<_>>>()?;
         let admins = sqlx::query(
             "SELECT id::text AS id, account_id::text AS account_id, email, password_hash, created_at FROM admins \
@@ -46,17 +27,7 @@ impl TransferStore for PgStore {
         .fetch_all(&mut *tx)
         .await?
         .iter()
-        .map(|row| {
-            Ok(AdminExport {
-                account_id: account_id(row, "account_id")?,
-                admin: NewAdmin {
-                    id: admin_id(row, "id")?,
-                    email: Email::parse(&row.try_get::<String, _>("email")?).map_err(corrupt("email"))?,
-                    password_hash: row.try_get("password_hash")?,
-                    created_at: row.try_get("created_at")?,
-                },
-            })
-        })
+        .map(admin_export)
         .collect::<Result<Vec<_>>>()?;
         let keys = sqlx::query(
             "SELECT key_ref::text AS key_ref, account_id::text AS account_id, api_key, secret_hash, created_at \
@@ -65,15 +36,7 @@ impl TransferStore for PgStore {
         .fetch_all(&mut *tx)
         .await?
         .iter()
-        .map(|row| {
-            Ok(KeyRecord {
-                key_ref: key_ref(row)?,
-                account_id: account_id(row, "account_id")?,
-                api_key: api_key(row)?,
-                secret_hash: row.try_get("secret_hash")?,
-                created_at: row.try_get("created_at")?,
-            })
-        })
+        .map(key_record)
         .collect::<Result<Vec<_>>>()?;
         let sessions = sqlx::query(
             "SELECT id_hash, admin_id::text AS admin_id, account_id::text AS account_id, created_at, last_seen_at, \
@@ -86,13 +49,7 @@ impl TransferStore for PgStore {
             let hash: Vec<u8> = row.try_get("id_hash")?;
             Ok(SessionExport {
                 hash: hash.try_into().map_err(|_| StoreError::Corrupt("session digest is not 32 bytes".into()))?,
-                session: SessionRecord {
-                    admin_id: admin_id(row, "admin_id")?,
-                    account_id: account_id(row, "account_id")?,
-                    created_at: row.try_get("created_at")?,
-                    last_seen_at: row.try_get("last_seen_at")?,
-                    expires_at: row.try_get("expires_at")?,
-                },
+                session: session_record(row)?,
             })
         })
         .collect::<Result<Vec<_>>>()?;
@@ -111,14 +68,7 @@ impl TransferStore for PgStore {
         .fetch_all(&mut *tx)
         .await?
         .iter()
-        .map(|row| {
-            Ok(Revocation {
-                jti: row.try_get("jti")?,
-                key_ref: key_ref(row)?,
-                expires_at: row.try_get("expires_at")?,
-                revoked_at: row.try_get("revoked_at")?,
-            })
-        })
+        .map(revocation)
         .collect::<Result<Vec<_>>>()?;
         let audit = sqlx::query(
             "SELECT id, at, account_id::text AS account_id, action, actor, source, target FROM audit_log ORDER BY id",
@@ -126,7 +76,7 @@ impl TransferStore for PgStore {
         .fetch_all(&mut *tx)
         .await?
         .iter()
-        .map(|row| super::security::audit_record(row).map(|r| r.event))
+        .map(|row| audit_record(row).map(|r| r.event))
         .collect::<Result<Vec<_>>>()?;
         tx.commit().await?;
         Ok(Snapshot { accounts, admins, keys, sessions, signing_keys, revocations, audit })

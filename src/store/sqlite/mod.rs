@@ -6,12 +6,10 @@ use std::{str::FromStr, time::Duration};
 use async_trait::async_trait;
 use sqlx::{
     Row, SqlitePool,
-    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous},
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
-use uuid::Uuid;
 
-use super::*;
-use crate::crypto::signing::SigningAlg;
+use super::{rows::*, *};
 
 mod changes;
 mod gateway;
@@ -48,28 +46,6 @@ impl SqliteStore {
         MIGRATOR.run(&pool).await?;
         Ok(Self { pool })
     }
-}
-
-fn admin_id(row: &SqliteRow, col: &str) -> Result<AdminId> {
-    let raw: String = row.try_get(col)?;
-    Uuid::try_parse(&raw).map(AdminId).map_err(corrupt("admin id"))
-}
-
-fn account_id(row: &SqliteRow, col: &str) -> Result<AccountId> {
-    AccountId::parse(&row.try_get::<String, _>(col)?).map_err(corrupt("account id"))
-}
-
-fn key_ref(row: &SqliteRow) -> Result<KeyRef> {
-    KeyRef::parse(&row.try_get::<String, _>("key_ref")?).map_err(corrupt("key ref"))
-}
-
-fn api_key(row: &SqliteRow) -> Result<ApiKeyId> {
-    ApiKeyId::parse(&row.try_get::<String, _>("api_key")?).map_err(corrupt("api key"))
-}
-
-/// A `key_ref, api_key, created_at` row, as key listings select it.
-fn key_summary(row: &SqliteRow) -> Result<KeySummary> {
-    Ok(KeySummary { key_ref: key_ref(row)?, api_key: api_key(row)?, created_at: row.try_get("created_at")? })
 }
 
 async fn insert_account_admin(
@@ -132,15 +108,7 @@ impl AdminStore for SqliteStore {
             .bind(email.as_str())
             .fetch_optional(&self.pool)
             .await?;
-        row.map(|row| {
-            Ok(AdminRecord {
-                id: admin_id(&row, "id")?,
-                account_id: account_id(&row, "account_id")?,
-                email: Email::parse(&row.try_get::<String, _>("email")?).map_err(corrupt("email"))?,
-                password_hash: row.try_get("password_hash")?,
-            })
-        })
-        .transpose()
+        row.as_ref().map(admin_record).transpose()
     }
 
     async fn any_admin(&self) -> Result<bool> {
@@ -171,16 +139,7 @@ impl KeyStore for SqliteStore {
                 .bind(api_key_id.as_str())
                 .fetch_optional(&self.pool)
                 .await?;
-        row.map(|row| {
-            Ok(KeyRecord {
-                key_ref: key_ref(&row)?,
-                account_id: account_id(&row, "account_id")?,
-                api_key: api_key(&row)?,
-                secret_hash: row.try_get("secret_hash")?,
-                created_at: row.try_get("created_at")?,
-            })
-        })
-        .transpose()
+        row.as_ref().map(key_record).transpose()
     }
 
     async fn list_keys(&self, account: AccountId) -> Result<Vec<KeySummary>> {
@@ -222,16 +181,7 @@ impl SessionStore for SqliteStore {
         .bind(hash.as_slice())
         .fetch_optional(&self.pool)
         .await?;
-        row.map(|row| {
-            Ok(SessionRecord {
-                admin_id: admin_id(&row, "admin_id")?,
-                account_id: account_id(&row, "account_id")?,
-                created_at: row.try_get("created_at")?,
-                last_seen_at: row.try_get("last_seen_at")?,
-                expires_at: row.try_get("expires_at")?,
-            })
-        })
-        .transpose()
+        row.as_ref().map(session_record).transpose()
     }
 
     async fn touch_session(&self, hash: &SessionHash, now: UnixTime) -> Result<()> {
@@ -248,20 +198,6 @@ impl SessionStore for SqliteStore {
             sqlx::query("DELETE FROM sessions WHERE id_hash = ?").bind(hash.as_slice()).execute(&self.pool).await?;
         Ok(done.rows_affected() > 0)
     }
-}
-
-fn signing_key(row: &SqliteRow) -> Result<SigningKeyRecord> {
-    let alg: String = row.try_get("alg")?;
-    Ok(SigningKeyRecord {
-        key: SealedKey {
-            kid: row.try_get("kid")?,
-            alg: SigningAlg::from_str(&alg).map_err(corrupt("signing alg"))?,
-            sealed_private: row.try_get("sealed_private")?,
-            public_key: row.try_get("public_key")?,
-        },
-        created_at: row.try_get("created_at")?,
-        retired_at: row.try_get("retired_at")?,
-    })
 }
 
 #[async_trait]

@@ -3,13 +3,10 @@
 use async_trait::async_trait;
 use sqlx::{Row, sqlite::SqliteRow};
 
-use super::SqliteStore;
-use crate::{
-    domain::AccountId,
-    store::{
-        AuditEvent, AuditRecord, AuditScope, AuditStore, FailureCounter, FailureUpdate, LockoutStore, Result, UnixTime,
-        corrupt,
-    },
+use super::{SqliteStore, audit_record};
+use crate::store::{
+    AuditEvent, AuditRecord, AuditScope, AuditStore, FailureCounter, FailureUpdate, LockoutStore, Result, UnixTime,
+    corrupt,
 };
 
 fn counter(row: &SqliteRow) -> Result<FailureCounter> {
@@ -86,22 +83,6 @@ impl LockoutStore for SqliteStore {
             .await?;
         Ok(done.rows_affected())
     }
-}
-
-pub(super) fn audit_record(row: &SqliteRow) -> Result<AuditRecord> {
-    let account: Option<String> = row.try_get("account_id")?;
-    let action: String = row.try_get("action")?;
-    Ok(AuditRecord {
-        id: row.try_get("id")?,
-        event: AuditEvent {
-            at: row.try_get("at")?,
-            account_id: account.map(|a| AccountId::parse(&a).map_err(corrupt("account id"))).transpose()?,
-            action: action.parse().map_err(corrupt("audit action"))?,
-            actor: row.try_get("actor")?,
-            source: row.try_get("source")?,
-            target: row.try_get("target")?,
-        },
-    })
 }
 
 /// One audit row; also how `keygate migrate` writes the copied log, inside its transaction.

@@ -1,0 +1,190 @@
+//! Rows to records, once for both backends. Every query selects the same column names with
+//! the same kinds of value on SQLite and on PostgreSQL (which casts its uuids to text), so
+//! only the row type differs; anything stored that does not parse is `StoreError::Corrupt`.
+
+use std::str::FromStr;
+
+use sqlx::{ColumnIndex, Decode, Row, Type};
+
+use super::{
+    AccountRecord, AdminExport, AdminId, AdminRecord, AuditEvent, AuditRecord, Counts, KeyRecord, KeySummary, NewAdmin,
+    Result, Revocation, SessionRecord, SigningKeyRecord, corrupt,
+};
+use crate::{
+    crypto::signing::{SealedKey, SigningAlg},
+    domain::{AccountId, AccountName, ApiKeyId, Email, KeyRef},
+};
+
+/// The column reads the decoders need, by name: what both backends' rows offer.
+pub(super) trait Columns {
+    fn text(&self, col: &str) -> Result<String>;
+    fn opt_text(&self, col: &str) -> Result<Option<String>>;
+    fn int(&self, col: &str) -> Result<i64>;
+    fn opt_int(&self, col: &str) -> Result<Option<i64>>;
+    fn bytes(&self, col: &str) -> Result<Vec<u8>>;
+}
+
+impl<R> Columns for R
+where
+    R: Row,
+    for<'c> &'c str: ColumnIndex<R>,
+    String: Type<R::Database> + for<'r> Decode<'r, R::Database>,
+    i64: Type<R::Database> + for<'r> Decode<'r, R::Database>,
+    Vec<u8>: Type<R::Database> + for<'r> Decode<'r, R::Database>,
+{
+    fn text(&self, col: &str) -> Result<String> {
+        Ok(self.try_get(col)?)
+    }
+    fn opt_text(&self, col: &str) -> Result<Option<String>> {
+        Ok(self.try_get(col)?)
+    }
+    fn int(&self, col: &str) -> Result<i64> {
+        Ok(self.try_get(col)?)
+    }
+    fn opt_int(&self, col: &str) -> Result<Option<i64>> {
+        Ok(self.try_get(col)?)
+    }
+    fn bytes(&self, col: &str) -> Result<Vec<u8>> {
+        Ok(self.try_get(col)?)
+    }
+}
+
+pub(super) fn account_id(row: &impl Columns, col: &str) -> Result<AccountId> {
+    AccountId::parse(&row.text(col)?).map_err(corrupt("account id"))
+}
+
+pub(super) fn admin_id(row: &impl Columns, col: &str) -> Result<AdminId> {
+    uuid::Uuid::try_parse(&row.text(col)?).map(AdminId).map_err(corrupt("admin id"))
+}
+
+pub(super) fn key_ref(row: &impl Columns) -> Result<KeyRef> {
+    KeyRef::parse(&row.text("key_ref")?).map_err(corrupt("key ref"))
+}
+
+fn api_key(row: &impl Columns) -> Result<ApiKeyId> {
+    ApiKeyId::parse(&row.text("api_key")?).map_err(corrupt("api key"))
+}
+
+fn email(row: &impl Columns) -> Result<Email> {
+    Email::parse(&row.text("email")?).map_err(corrupt("email"))
+}
+
+/// `key_ref, account_id, api_key, secret_hash, created_at`.
+pub(super) fn key_record(row: &impl Columns) -> Result<KeyRecord> {
+    Ok(KeyRecord {
+        key_ref: key_ref(row)?,
+        account_id: account_id(row, "account_id")?,
+        api_key: api_key(row)?,
+        secret_hash: row.bytes("secret_hash")?,
+        created_at: row.int("created_at")?,
+    })
+}
+
+/// `key_ref, api_key, created_at`, as key listings select it.
+pub(super) fn key_summary(row: &impl Columns) -> Result<KeySummary> {
+    Ok(KeySummary { key_ref: key_ref(row)?, api_key: api_key(row)?, created_at: row.int("created_at")? })
+}
+
+/// `id, account_id, email, password_hash`.
+pub(super) fn admin_record(row: &impl Columns) -> Result<AdminRecord> {
+    Ok(AdminRecord {
+        id: admin_id(row, "id")?,
+        account_id: account_id(row, "account_id")?,
+        email: email(row)?,
+        password_hash: row.text("password_hash")?,
+    })
+}
+
+/// `id, account_id, email, password_hash, created_at`.
+pub(super) fn admin_export(row: &impl Columns) -> Result<AdminExport> {
+    Ok(AdminExport {
+        account_id: account_id(row, "account_id")?,
+        admin: NewAdmin {
+            id: admin_id(row, "id")?,
+            email: email(row)?,
+            password_hash: row.text("password_hash")?,
+            created_at: row.int("created_at")?,
+        },
+    })
+}
+
+/// `id, name, created_at`.
+pub(super) fn account_record(row: &impl Columns) -> Result<AccountRecord> {
+    Ok(AccountRecord {
+        id: account_id(row, "id")?,
+        name: AccountName::parse(&row.text("name")?).map_err(corrupt("account name"))?,
+        created_at: row.int("created_at")?,
+    })
+}
+
+/// `admin_id, account_id, created_at, last_seen_at, expires_at`.
+pub(super) fn session_record(row: &impl Columns) -> Result<SessionRecord> {
+    Ok(SessionRecord {
+        admin_id: admin_id(row, "admin_id")?,
+        account_id: account_id(row, "account_id")?,
+        created_at: row.int("created_at")?,
+        last_seen_at: row.int("last_seen_at")?,
+        expires_at: row.int("expires_at")?,
+    })
+}
+
+/// `kid, alg, sealed_private, public_key, created_at, retired_at`.
+pub(super) fn signing_key(row: &impl Columns) -> Result<SigningKeyRecord> {
+    Ok(SigningKeyRecord {
+        key: SealedKey {
+            kid: row.text("kid")?,
+            alg: SigningAlg::from_str(&row.text("alg")?).map_err(corrupt("signing alg"))?,
+            sealed_private: row.bytes("sealed_private")?,
+            public_key: row.bytes("public_key")?,
+        },
+        created_at: row.int("created_at")?,
+        retired_at: row.opt_int("retired_at")?,
+    })
+}
+
+/// `jti, key_ref, expires_at, revoked_at`.
+pub(super) fn revocation(row: &impl Columns) -> Result<Revocation> {
+    Ok(Revocation {
+        jti: row.text("jti")?,
+        key_ref: key_ref(row)?,
+        expires_at: row.int("expires_at")?,
+        revoked_at: row.int("revoked_at")?,
+    })
+}
+
+/// `id, at, account_id, action, actor, source, target`.
+pub(super) fn audit_record(row: &impl Columns) -> Result<AuditRecord> {
+    Ok(AuditRecord {
+        id: row.int("id")?,
+        event: AuditEvent {
+            at: row.int("at")?,
+            account_id: row
+                .opt_text("account_id")?
+                .map(|a| AccountId::parse(&a).map_err(corrupt("account id")))
+                .transpose()?,
+            action: row.text("action")?.parse().map_err(corrupt("audit action"))?,
+            actor: row.text("actor")?,
+            source: row.opt_text("source")?,
+            target: row.opt_text("target")?,
+        },
+    })
+}
+
+/// How many rows each table holds, as one row of `COUNTS`.
+pub(super) const COUNTS: &str = "SELECT (SELECT count(*) FROM accounts) AS accounts, \
+     (SELECT count(*) FROM admins) AS admins, (SELECT count(*) FROM api_keys) AS keys, \
+     (SELECT count(*) FROM sessions) AS sessions, (SELECT count(*) FROM signing_keys) AS signing_keys, \
+     (SELECT count(*) FROM revoked_tokens) AS revocations, (SELECT count(*) FROM audit_log) AS audit";
+
+pub(super) fn counts(row: &impl Columns) -> Result<Counts> {
+    let get = |col: &str| row.int(col).map(|n| n.max(0) as u64);
+    Ok(Counts {
+        accounts: get("accounts")?,
+        admins: get("admins")?,
+        keys: get("keys")?,
+        sessions: get("sessions")?,
+        signing_keys: get("signing_keys")?,
+        revocations: get("revocations")?,
+        audit: get("audit")?,
+    })
+}
