@@ -1,11 +1,12 @@
 //! The load benchmark: `cargo bench --bench load` (options after `--`: `--keys N`,
-//! `--duration SECONDS`, `--connections N`, `--only verify,login,token,admin,mixed,list`,
-//! `--signing-alg ES256|EdDSA`).
+//! `--duration SECONDS`, `--rounds N`, `--connections N`,
+//! `--only verify,login,token,admin,mixed,list`, `--signing-alg ES256|EdDSA`).
 //!
 //! Builds in release, seeds a temporary store with N keys, starts keygate and a hello-world
 //! server on the same HTTP stack, drives each scenario with wrk (same threads, connections
 //! and duration), and prints req/s, p50, p99 and failures with the ratio to the baseline
 //! measured in the same run, plus peak RSS and start-up time. Figures, not assertions.
+//! Scenarios judged by a ratio run in interleaved rounds with their references.
 //! `/auth/verify` also gets a second reference: the hello-world answering with a verify
 //! 200's headers, which is what the response alone costs.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -39,9 +40,18 @@ const HOT_KEYS: usize = 64;
 
 const SCENARIOS: [&str; 6] = ["verify", "login", "token", "admin", "mixed", "list"];
 
+const BASELINE: &str = "hello-world baseline (GET)";
+const VERIFY: &str = "GET /auth/verify";
+const SHAPED: &str = "  hello-world answering as a verify 200";
+const LOGIN: &str = "POST /auth/login (API key)";
+const TOKEN: &str = "POST /oauth/token";
+const OIDC: &str = "  oidc-provider 9, POST /token (Node)";
+
 struct Options {
     keys: usize,
     duration: u64,
+    /// How many times each scenario judged by a ratio runs, interleaved with its reference.
+    rounds: usize,
     connections: usize,
     /// Scenarios to run (`--only verify,login`); all when empty. The baseline always runs.
     only: Vec<String>,
@@ -51,13 +61,15 @@ struct Options {
 
 impl Options {
     fn parse() -> anyhow::Result<Self> {
-        let mut o = Options { keys: 100_000, duration: 10, connections: 64, only: Vec::new(), signing_alg: None };
+        let mut o =
+            Options { keys: 100_000, duration: 10, rounds: 3, connections: 64, only: Vec::new(), signing_alg: None };
         let mut args = std::env::args().skip(1).filter(|a| a != "--bench");
         while let Some(flag) = args.next() {
             let value = args.next().with_context(|| format!("{flag} needs a value"))?;
             match flag.as_str() {
                 "--keys" => o.keys = value.parse()?,
                 "--duration" => o.duration = value.parse()?,
+                "--rounds" => o.rounds = value.parse::<usize>()?.max(1),
                 "--connections" => o.connections = value.parse()?,
                 "--only" => {
                     o.only = value.split(',').map(str::to_owned).collect();
@@ -67,7 +79,9 @@ impl Options {
                 }
                 "--signing-alg" => o.signing_alg = Some(value),
                 other => {
-                    bail!("unknown option {other} (expected --keys, --duration, --connections, --only, --signing-alg)")
+                    bail!(
+                        "unknown option {other} (expected --keys, --duration, --rounds, --connections, --only, --signing-alg)"
+                    )
                 }
             }
         }
@@ -91,6 +105,88 @@ struct WrkResult {
     p99_ms: f64,
     requests: u64,
     failures: u64,
+    /// CPU time (user + system) the server under test spent per request.
+    server_us: Option<f64>,
+}
+
+impl WrkResult {
+    fn brief(&self) -> String {
+        let cpu = self.server_us.map_or(String::new(), |us| format!(", server CPU {us:.1} µs/request"));
+        format!(
+            "{:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, {} failed{cpu}",
+            self.rps, self.p50_ms, self.p99_ms, self.failures
+        )
+    }
+}
+
+/// One scenario's runs, one per round.
+struct Series {
+    name: &'static str,
+    /// The server under test, whose CPU time is counted.
+    pid: u32,
+    url: String,
+    script: Option<PathBuf>,
+    runs: Vec<WrkResult>,
+}
+
+impl Series {
+    fn new(name: &'static str, pid: u32, url: String, script: Option<&Path>) -> Self {
+        Self { name, pid, url, script: script.map(Path::to_owned), runs: Vec::new() }
+    }
+
+    fn run(&mut self, connections: usize, seconds: u64) -> anyhow::Result<WrkResult> {
+        let before = cpu_seconds(self.pid);
+        let mut result = wrk(&self.url, self.script.as_deref(), connections, seconds)?;
+        if let (Some(before), Some(after)) = (before, cpu_seconds(self.pid)) {
+            result.server_us = Some((after - before) * 1e6 / result.requests as f64);
+        }
+        Ok(result)
+    }
+
+    /// The median over rounds of req/s, p50 and p99; failures of every round.
+    fn summary(&self) -> WrkResult {
+        let median_of = |f: fn(&WrkResult) -> f64| median(self.runs.iter().map(f).collect());
+        WrkResult {
+            rps: median_of(|r| r.rps),
+            p50_ms: median_of(|r| r.p50_ms),
+            p99_ms: median_of(|r| r.p99_ms),
+            requests: self.runs.iter().map(|r| r.requests).sum(),
+            failures: self.runs.iter().map(|r| r.failures).sum(),
+            server_us: self.runs.iter().map(|r| r.server_us).collect::<Option<Vec<_>>>().map(median),
+        }
+    }
+
+    /// This series' rate over `reference`'s, round by round; the median of those.
+    fn ratio(&self, reference: &Series) -> f64 {
+        median(self.runs.iter().zip(&reference.runs).map(|(a, b)| a.rps / b.rps.max(1.0)).collect())
+    }
+}
+
+/// A process's CPU time so far, user and system, all threads (Linux).
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces: state is
+    // the first, utime and stime the 12th and 13th, in clock ticks (USER_HZ, 100 on Linux).
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+struct Row {
+    name: String,
+    result: WrkResult,
+    /// To the baseline: within rounds where both ran in them, else to its median.
+    ratio: f64,
+    target: String,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -138,59 +234,95 @@ fn main() -> anyhow::Result<()> {
 
     let d = opts.duration;
     let c = opts.connections;
-    let mut rows: Vec<(String, WrkResult, String)> = Vec::new();
-    // Each row is printed as it is measured too, so a long run shows progress.
-    let mut record = |name: &str, result: WrkResult, target: String, server: &Server| {
+
+    // What the response alone costs: the hello-world answering every request with a verify
+    // 200's headers, driven by the same script (same tokens, same path).
+    let shaped = match opts.runs("verify") {
+        true => Some(Hello::start(&runtime.block_on(verify_headers(&client, &base, &tokens[0]))?)?),
+        false => None,
+    };
+    let oidc = match opts.runs("token") {
+        true => OidcProvider::start(dir.path())?,
+        false => None,
+    };
+    let keygate = server.child.id();
+    let mut compared = vec![Series::new(BASELINE, hello.child.id(), format!("{}/", hello.base), None)];
+    if let Some(shaped) = &shaped {
+        compared.push(Series::new(VERIFY, keygate, format!("{base}/auth/verify"), Some(&scripts.verify)));
+        let url = format!("{}/auth/verify", shaped.base);
+        compared.push(Series::new(SHAPED, shaped.child.id(), url, Some(&scripts.verify)));
+    }
+    if opts.runs("login") {
+        compared.push(Series::new(LOGIN, keygate, format!("{base}/auth/login"), Some(&scripts.api_login)));
+    }
+    if opts.runs("token") {
+        compared.push(Series::new(TOKEN, keygate, format!("{base}/oauth/token"), Some(&scripts.oauth_token)));
+    }
+    if let Some(oidc) = &oidc {
+        compared.push(Series::new(OIDC, oidc.child.id(), format!("{}/token", oidc.base), Some(&scripts.oidc_token)));
+    }
+    // A shared machine's speed drifts from one minute to the next, by more than the
+    // differences measured here. So everything that is judged by a ratio runs in rounds,
+    // in order on even rounds and in reverse on odd ones, each ratio is taken between the
+    // two runs of the same round, and the median round's ratio is the one reported.
+    for round in 0..opts.rounds {
+        let mut order: Vec<usize> = (0..compared.len()).collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for i in order {
+            let series = &mut compared[i];
+            let result = series.run(c, d)?;
+            eprintln!("  round {}/{}, {}: {}", round + 1, opts.rounds, series.name, result.brief());
+            series.runs.push(result);
+        }
+    }
+    let series = |name: &str| compared.iter().find(|s| s.name == name);
+    let baseline = &compared[0];
+    let baseline_rps = baseline.summary().rps;
+
+    let mut rows: Vec<Row> = Vec::new();
+    let mut record = |name: &str, result: WrkResult, ratio: Option<f64>, target: String, server: &Server| {
         eprintln!(
-            "  {name}: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, {} failed; keygate RSS {} / peak {}",
-            result.rps,
-            result.p50_ms,
-            result.p99_ms,
-            result.failures,
+            "  {name}: {}; keygate RSS {} / peak {}",
+            result.brief(),
             server.rss_kib("VmRSS:").map_or("?".into(), mib),
             server.rss_kib("VmHWM:").map_or("?".into(), mib),
         );
-        rows.push((name.to_owned(), result, target));
+        let ratio = ratio.unwrap_or(result.rps / baseline_rps);
+        rows.push(Row { name: name.to_owned(), result, ratio, target });
     };
-    let baseline = wrk(&format!("{}/", hello.base), None, c, d)?;
-    record("hello-world baseline (GET)", baseline.clone(), String::new(), &server);
-
-    if opts.runs("verify") {
-        let verify = wrk(&format!("{base}/auth/verify"), Some(&scripts.verify), c, d)?;
-        // What the response alone costs: the hello-world answering every request with a
-        // verify 200's headers, driven by the same script (same tokens, same path).
-        let headers = runtime.block_on(verify_headers(&client, &base, &tokens[0]))?;
-        let shaped = Hello::start(&headers)?;
-        let same_shape = wrk(&format!("{}/auth/verify", shaped.base), Some(&scripts.verify), c, d)?;
-        let ceiling = format!("verify at {:.2}× of this", verify.rps / same_shape.rps.max(1.0));
-        record("GET /auth/verify", verify, "≥ 0.80× baseline, p99 ≤ 5 ms".into(), &server);
-        record("  hello-world answering as a verify 200", same_shape, ceiling, &server);
+    record(BASELINE, baseline.summary(), Some(1.0), String::new(), &server);
+    if let (Some(verify), Some(shaped)) = (series(VERIFY), series(SHAPED)) {
+        let ceiling = format!("verify at {:.2}× of this", verify.ratio(shaped));
+        record(VERIFY, verify.summary(), Some(verify.ratio(baseline)), "≥ 0.80× baseline, p99 ≤ 5 ms".into(), &server);
+        record(SHAPED, shaped.summary(), Some(shaped.ratio(baseline)), ceiling, &server);
     }
-    if opts.runs("login") {
-        let api_login = wrk(&format!("{base}/auth/login"), Some(&scripts.api_login), c, d)?;
-        record("POST /auth/login (API key)", api_login, "≥ 0.35× baseline".into(), &server);
+    if let Some(login) = series(LOGIN) {
+        record(LOGIN, login.summary(), Some(login.ratio(baseline)), "≥ 0.35× baseline".into(), &server);
     }
-    if opts.runs("token") {
-        let token = wrk(&format!("{base}/oauth/token"), Some(&scripts.oauth_token), c, d)?;
-        match OidcProvider::start(dir.path())? {
-            Some(oidc) => {
-                let reference = wrk(&format!("{}/token", oidc.base), Some(&scripts.oidc_token), c, d)?;
-                let target = format!("≥ 10× oidc-provider: {:.1}×", token.rps / reference.rps);
-                record("POST /oauth/token", token, target, &server);
-                record("  oidc-provider 9, POST /token (Node)", reference, String::new(), &server);
+    if let Some(token) = series(TOKEN) {
+        let ratio = Some(token.ratio(baseline));
+        match series(OIDC) {
+            Some(reference) => {
+                let target = format!("≥ 10× oidc-provider: {:.1}×", token.ratio(reference));
+                record(TOKEN, token.summary(), ratio, target, &server);
+                record(OIDC, reference.summary(), Some(reference.ratio(baseline)), String::new(), &server);
             }
             None => {
                 let target = "≥ 10× oidc-provider (not run: needs node, npm and the npm registry)".into();
-                record("POST /oauth/token", token, target, &server);
+                record(TOKEN, token.summary(), ratio, target, &server);
             }
         }
     }
     if opts.runs("admin") {
-        let argon2_rate = argon2_reference_rate(Duration::from_secs(3));
+        // Measured on both sides of the run, for the same reason as the rounds above.
+        let before = argon2_reference_rate(Duration::from_secs(3));
         let admin = wrk(&format!("{base}/auth/login"), Some(&scripts.admin_login), 8, d)?;
+        let argon2_rate = (before + argon2_reference_rate(Duration::from_secs(3))) / 2.0;
         let admin_share = admin.rps / argon2_rate;
         let target = format!("≥ 80% of argon2 rate ({argon2_rate:.0}/s here): {:.0}%", admin_share * 100.0);
-        record("POST /auth/login (admin, 8 conns)", admin, target, &server);
+        record("POST /auth/login (admin, 8 conns)", admin, None, target, &server);
     }
     if opts.runs("mixed") {
         // API-login latency alone, then with 32 admin logins running at once.
@@ -199,30 +331,31 @@ fn main() -> anyhow::Result<()> {
         let busy = wrk(&format!("{base}/auth/login"), Some(&scripts.api_login), 8, d)?;
         let flood = admin_flood.finish()?;
         let p99_ratio = busy.p99_ms / quiet.p99_ms.max(0.001);
-        record("API login, 8 conns, idle", quiet, String::new(), &server);
-        record("API login, 8 conns, + 32 admin logins", busy, format!("p99 ≤ 3× idle: {p99_ratio:.2}×"), &server);
-        record("  (the 32 admin logins meanwhile)", flood, String::new(), &server);
+        record("API login, 8 conns, idle", quiet, None, String::new(), &server);
+        record("API login, 8 conns, + 32 admin logins", busy, None, format!("p99 ≤ 3× idle: {p99_ratio:.2}×"), &server);
+        record("  (the 32 admin logins meanwhile)", flood, None, String::new(), &server);
     }
     if opts.runs("list") {
         let cookie = runtime.block_on(session_cookie(&base))?;
         let url = format!("{base}/auth/keys/list?limit=100");
         let list = wrk_with_header(&url, &format!("Cookie: {cookie}"), 1, d.min(5))?;
-        record("GET /auth/keys/list?limit=100 (1 conn)", list, "≤ 10 ms".into(), &server);
+        record("GET /auth/keys/list?limit=100 (1 conn)", list, None, "≤ 10 ms".into(), &server);
     }
 
     let rss = server.rss_kib("VmHWM:");
-    print_table(&opts, &rows, &baseline, startup, rss);
+    print_table(&opts, &rows, startup, rss);
     drop(hello);
     drop(server);
     Ok(())
 }
 
+/// keygate's defaults but for where it keeps its data, and cookies without `Secure` (plain
+/// HTTP here). Logging included: the figures are those of a default install.
 fn server_env(dir: &Path) -> Vec<(String, String)> {
     vec![
         ("KEYGATE_LISTEN".into(), "127.0.0.1:0".into()),
         ("KEYGATE_DATA_DIR".into(), dir.join("data").display().to_string()),
         ("KEYGATE_COOKIE_SECURE".into(), "false".into()),
-        ("KEYGATE_LOG".into(), "warn,keygate::startup=info".into()),
         ("KEYGATE_BOOTSTRAP_ADMIN_EMAIL".into(), ADMIN_EMAIL.into()),
         ("KEYGATE_BOOTSTRAP_ADMIN_PASSWORD".into(), ADMIN_PASSWORD.into()),
     ]
@@ -631,34 +764,26 @@ fn argon2_reference_rate(for_how_long: Duration) -> f64 {
     total as f64 / start.elapsed().as_secs_f64()
 }
 
-fn print_table(
-    opts: &Options,
-    rows: &[(String, WrkResult, String)],
-    baseline: &WrkResult,
-    startup: Duration,
-    rss: Option<u64>,
-) {
+fn print_table(opts: &Options, rows: &[Row], startup: Duration, rss: Option<u64>) {
     let mut out = String::new();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let _ = writeln!(
         out,
-        "\nkeygate load benchmark — {} keys, wrk -t2 -c{} -d{}s, {cores} cores, signing {}\n",
+        "\nkeygate load benchmark — {} keys, wrk -t2 -c{} -d{}s, {} rounds, {cores} cores, signing {}\n",
         opts.keys,
         opts.connections,
         opts.duration,
+        opts.rounds,
         opts.signing_alg.as_deref().unwrap_or("ES256 (default)")
     );
-    let _ = writeln!(out, "| scenario | req/s | p50 ms | p99 ms | failed | × baseline | target |");
-    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---|");
-    for (name, r, target) in rows {
+    let _ = writeln!(out, "| scenario | req/s | p50 ms | p99 ms | failed | server CPU µs/req | × baseline | target |");
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---|");
+    for Row { name, result: r, ratio, target } in rows {
+        let cpu = r.server_us.map_or(String::new(), |us| format!("{us:.1}"));
         let _ = writeln!(
             out,
-            "| {name} | {:.0} | {:.2} | {:.2} | {} | {:.2} | {target} |",
-            r.rps,
-            r.p50_ms,
-            r.p99_ms,
-            r.failures,
-            r.rps / baseline.rps
+            "| {name} | {:.0} | {:.2} | {:.2} | {} | {cpu} | {ratio:.2} | {target} |",
+            r.rps, r.p50_ms, r.p99_ms, r.failures
         );
     }
     let _ = writeln!(

@@ -98,7 +98,7 @@ pub fn main() -> ExitCode {
 async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
     match command {
         Command::Serve => {
-            telemetry::init(&settings.log_filter, settings.log_format);
+            let _log = telemetry::init(&settings.log_filter, settings.log_format);
             let app = Application::build(&settings).await?;
             app.run_until(shutdown_signal()).await?;
             tracing::info!("stopped");

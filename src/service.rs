@@ -155,10 +155,13 @@ impl AuthService {
 
     /// API client login: the key's password against its stored HMAC, then a signed token.
     /// Also the OAuth 2.0 client credentials grant, with the key as client id.
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn api_login(&self, api_key: &str, password: &str, client: ClientAddr) -> Result<IssuedToken> {
         let key = self.authenticate_key(api_key, password, client).await?;
-        tracing::info!(key_ref = %key.key_ref, account = %key.account_id, "api key login");
+        // Debug, not info: machine logins come by the thousand per second, and a line each
+        // would be most of the log and a fifth of the CPU a login costs (docs/benchmarks.md).
+        // Failures are counted towards lockout, and lockouts audited.
+        tracing::debug!(key_ref = %key.key_ref, account = %key.account_id, "api key login");
         self.issue_token(&key)
     }
 

@@ -18,6 +18,30 @@ fn serve_with(env: &[(&str, &str)]) -> std::process::Output {
     keygate_command(&all).arg("serve").output().unwrap()
 }
 
+/// Log lines are written by a thread of their own, in batches: none of a burst may be
+/// dropped (the queue makes loggers wait when full), and a graceful stop is logged to the end.
+#[cfg(unix)]
+#[tokio::test]
+async fn every_log_line_reaches_stderr_including_at_a_graceful_stop() {
+    // At debug every request logs a few lines, API logins among them.
+    let mut app = TestApp::builder().env("KEYGATE_LOG", "debug").spawn().await;
+    app.admin_login().await;
+    let (key, password) = app.generate_key().await;
+    const LOGINS: usize = 300;
+    let logins = futures_util::future::join_all((0..LOGINS).map(|_| app.api_login(&key, &password))).await;
+    assert!(logins.iter().all(|r| r.status() == StatusCode::OK));
+
+    assert!(app.terminate().await.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !app.logs().contains("stopped") && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let logs = app.logs();
+    assert_eq!(logs.matches("api key login").count(), LOGINS, "{logs}");
+    let (before, after) = logs.split_once("shutting down").expect("the stop is logged");
+    assert!(before.contains("listening on") && after.contains("stopped"), "{logs}");
+}
+
 #[test]
 fn a_bad_setting_stops_start_up_with_one_line_naming_it() {
     for (name, value) in [

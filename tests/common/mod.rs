@@ -394,6 +394,21 @@ impl TestApp {
         let _ = self.child.wait();
     }
 
+    /// Stops the server as a service manager would (SIGTERM); returns how it exited.
+    #[cfg(unix)]
+    pub async fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(std::time::Instant::now() < deadline, "still running 30 s after SIGTERM");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Runs the `keygate` CLI against the same store and settings.
     pub fn cli(&self, args: &[&str], stdin: &str) -> Output {
         let mut child = keygate_command(&self.env)
