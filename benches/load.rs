@@ -263,8 +263,8 @@ fn main() -> anyhow::Result<()> {
     }
     // A shared machine's speed drifts from one minute to the next, by more than the
     // differences measured here. So everything that is judged by a ratio runs in rounds,
-    // in order on even rounds and in reverse on odd ones, each ratio is taken between the
-    // two runs of the same round, and the median round's ratio is the one reported.
+    // alternately in order and in reverse, each ratio is taken between the two runs of the
+    // same round, and the median round's ratio is the one reported.
     for round in 0..opts.rounds {
         let mut order: Vec<usize> = (0..compared.len()).collect();
         if round % 2 == 1 {
@@ -349,8 +349,8 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// keygate's defaults but for where it keeps its data, and cookies without `Secure` (plain
-/// HTTP here). Logging included: the figures are those of a default install.
+/// keygate's defaults but for the address, the data directory, a first admin and cookies
+/// without `Secure` (plain HTTP here). Logging included: these are a default install's figures.
 fn server_env(dir: &Path) -> Vec<(String, String)> {
     vec![
         ("KEYGATE_LISTEN".into(), "127.0.0.1:0".into()),

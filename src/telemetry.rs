@@ -12,10 +12,10 @@ use crate::config::LogFormat;
 ///
 /// Lines are formatted where they are logged but written by a thread of their own, in
 /// batches: written in place, every line cost the request that logged it a system call
-/// and the wake-up of whatever reads stderr (journald, a container runtime) — at the
-/// default level one per API login, a third of the login rate. A full queue makes the
-/// logging thread wait rather than drop the line; it holds 16 Ki lines, not the crate's
-/// default 128 Ki, whose slots alone are 4 MiB of resident memory.
+/// and the wake-up of whatever reads stderr (journald, a container runtime), with the
+/// stderr lock shared by all workers. A full queue makes the logging thread wait rather
+/// than drop the line; it holds 16 Ki lines, not the crate's default 128 Ki, whose slots
+/// alone are 4 MiB of resident memory.
 pub fn init(filter: &str, format: LogFormat) -> WorkerGuard {
     let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
     let (writer, guard) = NonBlockingBuilder::default()
