@@ -98,7 +98,7 @@ fn mib(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
 }
 
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default)]
 struct WrkResult {
     rps: f64,
     p50_ms: f64,
@@ -279,7 +279,8 @@ fn main() -> anyhow::Result<()> {
     }
     let series = |name: &str| compared.iter().find(|s| s.name == name);
     let baseline = &compared[0];
-    let baseline_rps = baseline.summary().rps;
+    let baseline_summary = baseline.summary();
+    let baseline_rps = baseline_summary.rps;
 
     let mut rows: Vec<Row> = Vec::new();
     let mut record = |name: &str, result: WrkResult, ratio: Option<f64>, target: String, server: &Server| {
@@ -292,7 +293,7 @@ fn main() -> anyhow::Result<()> {
         let ratio = ratio.unwrap_or(result.rps / baseline_rps);
         rows.push(Row { name: name.to_owned(), result, ratio, target });
     };
-    record(BASELINE, baseline.summary(), Some(1.0), String::new(), &server);
+    record(BASELINE, baseline_summary, Some(1.0), String::new(), &server);
     if let (Some(verify), Some(shaped)) = (series(VERIFY), series(SHAPED)) {
         let ceiling = format!("verify at {:.2}× of this", verify.ratio(shaped));
         record(VERIFY, verify.summary(), Some(verify.ratio(baseline)), "≥ 0.80× baseline, p99 ≤ 5 ms".into(), &server);
