@@ -105,13 +105,27 @@ struct WrkResult {
     p99_ms: f64,
     requests: u64,
     failures: u64,
-    /// CPU time (user + system) the server under test spent per request.
-    server_us: Option<f64>,
+    /// CPU time the server under test spent per request.
+    server: Option<CpuPerRequest>,
+}
+
+/// In µs. The kernel's share says how much of a request is the network stack and the
+/// scheduler rather than the server's own code.
+#[derive(Debug, Clone, Copy)]
+struct CpuPerRequest {
+    total: f64,
+    kernel: f64,
+}
+
+impl std::fmt::Display for CpuPerRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:.1} ({:.1})", self.total, self.kernel)
+    }
 }
 
 impl WrkResult {
     fn brief(&self) -> String {
-        let cpu = self.server_us.map_or(String::new(), |us| format!(", server CPU {us:.1} µs/request"));
+        let cpu = self.server.map_or(String::new(), |c| format!(", server CPU {c} µs/request (of which kernel)"));
         format!(
             "{:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, {} failed{cpu}",
             self.rps, self.p50_ms, self.p99_ms, self.failures
@@ -135,10 +149,13 @@ impl Series {
     }
 
     fn run(&mut self, connections: usize, seconds: u64) -> anyhow::Result<WrkResult> {
-        let before = cpu_seconds(self.pid);
+        let before = cpu_ticks(self.pid);
         let mut result = wrk(&self.url, self.script.as_deref(), connections, seconds)?;
-        if let (Some(before), Some(after)) = (before, cpu_seconds(self.pid)) {
-            result.server_us = Some((after - before) * 1e6 / result.requests as f64);
+        if let (Some((user0, kernel0)), Some((user1, kernel1))) = (before, cpu_ticks(self.pid)) {
+            // Clock ticks are USER_HZ, 100 per second on Linux.
+            let per_request = |ticks: u64| ticks as f64 * 1e4 / result.requests.max(1) as f64;
+            let kernel = per_request(kernel1 - kernel0);
+            result.server = Some(CpuPerRequest { total: per_request(user1 - user0) + kernel, kernel });
         }
         Ok(result)
     }
@@ -152,7 +169,10 @@ impl Series {
             p99_ms: median_of(|r| r.p99_ms),
             requests: self.runs.iter().map(|r| r.requests).sum(),
             failures: self.runs.iter().map(|r| r.failures).sum(),
-            server_us: self.runs.iter().map(|r| r.server_us).collect::<Option<Vec<_>>>().map(median),
+            server: self.runs.iter().map(|r| r.server).collect::<Option<Vec<_>>>().map(|cpu| CpuPerRequest {
+                total: median(cpu.iter().map(|c| c.total).collect()),
+                kernel: median(cpu.iter().map(|c| c.kernel).collect()),
+            }),
         }
     }
 
@@ -162,14 +182,13 @@ impl Series {
     }
 }
 
-/// A process's CPU time so far, user and system, all threads (Linux).
-fn cpu_seconds(pid: u32) -> Option<f64> {
+/// A process's CPU time so far, all threads, in clock ticks: (user, kernel). Linux only.
+fn cpu_ticks(pid: u32) -> Option<(u64, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name, which is in parentheses and may hold spaces: state is
-    // the first, utime and stime the 12th and 13th, in clock ticks (USER_HZ, 100 on Linux).
+    // the first, utime and stime the 12th and 13th.
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    Some(ticks as f64 / 100.0)
+    Some((fields.get(11)?.parse().ok()?, fields.get(12)?.parse().ok()?))
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -777,10 +796,13 @@ fn print_table(opts: &Options, rows: &[Row], startup: Duration, rss: Option<u64>
         opts.rounds,
         opts.signing_alg.as_deref().unwrap_or("ES256 (default)")
     );
-    let _ = writeln!(out, "| scenario | req/s | p50 ms | p99 ms | failed | server CPU µs/req | × baseline | target |");
+    let _ = writeln!(
+        out,
+        "| scenario | req/s | p50 ms | p99 ms | failed | server CPU µs/req (kernel) | × baseline | target |"
+    );
     let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---|");
     for Row { name, result: r, ratio, target } in rows {
-        let cpu = r.server_us.map_or(String::new(), |us| format!("{us:.1}"));
+        let cpu = r.server.map_or(String::new(), |c| c.to_string());
         let _ = writeln!(
             out,
             "| {name} | {:.0} | {:.2} | {:.2} | {} | {cpu} | {ratio:.2} | {target} |",

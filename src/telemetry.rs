@@ -1,5 +1,5 @@
 //! Logging. Everything goes to stderr; nothing secret is ever passed to a log macro, and
-//! request spans carry method, path and request id only.
+//! request spans (at debug) and failed requests' lines carry method, path and request id only.
 
 use std::io::{BufWriter, IsTerminal};
 

@@ -59,7 +59,9 @@ async fn database_outage_answers_503_and_recovers_by_itself() {
     db.take_down().await;
     // Every call that needs the database answers 503 with a problem body: promptly, since a
     // request that hung until the 30 s request timeout would be a 408.
-    assert_unavailable(app.api_login(&api_key, &password).await).await;
+    let refused = app.api_login(&api_key, &password).await;
+    let id = refused.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert_unavailable(refused).await;
     assert_unavailable(Client::new().get(app.url("/readyz")).send().await.unwrap()).await;
     assert_unavailable(app.client.post(app.url("/auth/keys/generate")).send().await.unwrap()).await;
     assert_unavailable(app.client.get(app.url("/auth/keys/list")).send().await.unwrap()).await;
@@ -70,6 +72,13 @@ async fn database_outage_answers_503_and_recovers_by_itself() {
 
     db.bring_up().await;
     assert!(wait_ready(&app).await, "did not recover:\n{}", app.logs());
+    // At the default level, a failed request's line names it: the id the client was given,
+    // what it asked for and what it got.
+    let logs = app.logs();
+    let line = logs.lines().find(|l| l.contains(&id)).unwrap_or_else(|| panic!("no line for {id}:\n{logs}"));
+    for part in ["response failed", "POST", "/auth/login", "503"] {
+        assert!(line.contains(part), "{part} missing: {line}");
+    }
     // Same process, same session: everything works again, and the key generation refused
     // during the outage left no trace.
     app.token(&api_key, &password).await;

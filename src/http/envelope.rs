@@ -68,12 +68,17 @@ where
     fn call(&mut self, request: Request) -> Self::Future {
         let id = request_id(&request);
         // Method and path only: headers and query strings may carry credentials.
-        let span = tracing::info_span!(
+        // At debug: a span is a tenth of the CPU a verification costs (docs/benchmarks.md),
+        // and at the default level a request logs nothing but its failure, whose line below
+        // names the request itself.
+        let span = tracing::debug_span!(
             "request",
             id = id.to_str().unwrap_or_default(),
             method = %request.method(),
             path = %request.uri().path(),
         );
+        let method = request.method().clone();
+        let uri = request.uri().clone();
         // Refused from `Content-Length` alone, before any handler or extractor runs; chunked
         // bodies are capped by `DefaultBodyLimit` as they are read.
         if declared_length(&request).is_some_and(|len| len > MAX_BODY as u64) {
@@ -87,19 +92,30 @@ where
             async move {
                 let started = Instant::now();
                 let handled = AssertUnwindSafe(inner.call(request)).catch_unwind();
-                let response = match tokio::time::timeout(REQUEST_TIMEOUT, handled).await {
+                let mut response = match tokio::time::timeout(REQUEST_TIMEOUT, handled).await {
                     Ok(Ok(Ok(response))) => response,
                     Ok(Ok(Err(infallible))) => match infallible {},
                     Ok(Err(_panic)) => {
-                        tracing::error!("handler panicked");
-                        error::problem(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+                        // What panicked and where, the panic hook has already written.
+                        let mut response = error::problem(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
+                        let cause = anyhow::anyhow!("handler panicked");
+                        response.extensions_mut().insert(error::FailureCause(cause.into()));
+                        response
                     }
                     Err(_elapsed) => StatusCode::REQUEST_TIMEOUT.into_response(),
                 };
                 let status = response.status();
                 let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
                 if status.is_server_error() {
-                    tracing::error!(status = status.as_u16(), latency_ms, "response failed");
+                    let cause = response.extensions_mut().remove::<error::FailureCause>();
+                    let error = cause.as_ref().map(|c| tracing::field::debug(&c.0));
+                    let (id, path, status) = (id.to_str().unwrap_or_default(), uri.path(), status.as_u16());
+                    // A 503 is a dependency's outage, answered with Retry-After; anything else is ours.
+                    if status == 503 {
+                        tracing::warn!(id, %method, path, status, latency_ms, "response failed");
+                    } else {
+                        tracing::error!(id, %method, path, status, latency_ms, error, "response failed");
+                    }
                 } else {
                     tracing::debug!(status = status.as_u16(), latency_ms, "response");
                 }
@@ -176,4 +192,75 @@ fn problem_for_bare_errors(response: Response) -> Response {
     let (problem_parts, body) = error::problem(status, detail).into_parts();
     parts.headers.extend(problem_parts.headers);
     Response::from_parts(parts, body)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use axum::{Router, body::Body, routing::get};
+    use tower::ServiceExt;
+
+    use super::*;
+
+    /// The log, as the subscriber writes it.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl tracing_subscriber::fmt::MakeWriter<'_> for Captured {
+        type Writer = Self;
+        fn make_writer(&self) -> Self {
+            self.clone()
+        }
+    }
+
+    async fn failing() -> Result<(), error::ApiError> {
+        Err(error::ApiError::Internal(anyhow::anyhow!("disk on fire")))
+    }
+
+    async fn panicking() -> &'static str {
+        panic!("boom")
+    }
+
+    /// The request span is off at the default level, so the failure's own line must say
+    /// which request it was and why it failed; the client learns neither the cause nor
+    /// anything but a problem body.
+    #[tokio::test]
+    async fn a_failed_request_is_logged_with_its_id_and_cause_at_the_default_level() {
+        let logs = Captured::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(logs.clone())
+            .with_max_level(tracing::Level::INFO)
+            .with_ansi(false)
+            .finish();
+        let _default = tracing::subscriber::set_default(subscriber);
+        let app = Router::new().route("/fail", get(failing)).route("/panic", get(panicking)).layer(EnvelopeLayer);
+
+        for (path, cause) in [("/fail", "disk on fire"), ("/panic", "handler panicked")] {
+            let id = format!("test{}", path.replace('/', "-"));
+            let request = Request::get(path).header("x-request-id", &id).body(Body::empty()).unwrap();
+            let response = app.clone().oneshot(request).await.unwrap();
+            assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+            assert_eq!(response.headers()["x-request-id"], id.as_str());
+            let body = axum::body::to_bytes(response.into_body(), MAX_BODY).await.unwrap();
+            let body = String::from_utf8(body.to_vec()).unwrap();
+            assert!(body.contains("internal error") && !body.contains(cause), "{body}");
+
+            let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+            let line = text.lines().find(|l| l.contains(&id)).unwrap_or_else(|| panic!("no line for {id}:\n{text}"));
+            for part in ["ERROR", "response failed", "GET", path, "500", cause] {
+                assert!(line.contains(part), "{part} missing: {line}");
+            }
+        }
+    }
 }

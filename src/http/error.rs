@@ -1,6 +1,8 @@
 //! The one HTTP error type, and the one place errors become responses: RFC 9457
 //! `application/problem+json` bodies whose text never carries internal detail.
 
+use std::sync::Arc;
+
 use axum::{
     extract::rejection::JsonRejection,
     http::{HeaderValue, StatusCode, header},
@@ -88,18 +90,20 @@ pub fn problem(status: StatusCode, detail: impl Into<String>) -> Response {
     response
 }
 
+/// What went wrong behind a 500: logged by the envelope with the request's id, method and
+/// path, and never sent.
+#[derive(Clone)]
+pub struct FailureCause(pub Arc<anyhow::Error>);
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = self.status();
-        match &self {
-            // The cause goes to the log, with the request id from the span; the client gets
-            // only the status.
-            Self::Internal(cause) => tracing::error!(error = ?cause, "request failed"),
-            Self::Unavailable => tracing::warn!("answered 503: dependency unavailable"),
-            _ => {}
-        }
-        let mut response = problem(status, self.to_string());
+        let mut response = problem(self.status(), self.to_string());
         match self {
+            // The cause goes to the log, in the envelope's line for this response; the client
+            // gets only the status.
+            Self::Internal(cause) => {
+                response.extensions_mut().insert(FailureCause(Arc::new(cause)));
+            }
             // RFC 9110 requires a challenge with every 401.
             Self::InvalidCredentials => {
                 response
