@@ -112,7 +112,7 @@ where
                     let (id, path, status) = (id.to_str().unwrap_or_default(), uri.path(), status.as_u16());
                     // A 503 is a dependency's outage, answered with Retry-After; anything else is ours.
                     if status == 503 {
-                        tracing::warn!(id, %method, path, status, latency_ms, "response failed");
+                        tracing::warn!(id, %method, path, status, latency_ms, error, "response failed");
                     } else {
                         tracing::error!(id, %method, path, status, latency_ms, error, "response failed");
                     }

@@ -93,7 +93,7 @@ pub fn problem(status: StatusCode, detail: impl Into<String>) -> Response {
 /// What went wrong behind a 500: logged by the envelope with the request's id, method and
 /// path, and never sent.
 #[derive(Clone)]
-pub struct FailureCause(pub Arc<anyhow::Error>);
+pub(crate) struct FailureCause(pub Arc<anyhow::Error>);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
