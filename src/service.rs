@@ -10,10 +10,11 @@ pub mod audit;
 pub mod lockout;
 
 use secrecy::SecretString;
+use uuid::Uuid;
 
 use crate::{
     crypto::{
-        self, AdminPasswordHasher, ApiPasswordHasher, HashPoolError,
+        AdminPasswordHasher, ApiPasswordHasher, HashPoolError,
         session::{self, SessionHash},
         signing::{AccessClaims, KeyRing, KeySealer, SigningError},
     },
@@ -285,7 +286,7 @@ impl AuthService {
             iat: now,
             nbf: now,
             exp: now + self.policy.token_ttl,
-            jti: crypto::token_id(),
+            jti: Uuid::new_v4().simple().to_string(),
             acc: key.account_id.to_string(),
             api_key: key.api_key.to_string(),
         };

@@ -28,35 +28,8 @@ pub fn fill_random(buf: &mut [u8]) {
     getrandom::fill(buf).expect("the OS random number generator failed");
 }
 
-/// A token's `jti`: unique, not secret. From aws-lc's generator, the one that draws the
-/// nonce of the ECDSA signature beside it: seeded and reseeded from the OS, but without
-/// a system call per draw, which was one more per login than anything else needed.
-pub fn token_id() -> String {
-    let mut bytes = [0u8; 16];
-    // As in `fill_random`: without randomness, nothing we sign is safe.
-    #[allow(clippy::expect_used)]
-    aws_lc_rs::rand::fill(&mut bytes).expect("the random number generator failed");
-    uuid::Builder::from_random_bytes(bytes).into_uuid().simple().to_string()
-}
-
 pub fn random_bytes<const N: usize>() -> [u8; N] {
     let mut out = [0u8; N];
     fill_random(&mut out);
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use std::collections::HashSet;
-
-    #[test]
-    fn token_ids_are_random_v4_uuids_and_distinct() {
-        let ids: HashSet<String> = (0..10_000).map(|_| super::token_id()).collect();
-        assert_eq!(ids.len(), 10_000);
-        for id in ids.iter().take(100) {
-            let uuid = uuid::Uuid::parse_str(id).unwrap();
-            assert_eq!(uuid.get_version_num(), 4);
-            assert_eq!(id.len(), 32);
-        }
-    }
 }
