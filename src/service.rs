@@ -159,8 +159,7 @@ impl AuthService {
     pub async fn api_login(&self, api_key: &str, password: &str, client: ClientAddr) -> Result<IssuedToken> {
         let key = self.authenticate_key(api_key, password, client).await?;
         // Debug, not info: machine logins come by the thousand per second, and a line each
-        // would be most of the log and a fifth of the CPU a login costs (docs/benchmarks.md).
-        // Failures are counted towards lockout, and lockouts audited.
+        // would be most of the log. Failures are counted towards lockout, and lockouts audited.
         tracing::debug!(key_ref = %key.key_ref, account = %key.account_id, "api key login");
         self.issue_token(&key)
     }

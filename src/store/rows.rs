@@ -8,7 +8,7 @@ use sqlx::{ColumnIndex, Decode, Row, Type};
 
 use super::{
     AccountRecord, AdminExport, AdminId, AdminRecord, AuditEvent, AuditRecord, Counts, KeyRecord, KeySummary, NewAdmin,
-    Result, Revocation, SessionRecord, SigningKeyRecord, corrupt,
+    Result, Revocation, SessionExport, SessionRecord, SigningKeyRecord, StoreError, corrupt,
 };
 use crate::{
     crypto::signing::{SealedKey, SigningAlg},
@@ -125,6 +125,15 @@ pub(super) fn session_record(row: &impl Columns) -> Result<SessionRecord> {
         created_at: row.int("created_at")?,
         last_seen_at: row.int("last_seen_at")?,
         expires_at: row.int("expires_at")?,
+    })
+}
+
+/// `id_hash` and the session's columns, as `keygate migrate` copies them.
+pub(super) fn session_export(row: &impl Columns) -> Result<SessionExport> {
+    let hash = row.bytes("id_hash")?;
+    Ok(SessionExport {
+        hash: hash.try_into().map_err(|_| StoreError::Corrupt("session digest is not 32 bytes".into()))?,
+        session: session_record(row)?,
     })
 }
 

@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::store::rows::{COUNTS, counts as counts_row};
-use crate::store::{Counts, SessionExport, Snapshot, TransferStore};
+use crate::store::{Counts, Snapshot, TransferStore};
 
 async fn counts(conn: &mut PgConnection) -> Result<Counts> {
     let row = sqlx::query(COUNTS).fetch_one(&mut *conn).await?;
@@ -45,13 +45,7 @@ impl TransferStore for PgStore {
         .fetch_all(&mut *tx)
         .await?
         .iter()
-        .map(|row| {
-            let hash: Vec<u8> = row.try_get("id_hash")?;
-            Ok(SessionExport {
-                hash: hash.try_into().map_err(|_| StoreError::Corrupt("session digest is not 32 bytes".into()))?,
-                session: session_record(row)?,
-            })
-        })
+        .map(session_export)
         .collect::<Result<Vec<_>>>()?;
         let signing_keys = sqlx::query(
             "SELECT kid, alg, sealed_private, public_key, created_at, retired_at FROM signing_keys \
