@@ -150,8 +150,20 @@ fn request_id(request: &Request) -> HeaderValue {
         u64::from_le_bytes(bytes)
     });
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let id = format!("{prefix:016x}-{n:08x}");
-    HeaderValue::try_from(id).unwrap_or_else(|_| HeaderValue::from_static("-"))
+    // `<prefix>-<counter>` in hex, written by hand: `format!` was 2.7 % of a verification.
+    // The counter's low 48 bits: they wrap after 89 years at 100 000 requests a second.
+    let mut id = [b'-'; 29];
+    hex(prefix, &mut id[..16]);
+    hex(n, &mut id[17..]);
+    HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
+/// `n` as lowercase hex, right-aligned in `out` and zero-padded.
+fn hex(mut n: u64, out: &mut [u8]) {
+    for digit in out.iter_mut().rev() {
+        *digit = b"0123456789abcdef"[(n & 0xf) as usize];
+        n >>= 4;
+    }
 }
 
 fn finish(response: Response, id: HeaderValue) -> Response {
@@ -235,6 +247,23 @@ mod tests {
     /// The request span is off at the default level, so the failure's own line must say
     /// which request it was and why it failed; the client learns neither the cause nor
     /// anything but a problem body.
+    #[test]
+    fn request_ids_are_unique_hex_pairs() {
+        let request = || Request::get("/").body(Body::empty()).unwrap();
+        let (a, b) = (request_id(&request()), request_id(&request()));
+        for id in [&a, &b] {
+            let (prefix, counter) = id.to_str().unwrap().split_once('-').unwrap();
+            assert_eq!((prefix.len(), counter.len()), (16, 12), "{id:?}");
+            assert!(id.to_str().unwrap().bytes().all(|b| b == b'-' || b.is_ascii_hexdigit()), "{id:?}");
+        }
+        assert_ne!(a, b);
+        let mut digits = [0u8; 4];
+        hex(0xbeef, &mut digits);
+        assert_eq!(&digits, b"beef");
+        hex(0x1f, &mut digits);
+        assert_eq!(&digits, b"001f");
+    }
+
     #[tokio::test]
     async fn a_failed_request_is_logged_with_its_id_and_cause_at_the_default_level() {
         let logs = Captured::default();

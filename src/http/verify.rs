@@ -8,9 +8,10 @@
 
 use axum::{
     Router,
+    body::Body,
     extract::{Request, State},
-    http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header},
-    response::IntoResponse,
+    http::{HeaderMap, HeaderName, HeaderValue, header},
+    response::Response,
     routing::any,
 };
 use utoipa::{
@@ -64,22 +65,23 @@ pub fn router() -> Router<AppState> {
     )
 )]
 // The whole request rather than a `HeaderMap`, which axum would clone.
-pub async fn verify(State(state): State<AppState>, request: Request) -> Result<impl IntoResponse, ApiError> {
+pub async fn verify(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
     let token = bearer_token(request.headers())?;
     let verified = state.auth.verify_token(token).await?;
     // Every value comes from a claim we signed and then parsed, so it is a valid header;
     // `sub` and `acc` are the key ref and account id as they were written.
     let value = |s: &str| HeaderValue::from_str(s).map_err(|e| ApiError::Internal(e.into()));
     let claims = &verified.claims;
-    Ok((
-        StatusCode::OK,
-        [
-            (SUBJECT, value(&claims.sub)?),
-            (ACCOUNT, value(&claims.acc)?),
-            (KEY, value(&claims.api_key)?),
-            (SCOPES, HeaderValue::from_static("")),
-        ],
-    ))
+    // Room for the envelope's headers too, so the map is allocated once and never grown.
+    let mut headers = HeaderMap::with_capacity(16);
+    headers.insert(SUBJECT, value(&claims.sub)?);
+    headers.insert(ACCOUNT, value(&claims.acc)?);
+    headers.insert(KEY, value(&claims.api_key)?);
+    headers.insert(SCOPES, HeaderValue::from_static(""));
+    // Not `(StatusCode, HeaderMap)`, which would copy the headers into a fresh map.
+    let mut response = Response::new(Body::empty());
+    *response.headers_mut() = headers;
+    Ok(response)
 }
 
 /// The token from `Authorization: Bearer <token>` (RFC 6750 §2.1). No header, or another
@@ -93,17 +95,28 @@ fn bearer_token(headers: &HeaderMap) -> Result<&str, ApiError> {
     if values.next().is_some() {
         return Err(ApiError::InvalidToken);
     }
-    // Visible ASCII only (`to_str`), so byte-wise whitespace tests are the whole story.
-    let value = value.to_str().map_err(|_| ApiError::InvalidToken)?.trim_ascii();
-    let (scheme, token) = value.split_once(' ').unwrap_or((value, ""));
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return Err(ApiError::MissingToken);
+    let value = value.as_bytes().trim_ascii();
+    let (scheme, token) = value.split_at(value.iter().position(|&b| b == b' ').unwrap_or(value.len()));
+    if !scheme.eq_ignore_ascii_case(b"bearer") {
+        let printable = value.iter().all(|&b| b == b'\t' || (b' '..=b'~').contains(&b));
+        return Err(if printable { ApiError::MissingToken } else { ApiError::InvalidToken });
     }
     let token = token.trim_ascii();
-    if token.is_empty() || token.bytes().any(|b| b.is_ascii_whitespace()) {
+    // Every byte, without an early exit, so that the compiler vectorises the loop: it runs
+    // over ~550 bytes on every verification, and a byte-at-a-time scan was 3 % of its CPU.
+    let foreign = token.iter().fold(0u8, |acc, &b| acc | u8::from(!is_b64token(b)));
+    if token.is_empty() || foreign != 0 {
         return Err(ApiError::InvalidToken);
     }
-    Ok(token)
+    std::str::from_utf8(token).map_err(|_| ApiError::InvalidToken)
+}
+
+/// RFC 6750's `b64token` alphabet (padding included), which holds every compact JWS.
+/// Branch-free (`|`, not `||`): see the caller.
+fn is_b64token(b: u8) -> bool {
+    let letter = (b | 0x20).wrapping_sub(b'a') < 26;
+    let digit = b.wrapping_sub(b'0') < 10;
+    letter | digit | (b == b'-') | (b == b'.') | (b == b'_') | (b == b'~') | (b == b'+') | (b == b'/') | (b == b'=')
 }
 
 /// The handler answers every method on `/auth/verify` and `/auth/verify/{path}`; utoipa
@@ -171,18 +184,32 @@ mod tests {
         assert!(matches!(bearer_token(&auth(&["Bearer"])), Err(ApiError::InvalidToken)));
         assert!(matches!(bearer_token(&auth(&["Bearer a b"])), Err(ApiError::InvalidToken)));
         assert!(matches!(bearer_token(&auth(&["Bearer a", "Bearer b"])), Err(ApiError::InvalidToken)));
+        assert!(matches!(bearer_token(&auth(&["Bearer a,b"])), Err(ApiError::InvalidToken)));
+        assert!(matches!(bearer_token(&auth(&["Bearer a\tb"])), Err(ApiError::InvalidToken)));
+        let obs_text = HeaderValue::from_bytes(b"Basic \xff").unwrap();
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, obs_text);
+        assert!(matches!(bearer_token(&h), Err(ApiError::InvalidToken)));
+    }
+
+    #[test]
+    fn the_b64token_alphabet_is_exactly_rfc_6750s() {
+        for b in 0..=u8::MAX {
+            let expected = b.is_ascii_alphanumeric() || b"-._~+/=".contains(&b);
+            assert_eq!(is_b64token(b), expected, "byte {b:#04x}");
+        }
     }
 
     proptest::proptest! {
-        /// Any header value: never a panic, and a token that comes out is one non-empty,
-        /// whitespace-free word that was in the header.
+        /// Any header value: never a panic, and a token that comes out is one non-empty
+        /// b64token that was in the header.
         #[test]
         fn any_authorization_header_parses_or_is_refused(value in "[ -~]{0,200}") {
             if let Ok(header) = HeaderValue::from_str(&value) {
                 let mut h = HeaderMap::new();
                 h.insert(header::AUTHORIZATION, header);
                 if let Ok(token) = bearer_token(&h) {
-                    proptest::prop_assert!(!token.is_empty() && !token.contains(char::is_whitespace));
+                    proptest::prop_assert!(!token.is_empty() && token.bytes().all(is_b64token));
                     proptest::prop_assert!(value.contains(token));
                 }
             }
