@@ -244,9 +244,6 @@ mod tests {
         panic!("boom")
     }
 
-    /// The request span is off at the default level, so the failure's own line must say
-    /// which request it was and why it failed; the client learns neither the cause nor
-    /// anything but a problem body.
     #[test]
     fn request_ids_are_unique_hex_pairs() {
         let request = || Request::get("/").body(Body::empty()).unwrap();
@@ -264,6 +261,9 @@ mod tests {
         assert_eq!(&digits, b"001f");
     }
 
+    /// The request span is off at the default level, so the failure's own line must say
+    /// which request it was and why it failed; the client learns neither the cause nor
+    /// anything but a problem body.
     #[tokio::test]
     async fn a_failed_request_is_logged_with_its_id_and_cause_at_the_default_level() {
         let logs = Captured::default();

@@ -7,10 +7,11 @@
 //! were verified before, which a forger cannot arrange (that would take a collision with one
 //! of our tokens). BLAKE3 rather than SHA-256 because the hash runs on every request: on a
 //! CPU without SHA extensions SHA-256 of a 550-byte token took ~4.5 µs, a sixth of a
-//! verification's CPU, and BLAKE3 ~0.55 µs (docs/benchmarks.md). It remembers the parsed token until the end of its validity. A hit
-//! skips only what cannot have changed since: the signature, `iss`, `aud`, `nbf`. The checks
-//! that can change (expiry, revocation, key deletion) run on every request, and the whole
-//! cache is dropped whenever the key ring changes.
+//! verification's CPU, and BLAKE3 ~0.55 µs (docs/benchmarks.md). The map remembers the
+//! parsed token until the end of its validity. A hit skips only what cannot have changed
+//! since: the signature, `iss`, `aud`, `nbf`. The checks that can change (expiry,
+//! revocation, key deletion) run on every request, and the whole cache is dropped whenever
+//! the key ring changes.
 
 use std::{
     collections::HashMap,
