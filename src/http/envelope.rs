@@ -35,6 +35,8 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; frame-ancestors 'none
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// A caller's own request id is kept (gateways pass theirs along) up to this length.
 const MAX_REQUEST_ID: usize = 128;
+/// How many headers `finish` adds to every response, for handlers that size their map.
+pub const ADDED_HEADERS: usize = 6;
 
 #[derive(Clone, Copy, Default)]
 pub struct EnvelopeLayer;
@@ -169,7 +171,7 @@ fn hex(mut n: u64, out: &mut [u8]) {
 fn finish(response: Response, id: HeaderValue) -> Response {
     let mut response = problem_for_bare_errors(response);
     let headers = response.headers_mut();
-    headers.reserve(7);
+    headers.reserve(ADDED_HEADERS);
     headers.insert(X_REQUEST_ID, id);
     headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
@@ -242,6 +244,12 @@ mod tests {
 
     async fn panicking() -> &'static str {
         panic!("boom")
+    }
+
+    #[test]
+    fn added_headers_counts_what_finish_adds() {
+        let response = finish(Response::new(Body::empty()), HeaderValue::from_static("id"));
+        assert_eq!(response.headers().len(), ADDED_HEADERS);
     }
 
     #[test]

@@ -24,7 +24,7 @@ use utoipa::{
 };
 
 use super::{
-    AppState,
+    AppState, envelope,
     error::{ApiError, Problem},
 };
 
@@ -73,7 +73,7 @@ pub async fn verify(State(state): State<AppState>, request: Request) -> Result<R
     let value = |s: &str| HeaderValue::from_str(s).map_err(|e| ApiError::Internal(e.into()));
     let claims = &verified.claims;
     // Room for the envelope's headers too, so the map is allocated once and never grown.
-    let mut headers = HeaderMap::with_capacity(16);
+    let mut headers = HeaderMap::with_capacity(4 + envelope::ADDED_HEADERS);
     headers.insert(SUBJECT, value(&claims.sub)?);
     headers.insert(ACCOUNT, value(&claims.acc)?);
     headers.insert(KEY, value(&claims.api_key)?);
