@@ -90,7 +90,7 @@ impl Default for Tokens {
 /// logged-in admin session to fuzz the authenticated handlers too.
 pub struct App {
     runtime: tokio::runtime::Runtime,
-    router: axum::Router,
+    router: crate::http::App,
     /// `name=value` of a live admin session; renewed when a fuzzed request logs it out.
     cookie: std::sync::Mutex<String>,
     _dir: Arc<DataDir>,
@@ -127,7 +127,7 @@ impl App {
         })?;
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
         let app = runtime.block_on(Application::build(&settings))?;
-        let router = app.router();
+        let router = app.app();
         let this = Self { runtime, router, cookie: Default::default(), _dir: Arc::new(DataDir(dir)) };
         this.login();
         anyhow::ensure!(!this.cookie().is_empty(), "harness admin login failed");

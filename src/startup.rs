@@ -30,7 +30,7 @@ const DEFAULT_ACCOUNT: &str = "default";
 
 pub struct Application {
     listener: TcpListener,
-    router: axum::Router,
+    app: http::App,
     auth: Arc<AuthService>,
     key_reload_interval: Duration,
     cache: Arc<CachedStore>,
@@ -82,16 +82,16 @@ impl Application {
         };
         Ok(Self {
             listener,
-            router: http::router(state),
+            app: http::app(state),
             auth,
             key_reload_interval: Duration::from_secs(settings.key_reload_interval),
             cache,
         })
     }
 
-    /// The router alone, for in-process callers (the fuzz harness).
-    pub fn router(&self) -> axum::Router {
-        self.router.clone()
+    /// The HTTP application alone, for in-process callers (the fuzz harness).
+    pub fn app(&self) -> http::App {
+        self.app.clone()
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -107,7 +107,8 @@ impl Application {
         // simply pass every call through, so start-up does not wait for it.
         let sync = tokio::spawn(self.cache.keep_in_sync());
         // With the peer's socket address, which the lockout counts failures by.
-        let service = self.router.into_make_service_with_connect_info::<SocketAddr>();
+        let service =
+            axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<SocketAddr>(self.app);
         let served = axum::serve(self.listener, service).with_graceful_shutdown(shutdown).await;
         upkeep.abort();
         pruner.abort();

@@ -28,7 +28,7 @@ mod verify;
 
 pub use auth::decode_login;
 pub use cookie::SessionCookie;
-use envelope::EnvelopeLayer;
+pub use envelope::Envelope;
 use oauth::MergeGatewayDoc;
 pub use security::SecurityPolicy;
 
@@ -75,8 +75,12 @@ impl Modify for SessionScheme {
     }
 }
 
-pub fn router(state: AppState) -> Router {
-    Router::new()
+/// The whole HTTP application.
+pub type App = Envelope<Router>;
+
+pub fn app(state: AppState) -> App {
+    let gateway = state.auth.clone();
+    let router = Router::new()
         .route("/auth/login", post(auth::login))
         .route("/auth/logout", post(auth::logout))
         .route("/auth/keys/generate", post(keys::generate))
@@ -87,9 +91,8 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(meta::readyz))
         .route("/.well-known/jwks.json", get(meta::jwks))
         .route("/openapi.json", get(meta::openapi))
-        .merge(verify::router())
         .merge(oauth::router())
         .with_state(state)
-        .layer(DefaultBodyLimit::max(MAX_BODY))
-        .layer(EnvelopeLayer)
+        .layer(DefaultBodyLimit::max(MAX_BODY));
+    Envelope::new(router, Some(gateway))
 }

@@ -6,13 +6,13 @@
 //! Any method and any sub-path are accepted, because gateways send what they have: Envoy
 //! appends the original path to the configured prefix and keeps the original method.
 
+use std::{convert::Infallible, sync::Arc};
+
 use axum::{
-    Router,
     body::Body,
-    extract::{Request, State},
+    extract::Request,
     http::{HeaderMap, HeaderName, HeaderValue, header},
-    response::Response,
-    routing::any,
+    response::{IntoResponse, Response},
 };
 use utoipa::{
     Modify,
@@ -24,20 +24,25 @@ use utoipa::{
 };
 
 use super::{
-    AppState, envelope,
+    envelope,
     error::{ApiError, Problem},
 };
+use crate::service::AuthService;
 
 pub const SUBJECT: HeaderName = HeaderName::from_static("x-auth-subject");
 pub const ACCOUNT: HeaderName = HeaderName::from_static("x-auth-account");
 pub const KEY: HeaderName = HeaderName::from_static("x-auth-key");
 pub const SCOPES: HeaderName = HeaderName::from_static("x-auth-scopes");
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/auth/verify", any(verify))
-        .route("/auth/verify/", any(verify))
-        .route("/auth/verify/{*path}", any(verify))
+/// `/auth/verify`, `/auth/verify/` and anything under it, whatever the method. The envelope
+/// answers these before routing (see there), so this is their whole routing table.
+pub fn is_forward_auth(path: &str) -> bool {
+    path.strip_prefix("/auth/verify").is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// The response to a forward-authentication request, success or refusal.
+pub async fn answer(auth: Arc<AuthService>, request: Request) -> Result<Response, Infallible> {
+    Ok(verify(&auth, request.headers()).await.unwrap_or_else(IntoResponse::into_response))
 }
 
 /// Forward authentication: 200 for a live bearer token, with its identity in headers.
@@ -64,10 +69,9 @@ pub fn router() -> Router<AppState> {
         (status = 503, description = "The store is unavailable; retry", body = Problem, content_type = "application/problem+json"),
     )
 )]
-// The whole request rather than a `HeaderMap`, which axum would clone.
-pub async fn verify(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
-    let token = bearer_token(request.headers())?;
-    let verified = state.auth.verify_token(token).await?;
+async fn verify(auth: &AuthService, headers: &HeaderMap) -> Result<Response, ApiError> {
+    let token = bearer_token(headers)?;
+    let verified = auth.verify_token(token).await?;
     // Every value comes from a claim we signed and then parsed, so it is a valid header;
     // `sub` and `acc` are the key ref and account id as they were written.
     let value = |s: &str| HeaderValue::from_str(s).map_err(|e| ApiError::Internal(e.into()));
@@ -190,6 +194,20 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(header::AUTHORIZATION, obs_text);
         assert!(matches!(bearer_token(&h), Err(ApiError::InvalidToken)));
+    }
+
+    /// What the router's `/auth/verify`, `/auth/verify/` and `/auth/verify/{*path}` routes
+    /// matched when they were routes.
+    #[test]
+    fn forward_auth_paths_are_the_verify_path_and_those_under_it() {
+        for path in ["/auth/verify", "/auth/verify/", "/auth/verify/x", "/auth/verify/api/v1/items", "/auth/verify//"] {
+            assert!(is_forward_auth(path), "{path}");
+        }
+        for path in
+            ["/auth/verifyx", "/auth/verif", "/auth", "/", "/Auth/verify", "/auth/verify%2F", "/x/auth/verify", ""]
+        {
+            assert!(!is_forward_auth(path), "{path}");
+        }
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{AuthError, AuthService, Result, token_cache};
+use super::{AuthError, AuthService, Result};
 use crate::{
     crypto::signing::{AccessClaims, KeyRing, KeySealer, SealedKey, SigningError},
     domain::{AccountId, KeyRef},
@@ -56,21 +56,20 @@ impl AuthService {
         let now = store::now().max(0) as u64;
         // A token seen before skips the signature check; what can change since (expiry,
         // revocation, deletion) is checked below and on every call.
-        let digest = token_cache::digest(token);
-        let (verified, remembered) = match self.verified_tokens.get(&digest, now) {
+        let (verified, remembered) = match self.verified_tokens.get(token, now) {
             Some(verified) => (verified, true),
             None => (Arc::new(self.check_signature(token).await?), false),
         };
         match self.check_not_withdrawn(&verified).await {
             Err(e) if remembered => {
-                self.verified_tokens.forget(&digest);
+                self.verified_tokens.forget(token);
                 Err(e)
             }
             Err(e) => Err(e),
             Ok(()) if remembered => Ok(verified),
             Ok(()) => {
                 let valid_until = verified.claims.exp.saturating_add(CLOCK_LEEWAY);
-                self.verified_tokens.insert(digest, verified.clone(), valid_until, now);
+                self.verified_tokens.insert(token, verified.clone(), valid_until, now);
                 Ok(verified)
             }
         }

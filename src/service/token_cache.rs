@@ -1,13 +1,13 @@
 //! Tokens whose signature and claims have been checked, so a gateway presenting the same
-//! token again costs a hash and a map look-up instead of an ECDSA verification (~70 µs,
-//! the dominant cost of `/auth/verify`) and the decoding of its claims (~1 µs, measurable
-//! next to the ~12 µs of CPU a cached verification costs over HTTP).
+//! token again costs a map look-up and a comparison instead of an ECDSA verification
+//! (~70 µs, the dominant cost of `/auth/verify`) and the decoding of its claims (~1 µs,
+//! measurable next to the ~12 µs of CPU a cached verification costs over HTTP).
 //!
-//! The map is keyed by the BLAKE3 hash of the whole token: a hit means these exact bytes
-//! were verified before, which a forger cannot arrange (that would take a collision with one
-//! of our tokens). BLAKE3 rather than SHA-256 because the hash runs on every request: on a
-//! CPU without SHA extensions SHA-256 of a 550-byte token took ~4.5 µs, a sixth of a
-//! verification's CPU, and BLAKE3 ~0.55 µs (docs/benchmarks.md). The map remembers the
+//! The map is keyed by the token's signature and holds the rest of it, which a hit must
+//! match byte for byte (compared in constant time): a hit means these exact bytes were
+//! verified before. Nothing is hashed but the ~86-byte key, by the map's keyed SipHash:
+//! a cryptographic hash of the whole ~550-byte token, as the key once was, was a seventh of
+//! a cached verification's CPU in process (docs/benchmarks.md). The map remembers the
 //! parsed token until the end of its validity. A hit skips only what cannot have changed
 //! since: the signature, `iss`, `aud`, `nbf`. The checks that can change (expiry,
 //! revocation, key deletion) run on every request, and the whole cache is dropped whenever
@@ -18,23 +18,32 @@ use std::{
     sync::{Arc, Mutex, MutexGuard},
 };
 
+use constant_time_eq::constant_time_eq;
+
 use super::VerifiedToken;
 
-/// At most this many tokens (about 0.5 KiB each, so at most ~8 MiB). When full, expired
-/// entries go first, then arbitrary ones; a token dropped early costs one more signature
-/// check.
-pub const MAX_TOKENS: usize = 1 << 14;
-
-pub type TokenDigest = [u8; 32];
+/// At most this many tokens (about 1 KiB each with the token's own bytes, so at most
+/// ~8 MiB). When full, expired entries go first, then arbitrary ones; a token dropped early
+/// costs one more signature check.
+pub const MAX_TOKENS: usize = 1 << 13;
 
 struct Entry {
+    /// The token up to its signature's dot: header and payload.
+    signed: Box<str>,
     /// The last second at which the token is still valid (`exp` plus leeway).
     valid_until: u64,
     token: Arc<VerifiedToken>,
 }
 
 pub struct TokenCache {
-    entries: Mutex<HashMap<TokenDigest, Entry>>,
+    /// By signature. Ours are random (ES256) or differ with every token's `jti` (EdDSA),
+    /// and only tokens that verified are inserted, so no two entries want the same key.
+    entries: Mutex<HashMap<Box<str>, Entry>>,
+}
+
+/// A compact JWS as (header.payload, signature).
+fn split(token: &str) -> Option<(&str, &str)> {
+    token.rsplit_once('.')
 }
 
 impl TokenCache {
@@ -42,39 +51,48 @@ impl TokenCache {
         Self { entries: Mutex::new(HashMap::new()) }
     }
 
-    fn map(&self) -> MutexGuard<'_, HashMap<TokenDigest, Entry>> {
+    fn map(&self) -> MutexGuard<'_, HashMap<Box<str>, Entry>> {
         self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// The token with this digest, parsed, if it was verified before and is valid at `now`.
-    pub fn get(&self, digest: &TokenDigest, now: u64) -> Option<Arc<VerifiedToken>> {
+    /// The token, parsed, if these exact bytes were verified before and are valid at `now`.
+    pub fn get(&self, token: &str, now: u64) -> Option<Arc<VerifiedToken>> {
+        let (signed, signature) = split(token)?;
         let mut map = self.map();
-        let entry = map.get(digest)?;
+        let entry = map.get(signature)?;
+        if !constant_time_eq(entry.signed.as_bytes(), signed.as_bytes()) {
+            return None;
+        }
         if now > entry.valid_until {
-            map.remove(digest);
+            map.remove(signature);
             return None;
         }
         Some(entry.token.clone())
     }
 
-    /// Remembers that the token with this digest verified as `verified` and stays valid
-    /// until `valid_until`.
-    pub fn insert(&self, digest: TokenDigest, verified: Arc<VerifiedToken>, valid_until: u64, now: u64) {
+    /// Remembers that `token` verified as `verified` and stays valid until `valid_until`.
+    pub fn insert(&self, token: &str, verified: Arc<VerifiedToken>, valid_until: u64, now: u64) {
+        let Some((signed, signature)) = split(token) else {
+            return;
+        };
         let mut map = self.map();
         if map.len() >= MAX_TOKENS {
             map.retain(|_, entry| entry.valid_until >= now);
             if map.len() >= MAX_TOKENS {
-                let victims: Vec<TokenDigest> = map.keys().take(MAX_TOKENS / 16).copied().collect();
+                let victims: Vec<Box<str>> = map.keys().take(MAX_TOKENS / 16).cloned().collect();
                 for victim in victims {
                     map.remove(&victim);
                 }
             }
         }
-        map.insert(digest, Entry { valid_until, token: verified });
+        map.insert(signature.into(), Entry { signed: signed.into(), valid_until, token: verified });
     }
 
-    pub fn forget(&self, digest: &TokenDigest) {
-        self.map().remove(digest);
+    /// Drops `token` (a hit of `get`, so these exact bytes).
+    pub fn forget(&self, token: &str) {
+        if let Some((_, signature)) = split(token) {
+            self.map().remove(signature);
+        }
     }
 
     pub fn clear(&self) {
@@ -90,11 +108,6 @@ impl TokenCache {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-}
-
-/// The cache key of a token: computed once per request by the caller.
-pub fn digest(token: &str) -> TokenDigest {
-    blake3::hash(token.as_bytes()).into()
 }
 
 #[cfg(test)]
@@ -126,15 +139,21 @@ mod tests {
         let cache = TokenCache::new();
         let t = "eyJhbGciOiJFUzI1NiJ9.eyJqdGkiOiJvbmUifQ.c2ln";
         let one = verified("one");
-        assert!(cache.get(&digest(t), 50).is_none());
-        cache.insert(digest(t), one.clone(), 110, 50);
-        assert!(Arc::ptr_eq(&cache.get(&digest(t), 50).unwrap(), &one));
-        assert!(Arc::ptr_eq(&cache.get(&digest(t), 110).unwrap(), &one));
-        // One byte more, or less: a miss.
-        assert!(cache.get(&digest(&format!("{t}x")), 50).is_none());
-        assert!(cache.get(&digest(&t[..t.len() - 1]), 50).is_none());
+        assert!(cache.get(t, 50).is_none());
+        cache.insert(t, one.clone(), 110, 50);
+        assert!(Arc::ptr_eq(&cache.get(t, 50).unwrap(), &one));
+        assert!(Arc::ptr_eq(&cache.get(t, 110).unwrap(), &one));
+        // One byte more, or less, or another anywhere (the signature kept, so the same
+        // key): a miss.
+        assert!(cache.get(&format!("{t}x"), 50).is_none());
+        assert!(cache.get(&t[..t.len() - 1], 50).is_none());
+        assert!(cache.get(&format!("x{t}"), 50).is_none());
+        assert!(cache.get(&t[1..], 50).is_none());
+        assert!(cache.get(&t.replace("eyJqdGkiOiJvbmUifQ", "eyJqdGkiOiJ0d28ifQ"), 50).is_none());
+        assert!(cache.get(&t.replace("FUzI1", "FUzM4"), 50).is_none());
+        assert!(cache.get("c2ln", 50).is_none());
         // Past its validity the entry is dropped.
-        assert!(cache.get(&digest(t), 111).is_none());
+        assert!(cache.get(t, 111).is_none());
         assert!(cache.is_empty());
     }
 
@@ -143,15 +162,15 @@ mod tests {
         let cache = TokenCache::new();
         let v = verified("v");
         for i in 0..MAX_TOKENS + 10 {
-            cache.insert(digest(&format!("a.{i}.b")), v.clone(), 1000, 0);
+            cache.insert(&format!("a.b.{i}"), v.clone(), 1000, 0);
         }
         assert!(cache.len() <= MAX_TOKENS);
         // Expired entries make room before live ones.
         cache.clear();
         for i in 0..MAX_TOKENS {
-            cache.insert(digest(&format!("old.{i}.b")), v.clone(), 10, 0);
+            cache.insert(&format!("a.b.{i}"), v.clone(), 10, 0);
         }
-        cache.insert(digest("new.0.b"), v, 1000, 20);
+        cache.insert("a.b.new", v, 1000, 20);
         assert_eq!(cache.len(), 1);
     }
 }
