@@ -94,7 +94,7 @@ where
             let response = error::ApiError::PayloadTooLarge.into_response();
             return Box::pin(std::future::ready(Ok(finish(response, id))));
         }
-        let gateway = self.gateway.clone().filter(|_| verify::is_forward_auth(request.uri().path()));
+        let gateway = self.gateway.as_ref().filter(|_| verify::is_forward_auth(request.uri().path())).cloned();
         // The service that was polled ready is the one to call (tower's contract).
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
