@@ -540,7 +540,8 @@ fn hello_server(headers: Vec<String>) -> anyhow::Result<()> {
         }
         std::future::ready(map)
     };
-    tokio::runtime::Runtime::new()?.block_on(async {
+    // keygate's own runtime, workers pinned as keygate pins them by default.
+    keygate::startup::runtime(true)?.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         println!("{}", listener.local_addr()?);
         let app = axum::Router::new().route("/", axum::routing::get(|| async { "Hello, World!" })).fallback(shaped);

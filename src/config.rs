@@ -58,6 +58,10 @@ pub struct SettingsArgs {
     /// rotation made by the CLI or another replica; 1 to 60 [default: 10].
     #[arg(long, env = "KEYGATE_KEY_RELOAD_INTERVAL", global = true, value_name = "SECONDS")]
     pub key_reload_interval: Option<String>,
+    /// Keep each async worker on a CPU of its own when the process has whole CPUs to
+    /// itself [default: true].
+    #[arg(long, env = "KEYGATE_PIN_WORKERS", global = true, value_name = "BOOL")]
+    pub pin_workers: Option<String>,
     /// Log filter, in tracing's EnvFilter syntax [default: info].
     #[arg(long, env = "KEYGATE_LOG", global = true, value_name = "FILTER")]
     pub log: Option<String>,
@@ -83,6 +87,7 @@ struct FileSettings {
     session_lifetime: Option<u64>,
     signing_alg: Option<String>,
     key_reload_interval: Option<u64>,
+    pin_workers: Option<bool>,
     log: Option<String>,
     log_format: Option<String>,
     trusted_proxies: Option<Vec<String>>,
@@ -112,6 +117,7 @@ pub struct Settings {
     pub session_lifetime: u64,
     pub signing_alg: SigningAlg,
     pub key_reload_interval: u64,
+    pub pin_workers: bool,
     /// `KEYGATE_MASTER_KEY`, if given; otherwise the embedded default keeps one in the data dir.
     pub master_key: Option<SecretString>,
     /// `KEYGATE_BOOTSTRAP_ADMIN_EMAIL` / `_PASSWORD`, used only on a store with no admin.
@@ -206,6 +212,11 @@ impl Settings {
             1..=crate::service::MAX_KEY_RELOAD_INTERVAL,
         )?;
 
+        let pin_workers = match args.pin_workers.as_deref() {
+            Some(raw) => parse_bool(raw).ok_or_else(|| bad("KEYGATE_PIN_WORKERS", "expected true or false"))?,
+            None => file.pin_workers.unwrap_or(true),
+        };
+
         let log_filter = args.log.clone().or(file.log).unwrap_or_else(|| "info".into());
         tracing_subscriber::EnvFilter::try_new(&log_filter)
             .map_err(|_| bad("KEYGATE_LOG", "not a valid filter (e.g. info, keygate=debug)"))?;
@@ -259,6 +270,7 @@ impl Settings {
             session_lifetime,
             signing_alg,
             key_reload_interval,
+            pin_workers,
             master_key,
             bootstrap_admin,
             log_filter,
@@ -320,6 +332,7 @@ mod tests {
         assert_eq!(s.issuer, None);
         assert_eq!(s.signing_alg, SigningAlg::Es256);
         assert_eq!(s.key_reload_interval, 10);
+        assert!(s.pin_workers);
     }
 
     #[test]
@@ -330,6 +343,7 @@ mod tests {
             (SettingsArgs { token_ttl: Some("abc".into()), ..Default::default() }, "KEYGATE_TOKEN_TTL"),
             (SettingsArgs { cookie_secure: Some("maybe".into()), ..Default::default() }, "KEYGATE_COOKIE_SECURE"),
             (SettingsArgs { signing_alg: Some("HS256".into()), ..Default::default() }, "KEYGATE_SIGNING_ALG"),
+            (SettingsArgs { pin_workers: Some("always".into()), ..Default::default() }, "KEYGATE_PIN_WORKERS"),
             (
                 SettingsArgs { key_reload_interval: Some("61".into()), ..Default::default() },
                 "KEYGATE_KEY_RELOAD_INTERVAL",
