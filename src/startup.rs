@@ -299,10 +299,13 @@ mod affinity {
     /// The CPUs this process may run on, when it may use all of them: std (and so tokio)
     /// counts a cgroup CPU quota in, the affinity mask does not.
     pub fn whole_cpus() -> Option<Vec<usize>> {
-        let allowed = sched_getaffinity(None).ok()?;
-        let cpus: Vec<usize> = (0..CpuSet::MAX_CPU).filter(|&cpu| allowed.is_set(cpu)).collect();
+        let cpus = members(&sched_getaffinity(None).ok()?);
         let usable = std::thread::available_parallelism().ok()?.get();
         (cpus.len() > 1 && cpus.len() == usable).then_some(cpus)
+    }
+
+    pub fn members(set: &CpuSet) -> Vec<usize> {
+        (0..CpuSet::MAX_CPU).filter(|&cpu| set.is_set(cpu)).collect()
     }
 
     pub fn set_of(cpus: &[usize]) -> CpuSet {
@@ -330,11 +333,9 @@ mod affinity {
 
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
-    use rustix::thread::{CpuSet, sched_getaffinity};
+    use rustix::thread::sched_getaffinity;
 
-    fn cpus(set: &CpuSet) -> Vec<usize> {
-        (0..CpuSet::MAX_CPU).filter(|&cpu| set.is_set(cpu)).collect()
-    }
+    use super::affinity::members as cpus;
 
     /// Workers each on a CPU of its own, blocking threads free to go anywhere; or, on a
     /// machine whose CPUs the process does not wholly own, nothing pinned at all.
