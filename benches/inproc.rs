@@ -1,7 +1,7 @@
 //! The CPU one `/auth/verify` costs keygate's own code, without sockets or a load generator:
 //! the whole application (envelope, token cache, key and revocation look-ups, response) called
 //! in a loop on one current-thread runtime with a cached token, against the same loop through
-//! an axum hello-world. `cargo bench --bench inproc [-- REQUESTS]`; prints nanoseconds per
+//! an axum hello-world; then an API login the same way, and the ES256 signature it contains. `cargo bench --bench inproc [-- REQUESTS]`; prints nanoseconds per
 //! request, the best of seven passes. Steadier than the load benchmark for changes of a few
 //! percent; it leaves out hyper, the kernel and contention between workers.
 
@@ -41,7 +41,8 @@ fn main() -> anyhow::Result<()> {
         let app = application.app();
         // Served too, so its caches load as a server's do, and for the token.
         tokio::spawn(application.run_until(std::future::pending()));
-        let bearer = format!("Bearer {}", token(&base).await?);
+        let (credentials, token) = credentials_and_token(&base).await?;
+        let bearer = format!("Bearer {token}");
         tokio::time::sleep(Duration::from_secs(1)).await;
 
         let verify = || {
@@ -52,11 +53,26 @@ fn main() -> anyhow::Result<()> {
         let status = app.clone().oneshot(verify()).await?.status();
         anyhow::ensure!(status.is_success(), "verify answered {status}");
 
-        let verify_ns = best_of_seven(requests, app, verify).await?;
+        let login = || {
+            Request::post("/auth/login")
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(credentials.to_string()))
+                .unwrap_or_default()
+        };
+        let status = app.clone().oneshot(login()).await?.status();
+        anyhow::ensure!(status.is_success(), "login answered {status}");
+
+        let verify_ns = best_of_seven(requests, app.clone(), verify).await?;
         let hello_ns = best_of_seven(requests, hello, hello_request).await?;
-        println!("in process, {requests} requests a pass, best of 7 passes:");
+        // Logins cost ~30× a verification: fewer of them make a pass as long.
+        let logins = (requests / 20).max(1);
+        let login_ns = best_of_seven(logins, app, login).await?;
+        let sign_ns = es256_sign_ns(logins)?;
+        println!("in process, {requests} requests a pass ({logins} for logins and signatures), best of 7 passes:");
         println!("  GET /auth/verify (cached token)  {verify_ns:>6.0} ns/request");
         println!("  axum hello-world                 {hello_ns:>6.0} ns/request");
+        println!("  POST /auth/login (API key)       {login_ns:>6.0} ns/request");
+        println!("    of which an ES256 signature    {sign_ns:>6.0} ns (signed alone)");
         anyhow::Ok(())
     })
 }
@@ -76,8 +92,35 @@ where
     Ok(best)
 }
 
-/// An API key's token, from a key the admin generates over HTTP.
-async fn token(base: &str) -> anyhow::Result<String> {
+/// A token alone, on a key ring of its own: what one signature costs.
+fn es256_sign_ns(signatures: u32) -> anyhow::Result<f64> {
+    use keygate::crypto::signing::{AccessClaims, KeyRing, KeySealer, SigningAlg};
+    let sealer = KeySealer::new([7; 32]);
+    let ring = KeyRing::new(&sealer, &sealer.generate(SigningAlg::Es256)?, &[])?;
+    let claims = AccessClaims {
+        iss: "http://127.0.0.1:8080".into(),
+        sub: uuid::Uuid::new_v4().to_string(),
+        aud: "keygate".into(),
+        iat: 1_800_000_000,
+        nbf: 1_800_000_000,
+        exp: 1_800_000_900,
+        jti: uuid::Uuid::new_v4().simple().to_string(),
+        acc: uuid::Uuid::new_v4().to_string(),
+        api_key: "46SQZ49LT100U2QWQ3SI".into(),
+    };
+    let mut best = f64::MAX;
+    for _ in 0..7 {
+        let started = Instant::now();
+        for _ in 0..signatures {
+            std::hint::black_box(ring.sign(&claims)?);
+        }
+        best = best.min(started.elapsed().as_nanos() as f64 / f64::from(signatures));
+    }
+    Ok(best)
+}
+
+/// An API key's login body, and a token from it; the admin generates the key over HTTP.
+async fn credentials_and_token(base: &str) -> anyhow::Result<(serde_json::Value, String)> {
     let client = reqwest::Client::builder().cookie_store(true).build()?;
     let login = serde_json::json!({"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD});
     client.post(format!("{base}/auth/login")).json(&login).send().await?.error_for_status()?;
@@ -85,5 +128,5 @@ async fn token(base: &str) -> anyhow::Result<String> {
         client.post(format!("{base}/auth/keys/generate")).send().await?.error_for_status()?.json().await?;
     let login = serde_json::json!({"api_key": key["api_key"], "password": key["password"]});
     let token = client.post(format!("{base}/auth/login")).json(&login).send().await?.error_for_status()?;
-    token.json::<String>().await.context("the token")
+    Ok((login, token.json::<String>().await.context("the token")?))
 }
