@@ -128,6 +128,8 @@ fn work(receiver: &Mutex<mpsc::Receiver<Job>>) {
     // not stretch API-login latency) and still gets every idle cycle. SCHED_IDLE, not nice
     // 19: the kernel preempts a SCHED_IDLE thread the moment a worker wakes, while a nice-19
     // one may finish its slice first (measured: API-login p99 2.7–2.9 ms instead of 0.3 ms).
+    // Not starved: on a CPU that never idles it still gets a share (weight 3 against 1024),
+    // so an admin login under a saturating API flood takes seconds, not forever.
     // Best effort: where the policy is refused, hashing runs at normal priority.
     #[cfg(target_os = "linux")]
     let _ = thread_priority::set_thread_priority_and_policy(
