@@ -270,7 +270,7 @@ pub async fn load_key_ring(
 /// node), each worker keeps to a CPU of its own. Unpinned, the kernel now and then stacks
 /// two busy workers on one CPU while the other runs only a background thread (argon2), and
 /// balances them apart only a tick or more later: measured, API-login p99 went from 0.3 ms
-/// to 3 ms whenever a `SCHED_IDLE` thread ran in the background, and stayed at 0.3 ms pinned.
+/// to 3 ms whenever anything ran in the background, and stayed at 0.3 ms pinned.
 pub fn runtime(pin_workers: bool) -> std::io::Result<tokio::runtime::Runtime> {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
