@@ -24,8 +24,9 @@ use std::{
 };
 
 use axum::{
+    body::HttpBody,
     extract::Request,
-    http::{HeaderName, HeaderValue, StatusCode, header},
+    http::{HeaderName, HeaderValue, Method, StatusCode, header},
     response::{IntoResponse, Response},
 };
 use futures_util::{
@@ -39,7 +40,8 @@ use super::{MAX_BODY, error, verify};
 use crate::service::AuthService;
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// Every response; a page that needs more must say so itself (there is none).
+/// Every response that could be a document; a page that needs more must say so itself (there
+/// is none).
 const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// A caller's own request id is kept (gateways pass theirs along) up to this length.
@@ -92,7 +94,7 @@ where
         // bodies are capped by `DefaultBodyLimit` as they are read.
         if declared_length(&request).is_some_and(|len| len > MAX_BODY as u64) {
             let response = error::ApiError::PayloadTooLarge.into_response();
-            return Box::pin(std::future::ready(Ok(finish(response, id))));
+            return Box::pin(std::future::ready(Ok(finish(response, id, request.method()))));
         }
         let gateway = self.gateway.as_ref().filter(|_| verify::is_forward_auth(request.uri().path())).cloned();
         // The service that was polled ready is the one to call (tower's contract).
@@ -148,7 +150,7 @@ where
                         "response"
                     );
                 }
-                Ok(finish(response, id))
+                Ok(finish(response, id, &method))
             }
             .instrument(span),
         )
@@ -195,23 +197,32 @@ fn hex(mut n: u64, out: &mut [u8]) {
     }
 }
 
-fn finish(response: Response, id: HeaderValue) -> Response {
+fn finish(response: Response, id: HeaderValue, method: &Method) -> Response {
     let mut response = problem_for_bare_errors(response);
+    // A success without a body (a forward-auth 200, a logout's 204) holds no document for a
+    // browser to sniff, render, frame or follow links from, so the headers that govern one
+    // would be ~190 bytes for nothing on the path gateways call per API request (3 % of a
+    // verification's throughput, docs/benchmarks.md). Errors keep them: a gateway relays a
+    // denial to the browser as it is. So does HEAD, whose answer stands for a GET's.
+    let bodiless = response.status().is_success() && response.body().size_hint().exact() == Some(0);
+    let document = !bodiless || method == Method::HEAD;
     let headers = response.headers_mut();
     headers.reserve(ADDED_HEADERS);
     headers.insert(X_REQUEST_ID, id);
-    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
     // Tokens, passwords and session state must never sit in a shared cache; the few
     // cacheable responses (JWKS) say so themselves.
     if !headers.contains_key(header::CACHE_CONTROL) {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
-    // keygate serves no page, script or style. Should a response ever be rendered (an error
-    // page opened in a browser, a future console), it may load nothing, run nothing and be
-    // framed by no one (clickjacking).
-    headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CONTENT_SECURITY_POLICY));
-    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    if document {
+        headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+        headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+        // keygate serves no page, script or style. Should a response ever be rendered (an
+        // error page opened in a browser, a future console), it may load nothing, run nothing
+        // and be framed by no one (clickjacking).
+        headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CONTENT_SECURITY_POLICY));
+        headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    }
     response
 }
 
@@ -298,8 +309,35 @@ mod tests {
 
     #[test]
     fn added_headers_counts_what_finish_adds() {
-        let response = finish(Response::new(Body::empty()), HeaderValue::from_static("id"));
+        let response = finish(Response::new(Body::from("{}")), HeaderValue::from_static("id"), &Method::GET);
         assert_eq!(response.headers().len(), ADDED_HEADERS);
+    }
+
+    #[test]
+    fn only_a_bodiless_success_goes_without_the_document_headers() {
+        let document_headers = |status: StatusCode, body: Body, method: Method| {
+            let mut response = Response::new(body);
+            *response.status_mut() = status;
+            let response = finish(response, HeaderValue::from_static("id"), &method);
+            let headers = response.headers();
+            assert!(headers.contains_key(X_REQUEST_ID) && headers.contains_key(header::CACHE_CONTROL));
+            let present = [
+                header::CONTENT_SECURITY_POLICY,
+                header::X_FRAME_OPTIONS,
+                header::X_CONTENT_TYPE_OPTIONS,
+                header::REFERRER_POLICY,
+            ]
+            .map(|name| headers.contains_key(name));
+            assert!(present.iter().all(|&p| p == present[0]), "{present:?}");
+            present[0]
+        };
+        assert!(!document_headers(StatusCode::OK, Body::empty(), Method::GET));
+        assert!(!document_headers(StatusCode::NO_CONTENT, Body::empty(), Method::POST));
+        assert!(document_headers(StatusCode::OK, Body::from("{}"), Method::GET));
+        assert!(document_headers(StatusCode::OK, Body::empty(), Method::HEAD));
+        assert!(document_headers(StatusCode::FOUND, Body::empty(), Method::GET));
+        // An empty error gets a problem+json body before the headers are decided.
+        assert!(document_headers(StatusCode::UNAUTHORIZED, Body::empty(), Method::GET));
     }
 
     #[test]
