@@ -43,10 +43,14 @@ pub struct AdminPasswordHasher {
     jobs: mpsc::SyncSender<Job>,
     admitted: Arc<AtomicUsize>,
     max_admitted: usize,
-    /// A real hash of a random password: unknown emails are checked against it so they cost
-    /// exactly what a wrong password costs.
-    dummy: Arc<str>,
 }
+
+/// What an unknown email's password is checked against, so that it costs exactly what a
+/// wrong password costs: argon2id with `params()`, of 32 random bytes that were thrown away.
+/// A constant rather than a hash made at each start, which held start-up for one argon2 run
+/// and the first touch of its 19 MiB (50–100 ms on these machines, most of start-up).
+const DUMMY_HASH: &str =
+    "$argon2id$v=19$m=19456,t=2,p=1$o63G+PxsXWlumyIR4HxGzQ$Khy/bdy5o51o5FcUI57Yxo//ZuRInjtEzKWNDJJPvYk";
 
 /// Work for a hashing thread, given that thread's argon2 memory.
 type Job = Box<dyn FnOnce(&mut [Block]) + Send>;
@@ -66,20 +70,7 @@ impl AdminPasswordHasher {
                 .spawn(move || work(&receiver))
                 .expect("cannot start a password-hashing thread");
         }
-        // On a hashing thread, in its own memory: a buffer of its own here would be a third
-        // 19 MiB at the resident peak, held by the allocator after it is freed.
-        let (done, dummy) = mpsc::channel();
-        let job: Job = Box::new(move |memory| {
-            let _ = done.send(hash_with(memory, &super::random_bytes::<16>()));
-        });
-        // Start-up: the threads were just started and the queue is empty; hashing a
-        // fixed-size buffer with valid parameters cannot fail.
-        #[allow(clippy::expect_used)]
-        let dummy = {
-            jobs.send(job).expect("password-hashing threads are running");
-            dummy.recv().ok().flatten().expect("argon2 hash of 16 bytes")
-        };
-        Self { jobs, admitted: Arc::new(AtomicUsize::new(0)), max_admitted: workers + queue, dummy: dummy.into() }
+        Self { jobs, admitted: Arc::new(AtomicUsize::new(0)), max_admitted: workers + queue }
     }
 
     /// A PHC string (`$argon2id$v=19$m=19456,t=2,p=1$…`) for a new password.
@@ -90,11 +81,10 @@ impl AdminPasswordHasher {
 
     /// Checks `password` against `stored`, or against the dummy hash when there is no user.
     pub async fn verify(&self, stored: Option<String>, password: SecretString) -> Result<bool, HashPoolError> {
-        let dummy = self.dummy.clone();
         let is_real = stored.is_some();
         let ok = self
             .run(move |memory| {
-                let phc = stored.as_deref().unwrap_or(&dummy);
+                let phc = stored.as_deref().unwrap_or(DUMMY_HASH);
                 verify_with(memory, phc, password.expose_secret().as_bytes())
             })
             .await?;
@@ -218,6 +208,23 @@ impl Drop for Admission {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Checking against the dummy must run argon2 in full, as for a real admin's hash: had it
+    /// other parameters, or did it not parse, an unknown email would answer faster.
+    #[test]
+    fn the_dummy_hash_costs_what_a_real_hash_costs() {
+        let dummy = PasswordHash::new(DUMMY_HASH).unwrap();
+        let mut memory = vec![Block::default(); params().block_count()];
+        let real = hash_with(&mut memory, b"a real admin's password").unwrap();
+        let real = PasswordHash::new(&real).unwrap();
+        assert_eq!(Algorithm::try_from(dummy.algorithm).unwrap(), Algorithm::Argon2id);
+        assert_eq!(dummy.version, real.version);
+        assert_eq!(Params::try_from(&dummy).unwrap(), Params::try_from(&real).unwrap());
+        let salt_len = |h: &PasswordHash| h.salt.unwrap().decode_b64(&mut [0u8; 64]).unwrap().len();
+        assert_eq!(salt_len(&dummy), salt_len(&real));
+        assert_eq!(dummy.hash.unwrap().len(), real.hash.unwrap().len());
+        assert!(!verify_with(&mut memory, DUMMY_HASH, b""));
+    }
 
     #[tokio::test]
     async fn hash_then_verify() {
