@@ -269,8 +269,9 @@ pub async fn load_key_ring(
 /// holds exactly as many CPUs as the workers it gets; not, say, a 2-CPU quota on a 64-CPU
 /// node), each worker keeps to a CPU of its own. Unpinned, the kernel now and then stacks
 /// two busy workers on one CPU while the other runs only a background thread (argon2), and
-/// balances them apart only a tick or more later: measured, API-login p99 went from 0.3 ms
-/// to 3 ms whenever anything ran in the background, and stayed at 0.3 ms pinned.
+/// balances them apart only a tick or more later. Measured with API logins at 8 connections
+/// while admin logins hashed: on a Zen 5 machine p99 4.0–4.8 ms unpinned, 2.7–2.9 ms pinned;
+/// on an Intel one no difference (docs/benchmarks.md).
 pub fn runtime(pin_workers: bool) -> std::io::Result<tokio::runtime::Runtime> {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
