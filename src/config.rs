@@ -189,10 +189,7 @@ impl Settings {
             1..=2_592_000,
         )?;
 
-        let cookie_secure = match args.cookie_secure.as_deref() {
-            Some(raw) => parse_bool(raw).ok_or_else(|| bad("KEYGATE_COOKIE_SECURE", "expected true or false"))?,
-            None => file.cookie_secure.unwrap_or(true),
-        };
+        let cookie_secure = flag("KEYGATE_COOKIE_SECURE", args.cookie_secure.as_deref(), file.cookie_secure, true)?;
 
         let signing_alg = args
             .signing_alg
@@ -212,10 +209,7 @@ impl Settings {
             1..=crate::service::MAX_KEY_RELOAD_INTERVAL,
         )?;
 
-        let pin_workers = match args.pin_workers.as_deref() {
-            Some(raw) => parse_bool(raw).ok_or_else(|| bad("KEYGATE_PIN_WORKERS", "expected true or false"))?,
-            None => file.pin_workers.unwrap_or(true),
-        };
+        let pin_workers = flag("KEYGATE_PIN_WORKERS", args.pin_workers.as_deref(), file.pin_workers, true)?;
 
         let log_filter = args.log.clone().or(file.log).unwrap_or_else(|| "info".into());
         tracing_subscriber::EnvFilter::try_new(&log_filter)
@@ -306,11 +300,12 @@ fn seconds(
     })
 }
 
-fn parse_bool(raw: &str) -> Option<bool> {
+fn flag(name: &'static str, arg: Option<&str>, file: Option<bool>, default: bool) -> Result<bool, ConfigError> {
+    let Some(raw) = arg else { return Ok(file.unwrap_or(default)) };
     match raw.trim().to_ascii_lowercase().as_str() {
-        "true" | "1" | "yes" | "on" => Some(true),
-        "false" | "0" | "no" | "off" => Some(false),
-        _ => None,
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err(bad(name, "expected true or false")),
     }
 }
 
