@@ -10,11 +10,10 @@ pub mod audit;
 pub mod lockout;
 
 use secrecy::SecretString;
-use uuid::Uuid;
 
 use crate::{
     crypto::{
-        AdminPasswordHasher, ApiPasswordHasher, HashPoolError,
+        self, AdminPasswordHasher, ApiPasswordHasher, HashPoolError,
         session::{self, SessionHash},
         signing::{AccessClaims, KeyRing, KeySealer, SigningError},
     },
@@ -285,7 +284,7 @@ impl AuthService {
             iat: now,
             nbf: now,
             exp: now + self.policy.token_ttl,
-            jti: Uuid::new_v4().simple().to_string(),
+            jti: crypto::token_id(),
             acc: key.account_id.to_string(),
             api_key: key.api_key.to_string(),
         };

@@ -33,3 +33,31 @@ pub fn random_bytes<const N: usize>() -> [u8; N] {
     fill_random(&mut out);
     out
 }
+
+/// A token id (`jti`): a random UUID from aws-lc's per-thread DRBG, which the OS seeds and
+/// which signs every token anyway. Ids need uniqueness, not a kernel call each: drawing
+/// them with `getrandom` was the one system call of an API login besides its read and
+/// write.
+pub fn token_id() -> String {
+    let mut bytes = [0u8; 16];
+    if aws_lc_rs::rand::fill(&mut bytes).is_err() {
+        fill_random(&mut bytes);
+    }
+    uuid::Builder::from_random_bytes(bytes).into_uuid().simple().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_ids_are_random_v4_uuids() {
+        let ids: std::collections::HashSet<String> = (0..1000).map(|_| token_id()).collect();
+        assert_eq!(ids.len(), 1000);
+        for id in &ids {
+            let uuid = uuid::Uuid::parse_str(id).unwrap();
+            assert_eq!(uuid.get_version(), Some(uuid::Version::Random));
+            assert_eq!(id.len(), 32);
+        }
+    }
+}
