@@ -523,7 +523,10 @@ impl Drop for Hello {
 }
 
 fn hello_server(headers: Vec<String>) -> anyhow::Result<()> {
-    use axum::http::{HeaderMap, HeaderName, HeaderValue};
+    use axum::{
+        http::{HeaderMap, HeaderName, HeaderValue},
+        serve::ListenerExt,
+    };
     // Static names and values, each response's map built from them: the cheapest way to send
     // this shape. A clone of one shared map would cost two atomic reference-count updates
     // per header, on cache lines both workers write.
@@ -540,12 +543,12 @@ fn hello_server(headers: Vec<String>) -> anyhow::Result<()> {
         }
         std::future::ready(map)
     };
-    // keygate's own runtime, workers pinned as keygate pins them by default.
+    // keygate's own runtime, workers pinned as keygate pins them by default, and its sockets.
     keygate::startup::runtime(true)?.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         println!("{}", listener.local_addr()?);
         let app = axum::Router::new().route("/", axum::routing::get(|| async { "Hello, World!" })).fallback(shaped);
-        axum::serve(listener, app).await?;
+        axum::serve(listener.tap_io(keygate::startup::no_delay), app).await?;
         anyhow::Ok(())
     })
 }

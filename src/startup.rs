@@ -4,6 +4,7 @@
 use std::{future::Future, io::IsTerminal, net::SocketAddr, path::Path, sync::Arc, time::Duration};
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::net::TcpListener;
 use uuid::Uuid;
@@ -109,11 +110,19 @@ impl Application {
         // With the peer's socket address, which the lockout counts failures by.
         let service =
             axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<SocketAddr>(self.app);
-        let served = axum::serve(self.listener, service).with_graceful_shutdown(shutdown).await;
+        let served = axum::serve(self.listener.tap_io(no_delay), service).with_graceful_shutdown(shutdown).await;
         upkeep.abort();
         pruner.abort();
         sync.abort();
         served
+    }
+}
+
+/// Every answer is one complete write, so Nagle's algorithm can only hold the last segment of
+/// a larger one back until the client's delayed acknowledgement (tens of milliseconds).
+pub fn no_delay(stream: &mut tokio::net::TcpStream) {
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!(error = %e, "TCP_NODELAY not set");
     }
 }
 
