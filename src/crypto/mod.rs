@@ -34,10 +34,10 @@ pub fn random_bytes<const N: usize>() -> [u8; N] {
     out
 }
 
-/// A token id (`jti`): a random UUID from aws-lc's per-thread DRBG, which the OS seeds and
-/// which signs every token anyway. Ids need uniqueness, not a kernel call each: drawing
-/// them with `getrandom` was the one system call of an API login besides its read and
-/// write.
+/// A token id (`jti`): a random UUID from aws-lc's per-thread DRBG, seeded by the OS and
+/// already drawing every signature's nonce. Ids need uniqueness, not a kernel call each:
+/// `getrandom` was the one system call of an API login besides its read and write, 1.9 % of
+/// the login's CPU against 1.4 % for this draw.
 pub fn token_id() -> String {
     let mut bytes = [0u8; 16];
     if aws_lc_rs::rand::fill(&mut bytes).is_err() {
