@@ -258,8 +258,10 @@ fn main() -> anyhow::Result<()> {
     if Command::new("wrk").arg("--version").output().is_err() {
         bail!("wrk is required: apt-get install wrk");
     }
-    if opts.wrk_batch && !Command::new("chrt").arg("--version").output().is_ok_and(|o| o.status.success()) {
-        bail!("--wrk-sched batch needs chrt (util-linux); or pass --wrk-sched normal");
+    let batch_allowed =
+        || Command::new("chrt").args(["--batch", "0", "true"]).output().is_ok_and(|o| o.status.success());
+    if opts.wrk_batch && !batch_allowed() {
+        bail!("--wrk-sched batch needs chrt (util-linux) and leave to use SCHED_BATCH; or pass --wrk-sched normal");
     }
     let dir = tempfile::tempdir()?;
     let runtime = tokio::runtime::Runtime::new()?;
