@@ -152,6 +152,22 @@ impl std::fmt::Display for CpuPerRequest {
 }
 
 impl WrkResult {
+    /// The median over rounds of req/s, p50 and p99; failures of every round.
+    fn over_rounds(runs: &[WrkResult]) -> WrkResult {
+        let median_of = |f: fn(&WrkResult) -> f64| median(runs.iter().map(f).collect());
+        WrkResult {
+            rps: median_of(|r| r.rps),
+            p50_ms: median_of(|r| r.p50_ms),
+            p99_ms: median_of(|r| r.p99_ms),
+            requests: runs.iter().map(|r| r.requests).sum(),
+            failures: runs.iter().map(|r| r.failures).sum(),
+            server: runs.iter().map(|r| r.server).collect::<Option<Vec<_>>>().map(|cpu| CpuPerRequest {
+                total: median(cpu.iter().map(|c| c.total).collect()),
+                kernel: median(cpu.iter().map(|c| c.kernel).collect()),
+            }),
+        }
+    }
+
     fn brief(&self) -> String {
         let cpu = self.server.map_or(String::new(), |c| format!(", server CPU {c} µs/request (of which kernel)"));
         format!(
@@ -188,20 +204,8 @@ impl Series {
         Ok(result)
     }
 
-    /// The median over rounds of req/s, p50 and p99; failures of every round.
     fn summary(&self) -> WrkResult {
-        let median_of = |f: fn(&WrkResult) -> f64| median(self.runs.iter().map(f).collect());
-        WrkResult {
-            rps: median_of(|r| r.rps),
-            p50_ms: median_of(|r| r.p50_ms),
-            p99_ms: median_of(|r| r.p99_ms),
-            requests: self.runs.iter().map(|r| r.requests).sum(),
-            failures: self.runs.iter().map(|r| r.failures).sum(),
-            server: self.runs.iter().map(|r| r.server).collect::<Option<Vec<_>>>().map(|cpu| CpuPerRequest {
-                total: median(cpu.iter().map(|c| c.total).collect()),
-                kernel: median(cpu.iter().map(|c| c.kernel).collect()),
-            }),
-        }
+        WrkResult::over_rounds(&self.runs)
     }
 
     /// This series' rate over `reference`'s, round by round; the median of those.
@@ -403,9 +407,9 @@ fn main() -> anyhow::Result<()> {
         // runs of one session. Each round starts once the server is quiet, or the hashes
         // still queued from the run before would count against the idle figure.
         let url = format!("{base}/auth/login");
-        let mut quiet = Series::new("API login, 8 conns, idle", keygate, url.clone(), None);
-        let mut busy = Series::new("API login, 8 conns, + 32 admin logins", keygate, url.clone(), None);
-        let mut flood = Series::new("  (the 32 admin logins meanwhile)", keygate, url.clone(), None);
+        let names =
+            ["API login, 8 conns, idle", "API login, 8 conns, + 32 admin logins", "  (the 32 admin logins meanwhile)"];
+        let mut runs: [Vec<WrkResult>; 3] = Default::default();
         let mut ratios = Vec::new();
         for round in 0..opts.rounds {
             settle(keygate);
@@ -414,15 +418,15 @@ fn main() -> anyhow::Result<()> {
             let flooded = wrk(&url, Some(&scripts.api_login), 8, d)?;
             let admins = admin_flood.finish()?;
             ratios.push(flooded.p99_ms / alone.p99_ms.max(0.001));
-            for (series, result) in [(&mut quiet, alone), (&mut busy, flooded), (&mut flood, admins)] {
-                eprintln!("  round {}/{}, {}: {}", round + 1, opts.rounds, series.name, result.brief());
-                series.runs.push(result);
+            for ((name, series), result) in names.iter().zip(&mut runs).zip([alone, flooded, admins]) {
+                eprintln!("  round {}/{}, {name}: {}", round + 1, opts.rounds, result.brief());
+                series.push(result);
             }
         }
-        let target = format!("p99 ≤ 3× idle: {:.2}×", median(ratios));
-        record(quiet.name, quiet.summary(), None, String::new(), &server);
-        record(busy.name, busy.summary(), None, target, &server);
-        record(flood.name, flood.summary(), None, String::new(), &server);
+        let targets = [String::new(), format!("p99 ≤ 3× idle: {:.2}×", median(ratios)), String::new()];
+        for ((name, series), target) in names.iter().zip(&runs).zip(targets) {
+            record(name, WrkResult::over_rounds(series), None, target, &server);
+        }
     }
     if opts.runs("list") {
         let cookie = runtime.block_on(session_cookie(&base))?;
@@ -763,14 +767,10 @@ fn wrk_command(
     seconds: u64,
     batch: bool,
 ) -> Command {
-    let mut cmd = match batch {
-        true => {
-            let mut chrt = Command::new("chrt");
-            chrt.args(["--batch", "0", "wrk"]);
-            chrt
-        }
-        false => Command::new("wrk"),
-    };
+    let mut cmd = Command::new(if batch { "chrt" } else { "wrk" });
+    if batch {
+        cmd.args(["--batch", "0", "wrk"]);
+    }
     // wrk refuses fewer connections than threads.
     let threads = connections.clamp(1, 2);
     cmd.args([
