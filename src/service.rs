@@ -1,11 +1,9 @@
 //! What keygate does, independent of HTTP: log API clients and admins in, manage keys and
 //! sessions. Handlers translate requests into calls here; the CLI calls it too.
 
-use std::sync::{
-    Arc, Mutex, RwLock,
-    atomic::{AtomicBool, Ordering},
-};
+use std::sync::{Arc, Mutex, RwLock};
 
+mod attempt;
 pub mod audit;
 pub mod lockout;
 
@@ -19,10 +17,10 @@ use crate::{
     },
     domain::{AccountId, ApiKeyId, ApiPassword, ClientAddr, Email, KeyRef},
     store::{
-        self, AdminId, AuditAction, AuditRecord, AuditScope, FailureCounter, KeyRecord, KeySummary, SessionRecord,
-        Store, StoreError,
+        self, AdminId, AuditAction, AuditRecord, AuditScope, KeyRecord, KeySummary, SessionRecord, Store, StoreError,
     },
 };
+use attempt::Attempt;
 use lockout::{LockoutPolicy, Subject};
 
 #[derive(Debug, thiserror::Error)]
@@ -170,103 +168,36 @@ impl AuthService {
     pub async fn authenticate_key(&self, api_key: &str, password: &str, client: ClientAddr) -> Result<KeyRecord> {
         let api_key = ApiKeyId::parse(api_key).ok();
         let subjects = login_subjects(api_key.clone().map(Subject::ApiKey), client);
-        let counters = self.check_lockout(&subjects).await?;
-        let (key, ok) = match (api_key, ApiPassword::parse(password)) {
-            (Some(api_key), Ok(password)) => match self.store.find_key(&api_key).await? {
-                Some(key) => {
+        // Before the secret is checked: a burst gets no more checks than the lock allows.
+        let attempt = self.admit(subjects, client).await?;
+        let found = match (api_key, ApiPassword::parse(password)) {
+            (Some(api_key), Ok(password)) => match self.store.find_key(&api_key).await {
+                Ok(Some(key)) => {
                     let ok = self.api_hasher.verify(&password, &key.secret_hash);
-                    (Some(key), ok)
+                    Ok((Some(key), ok))
                 }
-                None => {
+                Ok(None) => {
                     self.api_hasher.burn(password.expose());
-                    (None, false)
+                    Ok((None, false))
                 }
+                Err(e) => Err(e),
             },
-            _ => (None, false),
+            _ => Ok((None, false)),
+        };
+        let (key, ok) = match found {
+            Ok(found) => found,
+            Err(e) => return Err(attempt.abandon(e.into()).await),
         };
         let account = key.as_ref().map(|k| k.account_id);
         let Some(key) = key.filter(|_| ok) else {
-            return Err(self.count_failure(&subjects, account, client).await);
+            return Err(attempt.failed(account).await);
         };
-        self.clear_identity_failures(&subjects, &counters).await?;
+        attempt.succeeded().await?;
         Ok(key)
     }
 
-    /// Refuses with `Locked` when any subject is locked now; otherwise returns the counters
-    /// that exist, so a success knows whether there is anything to clear.
-    async fn check_lockout(&self, subjects: &[Subject]) -> Result<Vec<(String, FailureCounter)>> {
-        let keys: Vec<String> = subjects.iter().map(Subject::key).collect();
-        let counters = self.store.failure_counters(&keys).await?;
-        match lockout::retry_after(&counters, store::now()) {
-            Some(retry_after) => Err(AuthError::Locked { retry_after }),
-            None => Ok(counters),
-        }
-    }
-
-    /// Counts one failure against every subject, and audits each lock it starts. The
-    /// error to answer with: `Locked` when this failure locked a subject (so the caller
-    /// learns the lock and its duration at once), `InvalidCredentials` otherwise. Either
-    /// way the guess was wrong, so the difference reveals nothing about the password.
-    async fn count_failure(&self, subjects: &[Subject], account: Option<AccountId>, client: ClientAddr) -> AuthError {
-        match self.record_failures(subjects, account, client).await {
-            Ok(Some(retry_after)) => AuthError::Locked { retry_after },
-            Ok(None) => AuthError::InvalidCredentials,
-            Err(e) => e,
-        }
-    }
-
-    async fn record_failures(
-        &self,
-        subjects: &[Subject],
-        account: Option<AccountId>,
-        client: ClientAddr,
-    ) -> Result<Option<u64>> {
-        let policy = &self.policy.lockout;
-        let mut counters = Vec::with_capacity(subjects.len());
-        // One clock reading for the whole attempt, so the Retry-After we answer is exactly
-        // the lock we stored.
-        let now = store::now();
-        for subject in subjects {
-            let threshold = policy.threshold(subject);
-            // Whether this failure started a lock, judged on the row as the store's
-            // transaction saw it, so that of two replicas exactly one audits the lock.
-            let started = AtomicBool::new(false);
-            let update = |current: Option<FailureCounter>| {
-                let next = policy.after_failure(current, threshold, now);
-                let was_locked = current.is_some_and(|c| c.locked_until > now);
-                started.store(!was_locked && next.locked_until > now, Ordering::Relaxed);
-                next
-            };
-            let key = subject.key();
-            let next = self.store.record_failure(&key, &update).await?;
-            if started.load(Ordering::Relaxed) {
-                tracing::warn!(subject = %key, until = next.locked_until, "login lockout");
-                let account = if subject.is_identity() { account } else { None };
-                audit::record(
-                    self.store.as_ref(),
-                    AuditAction::Lockout,
-                    account,
-                    audit::SYSTEM_ACTOR.to_owned(),
-                    Some(client),
-                    Some(key.clone()),
-                )
-                .await;
-            }
-            counters.push((key, next));
-        }
-        Ok(lockout::retry_after(&counters, now))
-    }
-
-    /// After a success: forgets the identity's failures (only if it has any, so the usual
-    /// login costs no write). The address's count stays; see `lockout`.
-    async fn clear_identity_failures(&self, subjects: &[Subject], counters: &[(String, FailureCounter)]) -> Result<()> {
-        for subject in subjects.iter().filter(|s| s.is_identity()) {
-            let key = subject.key();
-            if counters.iter().any(|(k, _)| *k == key) {
-                self.store.clear_failures(&key).await?;
-            }
-        }
-        Ok(())
+    async fn admit(&self, subjects: Vec<Subject>, client: ClientAddr) -> Result<Attempt> {
+        Attempt::admit(&self.store, &self.policy.lockout, subjects, client).await
     }
 
     /// Deletes failure counters nobody has touched for a whole window.
@@ -305,17 +236,25 @@ impl AuthService {
     ) -> Result<NewSession> {
         let email = Email::parse(email).ok();
         let subjects = login_subjects(email.clone().map(Subject::Email), client);
-        // Before any hashing: a locked identity or address costs one read, not an argon2 run.
-        let counters = self.check_lockout(&subjects).await?;
-        let admin = match &email {
-            Some(email) => self.store.find_admin(email).await?,
-            None => None,
+        // Before any hashing: a locked identity or address costs no argon2 run, and a burst
+        // gets no more runs than the lock allows.
+        let attempt = self.admit(subjects, client).await?;
+        let checked = async {
+            let admin = match &email {
+                Some(email) => self.store.find_admin(email).await?,
+                None => None,
+            };
+            let ok = if password.len() > MAX_PASSWORD_LEN {
+                false
+            } else {
+                let stored = admin.as_ref().map(|a| a.password_hash.clone());
+                self.admin_hasher.verify(stored, SecretString::from(password)).await?
+            };
+            Ok::<_, AuthError>((admin, ok))
         };
-        let ok = if password.len() > MAX_PASSWORD_LEN {
-            false
-        } else {
-            let stored = admin.as_ref().map(|a| a.password_hash.clone());
-            self.admin_hasher.verify(stored, SecretString::from(password)).await?
+        let (admin, ok) = match checked.await {
+            Ok(checked) => checked,
+            Err(e) => return Err(attempt.abandon(e).await),
         };
         let (Some(admin), true) = (admin.as_ref(), ok) else {
             tracing::info!("admin login failed");
@@ -324,9 +263,9 @@ impl AuthService {
             // field, and the audit log must never hold a password.
             let actor = email.as_ref().map_or_else(|| "(not an email)".to_owned(), |e| e.to_string());
             audit::record(self.store.as_ref(), AuditAction::AdminLoginFailed, account, actor, Some(client), None).await;
-            return Err(self.count_failure(&subjects, account, client).await);
+            return Err(attempt.failed(account).await);
         };
-        self.clear_identity_failures(&subjects, &counters).await?;
+        attempt.succeeded().await?;
         // A fresh id at every login, and the one the browser came with is dropped, so a
         // session id planted before login (fixation) is worthless after it.
         if let Some(previous) = previous {

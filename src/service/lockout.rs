@@ -3,6 +3,13 @@
 //! threshold the subject is locked for a while, each lock longer than the last.
 //!
 //! Why these rules:
+//! - Every attempt takes a place in its subjects' counts *before* its secret is checked,
+//!   atomically with the lock check, and gives it back when it ends: a failure turns the
+//!   place into a counted failure, a success clears the identity's count. Only as many
+//!   attempts as the threshold has room for are admitted at once, so a burst of any size,
+//!   on one replica or many, gets at most the threshold checked per lock period; the rest
+//!   are refused like a lock. An attempt abandoned mid-check (the client hung up) counts as
+//!   a failure, and one whose server died is forgotten after `IN_FLIGHT_TTL`.
 //! - While a subject is locked, its logins are refused before any password is checked, so
 //!   a locked account answers the same whether the guess was right or wrong (no oracle),
 //!   and a locked attacker costs us one indexed read per attempt, not an argon2 run.
@@ -25,6 +32,11 @@ use crate::{
 const MAX_DOUBLINGS: u32 = 4;
 /// Failures are forgotten after this long without one, so old mistakes do not add up.
 const MIN_WINDOW: i64 = 15 * 60;
+/// An attempt still in flight after this long is presumed lost with the server that ran it.
+pub const IN_FLIGHT_TTL: i64 = 60;
+/// What a refused attempt is told to wait when no lock is set yet, only attempts in flight
+/// that may still fail: about how long they take to end.
+const BUSY_RETRY_AFTER: u64 = 1;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LockoutPolicy {
@@ -86,13 +98,77 @@ impl LockoutPolicy {
         i64::try_from(self.base_lock.saturating_mul(1 << doublings)).unwrap_or(i64::MAX)
     }
 
+    /// The counter as it stands at `now`: failures past the window forgotten, and attempts
+    /// in flight for longer than `IN_FLIGHT_TTL` no longer counted.
+    fn current(&self, c: FailureCounter, now: UnixTime) -> FailureCounter {
+        let mut c = if now.saturating_sub(c.last_failure_at) <= self.window() {
+            c
+        } else {
+            FailureCounter { in_flight: c.in_flight, in_flight_at: c.in_flight_at, ..FailureCounter::default() }
+        };
+        if now.saturating_sub(c.in_flight_at) > IN_FLIGHT_TTL {
+            c.in_flight = 0;
+        }
+        c
+    }
+
+    /// Admits one attempt against `subjects` (whose counters are `counters`, in order) at
+    /// `now`: their counters with the attempt in flight, or, when any subject is locked or
+    /// has as many attempts in flight as failures left before its lock, the seconds to wait.
+    /// All or nothing: a refused attempt takes no place in any count.
+    pub fn admit(
+        &self,
+        subjects: &[Subject],
+        counters: &[FailureCounter],
+        now: UnixTime,
+    ) -> Result<Vec<FailureCounter>, u64> {
+        let mut wait = None::<u64>;
+        let next = subjects
+            .iter()
+            .zip(counters)
+            .map(|(subject, c)| {
+                let mut c = self.current(*c, now);
+                let refused = if c.locked_until > now {
+                    Some(u64::try_from(c.locked_until - now).unwrap_or(1))
+                } else if c.failures.saturating_add(c.in_flight) >= self.threshold(subject).max(1) {
+                    Some(BUSY_RETRY_AFTER)
+                } else {
+                    None
+                };
+                wait = wait.max(refused);
+                c.in_flight += 1;
+                c.in_flight_at = now;
+                c
+            })
+            .collect();
+        match wait {
+            Some(wait) => Err(wait.max(1)),
+            None => Ok(next),
+        }
+    }
+
+    /// The counter after an admitted attempt ended at `now`: its place is given back; a
+    /// failure is counted (and may lock), and a success clears an identity's count (never
+    /// an address's; see the module comment).
+    pub fn finish(&self, subject: &Subject, c: FailureCounter, failed: bool, now: UnixTime) -> FailureCounter {
+        let mut c = self.current(c, now);
+        c.in_flight = c.in_flight.saturating_sub(1);
+        if failed {
+            self.after_failure(c, self.threshold(subject), now)
+        } else if subject.is_identity() {
+            FailureCounter { in_flight: c.in_flight, in_flight_at: c.in_flight_at, ..FailureCounter::default() }
+        } else {
+            c
+        }
+    }
+
     /// The counter after one more failure at `now`.
-    pub fn after_failure(&self, current: Option<FailureCounter>, threshold: u32, now: UnixTime) -> FailureCounter {
+    fn after_failure(&self, current: FailureCounter, threshold: u32, now: UnixTime) -> FailureCounter {
         let threshold = threshold.max(1);
-        let mut c = current.filter(|c| now.saturating_sub(c.last_failure_at) <= self.window()).unwrap_or_default();
+        let mut c = self.current(current, now);
         if c.locked_until > now {
-            // A request that was already past the lock check when the lock began: it does
-            // not extend the lock, or hammering could keep a subject locked indefinitely.
+            // An attempt that was admitted before the lock began: it does not extend the
+            // lock, or hammering could keep a subject locked indefinitely.
             return c;
         }
         c.failures = c.failures.saturating_add(1);
@@ -130,24 +206,24 @@ mod tests {
     #[test]
     fn locks_at_the_threshold_and_backs_off() {
         let p = policy();
-        let mut c = None;
+        let mut c = FailureCounter::default();
         let mut now = 1_000;
         for _ in 0..2 {
             let next = p.after_failure(c, 3, now);
             assert!(next.locked_until <= now);
-            c = Some(next);
+            c = next;
         }
         let locked = p.after_failure(c, 3, now);
         assert_eq!(locked.locked_until, now + 60);
         assert_eq!(retry_after(&[("s".into(), locked)], now), Some(60));
         // Failures during the lock change nothing.
-        assert_eq!(p.after_failure(Some(locked), 3, now + 10), locked);
+        assert_eq!(p.after_failure(locked, 3, now + 10), locked);
         // After it, one failure locks again, twice as long; and so on up to 16x.
         let mut c = locked;
         let mut durations = vec![60];
         for _ in 0..6 {
             now = c.locked_until + 1;
-            c = p.after_failure(Some(c), 3, now);
+            c = p.after_failure(c, 3, now);
             durations.push(c.locked_until - now);
         }
         assert_eq!(durations, [60, 120, 240, 480, 960, 960, 960]);
@@ -156,9 +232,9 @@ mod tests {
     #[test]
     fn quiet_time_forgets() {
         let p = policy();
-        let c = p.after_failure(None, 3, 0);
-        let c = p.after_failure(Some(c), 3, 1);
-        let later = p.after_failure(Some(c), 3, 1 + p.window() + 1);
+        let c = p.after_failure(FailureCounter::default(), 3, 0);
+        let c = p.after_failure(c, 3, 1);
+        let later = p.after_failure(c, 3, 1 + p.window() + 1);
         assert_eq!(later.failures, 1);
         assert_eq!(later.strikes, 0);
     }
@@ -183,20 +259,76 @@ mod tests {
             base in 1u64..3_600,
         ) {
             let p = LockoutPolicy { identity_threshold: threshold, address_threshold: threshold, base_lock: base };
-            let mut c = None::<FailureCounter>;
+            let mut c = FailureCounter::default();
             let mut now = 0i64;
             for step in steps {
                 now += step;
                 let next = p.after_failure(c, threshold, now);
                 prop_assert!(next.locked_until - now <= p.max_lock() as i64);
-                if let Some(prev) = c {
-                    if prev.locked_until > now {
-                        prop_assert_eq!(next.locked_until, prev.locked_until);
-                    }
+                if c.locked_until > now {
+                    prop_assert_eq!(next.locked_until, c.locked_until);
                 }
                 prop_assert!(next.failures < threshold);
-                c = Some(next);
+                c = next;
             }
         }
+
+        /// Any interleaving of admissions and failed endings within one lock period: at most
+        /// `threshold` attempts are ever admitted, whatever the order.
+        #[test]
+        fn a_burst_gets_at_most_the_threshold_checked(
+            ops in proptest::collection::vec(any::<bool>(), 1..200),
+            threshold in 1u32..8,
+        ) {
+            let p = LockoutPolicy { identity_threshold: threshold, address_threshold: 1000, base_lock: 60 };
+            let subjects = [Subject::ApiKey(ApiKeyId::parse("46SQZ49LT100U2QWQ3SI").unwrap())];
+            let now = 1_000;
+            let mut c = FailureCounter::default();
+            let mut in_flight = 0u32;
+            let mut admitted = 0u32;
+            for admit in ops {
+                if admit || in_flight == 0 {
+                    if let Ok(next) = p.admit(&subjects, &[c], now) {
+                        c = next[0];
+                        in_flight += 1;
+                        admitted += 1;
+                    }
+                } else {
+                    // Every guess is wrong: the attacker's burst.
+                    c = p.finish(&subjects[0], c, true, now);
+                    in_flight -= 1;
+                }
+                prop_assert!(admitted <= threshold);
+            }
+        }
+    }
+
+    #[test]
+    fn admission_is_all_or_nothing_and_ends_give_places_back() {
+        let p = policy();
+        let key = Subject::ApiKey(ApiKeyId::parse("46SQZ49LT100U2QWQ3SI").unwrap());
+        let addr = Subject::Address(ClientAddr::new("192.0.2.1".parse().unwrap()));
+        let subjects = [key.clone(), addr.clone()];
+        let now = 1_000;
+        // The address has one place left; the key has three.
+        let full_addr = FailureCounter { failures: 9, last_failure_at: now, ..FailureCounter::default() };
+        let admitted = p.admit(&subjects, &[FailureCounter::default(), full_addr], now).unwrap();
+        assert_eq!((admitted[0].in_flight, admitted[1].in_flight), (1, 1));
+        // A second attempt at once is refused and takes no place in either count.
+        assert_eq!(p.admit(&subjects, &admitted, now), Err(BUSY_RETRY_AFTER));
+        // A success gives both places back and clears the key's count, not the address's.
+        let key_after = p.finish(&key, admitted[0], false, now);
+        let addr_after = p.finish(&addr, admitted[1], false, now);
+        assert!(key_after.is_empty());
+        assert_eq!((addr_after.failures, addr_after.in_flight), (9, 0));
+        // A failure turns the place into a failure, which locks the address.
+        let failed = p.finish(&addr, admitted[1], true, now);
+        assert_eq!(failed.in_flight, 0);
+        assert_eq!(failed.locked_until, now + 60);
+        assert_eq!(p.admit(&subjects, &[key_after, failed], now + 1), Err(59));
+        // An attempt whose server died holds its place only for a while.
+        let stale = FailureCounter { in_flight: 3, in_flight_at: now, ..FailureCounter::default() };
+        assert!(p.admit(&[key.clone()], &[stale], now + 1).is_err());
+        assert!(p.admit(&[key], &[stale], now + IN_FLIGHT_TTL + 1).is_ok());
     }
 }

@@ -26,8 +26,10 @@
 //!
 //! Failed-login counters are mirrored the same way, and for the same reason only on the
 //! embedded store: there this process is their only writer, so a write-through copy is
-//! exact and an API login's lockout check costs no database read. With PostgreSQL a lock
-//! set by another replica must hold here at once, so every check reads the store.
+//! exact and an API login's lockout check costs no database read. The attempts in flight
+//! (see `service::lockout`) live only in that copy, so admitting and ending a login that
+//! changes no count costs no write either. With PostgreSQL a lock set or an attempt
+//! admitted by another replica must count here at once, so every update goes to the store.
 //!
 //! Memory is bounded: at most `MAX_KEYS` keys and `MAX_TOMBSTONES` tombstones (random
 //! entries make room when full), and `MAX_REVOCATIONS` revocations, past which the set is
@@ -130,11 +132,10 @@ pub struct CachedStore {
     cursor: tokio::sync::Mutex<Cursor>,
     /// Whether a failure to read the change log has been logged since the last success.
     complained: AtomicBool,
-    /// Embedded store only: each subject's counter as the store holds it (`None`: no row).
-    counters: std::sync::Mutex<HashMap<String, Option<FailureCounter>>>,
-    /// Bumped by every counter write; a read-through fill that saw it move is discarded,
-    /// so a fill racing a failure can never hide the lock that failure set.
-    counters_epoch: AtomicU64,
+    /// Embedded store only: each subject's counter (`None`: none), with the attempts in
+    /// flight, which only this process can have and so are kept here alone. Every update
+    /// holds the lock from its read to its write, so updates of one subject never interleave.
+    counters: tokio::sync::Mutex<HashMap<String, Option<FailureCounter>>>,
 }
 
 /// At most this many subjects' counters are mirrored; past it the mirror starts afresh.
@@ -161,30 +162,7 @@ impl CachedStore {
             origin: Instant::now(),
             cursor: tokio::sync::Mutex::default(),
             complained: AtomicBool::new(false),
-            counters: std::sync::Mutex::default(),
-            counters_epoch: AtomicU64::new(0),
-        }
-    }
-
-    fn counters(&self) -> std::sync::MutexGuard<'_, HashMap<String, Option<FailureCounter>>> {
-        self.counters.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Records what the store now holds for `subject` after a write through this process
-    /// (`None` when unknown, e.g. the write failed).
-    fn counter_written(&self, subject: &str, now: Option<Option<FailureCounter>>) {
-        if !self.serve_logins {
-            return;
-        }
-        self.counters_epoch.fetch_add(1, Ordering::AcqRel);
-        let mut map = self.counters();
-        match now {
-            Some(counter) => {
-                map.insert(subject.to_owned(), counter);
-            }
-            None => {
-                map.remove(subject);
-            }
+            counters: tokio::sync::Mutex::default(),
         }
     }
 
@@ -550,47 +528,86 @@ impl LockoutStore for CachedStore {
         if !self.serve_logins {
             return self.inner.failure_counters(subjects).await;
         }
-        {
-            let map = self.counters();
-            if subjects.iter().all(|s| map.contains_key(s)) {
-                return Ok(subjects
-                    .iter()
-                    .filter_map(|s| map.get(s).copied().flatten().map(|c| (s.clone(), c)))
-                    .collect());
-            }
-        }
-        let epoch = self.counters_epoch.load(Ordering::Acquire);
-        let rows = self.inner.failure_counters(subjects).await?;
-        let mut map = self.counters();
-        if self.counters_epoch.load(Ordering::Acquire) == epoch {
-            if map.len() + subjects.len() > MAX_COUNTERS {
-                map.clear();
-            }
-            for subject in subjects {
-                let found = rows.iter().find(|(s, _)| s == subject).map(|(_, c)| *c);
-                map.insert(subject.clone(), found);
-            }
-        }
-        Ok(rows)
+        let mut map = self.counters.lock().await;
+        self.fill_counters(&mut map, subjects).await?;
+        Ok(subjects.iter().filter_map(|s| map.get(s).copied().flatten().map(|c| (s.clone(), c))).collect())
     }
-    async fn record_failure(&self, subject: &str, update: FailureUpdate<'_>) -> Result<FailureCounter> {
-        let result = self.inner.record_failure(subject, update).await;
-        self.counter_written(subject, result.as_ref().ok().map(|c| Some(*c)));
-        result
+
+    async fn update_counters(&self, subjects: &[String], update: CounterUpdate<'_>) -> Result<Vec<FailureCounter>> {
+        if !self.serve_logins {
+            return self.inner.update_counters(subjects, update).await;
+        }
+        let mut map = self.counters.lock().await;
+        self.fill_counters(&mut map, subjects).await?;
+        let current: Vec<FailureCounter> =
+            subjects.iter().map(|s| map.get(s).copied().flatten().unwrap_or_default()).collect();
+        let next = update(&current);
+        // The store keeps what outlives this process; attempts in flight do not, so admitting
+        // and ending an attempt that changes nothing else costs no write.
+        let stored: Vec<FailureCounter> = next.iter().map(|c| without_attempts(*c)).collect();
+        if current.iter().zip(&stored).any(|(c, s)| without_attempts(*c) != *s) {
+            self.inner.update_counters(subjects, &|_| stored.clone()).await?;
+        }
+        for (subject, c) in subjects.iter().zip(&next) {
+            map.insert(subject.clone(), Some(*c).filter(|c| !c.is_empty()));
+        }
+        Ok(next)
     }
+
     async fn clear_failures(&self, subject: &str) -> Result<()> {
-        let result = self.inner.clear_failures(subject).await;
-        self.counter_written(subject, result.as_ref().ok().map(|()| None));
-        result
-    }
-    async fn prune_failures(&self, idle_since: UnixTime, now: UnixTime) -> Result<u64> {
-        let pruned = self.inner.prune_failures(idle_since, now).await;
-        if self.serve_logins {
-            self.counters_epoch.fetch_add(1, Ordering::AcqRel);
-            self.counters().clear();
+        if !self.serve_logins {
+            return self.inner.clear_failures(subject).await;
         }
+        let mut map = self.counters.lock().await;
+        self.inner.clear_failures(subject).await?;
+        // Attempts in flight stay counted: they are still running.
+        let kept = map.get(subject).copied().flatten().map(|c| FailureCounter {
+            in_flight: c.in_flight,
+            in_flight_at: c.in_flight_at,
+            ..FailureCounter::default()
+        });
+        map.insert(subject.to_owned(), kept.filter(|c| !c.is_empty()));
+        Ok(())
+    }
+
+    async fn prune_failures(&self, idle_since: UnixTime, now: UnixTime) -> Result<u64> {
+        if !self.serve_logins {
+            return self.inner.prune_failures(idle_since, now).await;
+        }
+        let mut map = self.counters.lock().await;
+        let pruned = self.inner.prune_failures(idle_since, now).await;
+        // Read again when next needed, except the attempts in flight, which only we know.
+        map.retain(|_, c| c.is_some_and(|c| c.in_flight > 0));
         pruned
     }
+}
+
+impl CachedStore {
+    /// Reads into the mirror the counters of those of `subjects` it does not hold yet.
+    async fn fill_counters(
+        &self,
+        map: &mut HashMap<String, Option<FailureCounter>>,
+        subjects: &[String],
+    ) -> Result<()> {
+        if map.len() + subjects.len() > MAX_COUNTERS {
+            map.retain(|_, c| c.is_some_and(|c| c.in_flight > 0));
+        }
+        let missing: Vec<String> = subjects.iter().filter(|s| !map.contains_key(*s)).cloned().collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let rows = self.inner.failure_counters(&missing).await?;
+        for subject in missing {
+            let found = rows.iter().find(|(s, _)| *s == subject).map(|(_, c)| without_attempts(*c));
+            map.insert(subject, found.filter(|c| !c.is_empty()));
+        }
+        Ok(())
+    }
+}
+
+/// A counter as the embedded store keeps it: without the attempts in flight.
+fn without_attempts(c: FailureCounter) -> FailureCounter {
+    FailureCounter { in_flight: 0, in_flight_at: 0, ..c }
 }
 
 #[async_trait]

@@ -24,7 +24,7 @@ pub use paging::KeyPageStore;
 pub use transfer::{AccountRecord, AdminExport, Counts, SessionExport, Snapshot, TransferError, TransferStore, copy};
 
 pub use security::{
-    AuditAction, AuditEvent, AuditRecord, AuditScope, AuditStore, FailureCounter, FailureUpdate, LockoutStore,
+    AuditAction, AuditEvent, AuditRecord, AuditScope, AuditStore, CounterUpdate, FailureCounter, LockoutStore,
 };
 
 /// Seconds since the Unix epoch. Integers compare the same way in every backend.

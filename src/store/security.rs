@@ -9,6 +9,7 @@ use super::{Result, UnixTime};
 use crate::domain::{AccountId, AccountName};
 
 /// Failed-login bookkeeping for one subject: an admin email, an API key or a client address.
+/// A subject without a row reads as the default (all zero).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct FailureCounter {
     /// Failures counted towards the next lockout.
@@ -18,22 +19,35 @@ pub struct FailureCounter {
     pub last_failure_at: UnixTime,
     /// Until when logins for this subject are refused; in the past when not locked.
     pub locked_until: UnixTime,
+    /// Attempts admitted whose secret is being checked right now.
+    pub in_flight: u32,
+    /// When the latest of those was admitted.
+    pub in_flight_at: UnixTime,
 }
 
-/// The next counter given the current one (`None` when the subject has none yet).
-pub type FailureUpdate<'a> = &'a (dyn Fn(Option<FailureCounter>) -> FailureCounter + Send + Sync);
+impl FailureCounter {
+    /// Nothing worth a row: no failure, no lock history, nothing in flight.
+    pub fn is_empty(&self) -> bool {
+        self.failures == 0 && self.strikes == 0 && self.in_flight == 0
+    }
+}
+
+/// The next counters of a set of subjects given their current ones, in the same order.
+pub type CounterUpdate<'a> = &'a (dyn Fn(&[FailureCounter]) -> Vec<FailureCounter> + Send + Sync);
 
 #[async_trait]
 pub trait LockoutStore: Send + Sync {
     /// The counters of those of `subjects` that have one.
     async fn failure_counters(&self, subjects: &[String]) -> Result<Vec<(String, FailureCounter)>>;
-    /// Replaces the subject's counter with `update(current)`, atomically with respect to
-    /// every other replica, and returns what was stored. The policy lives in the caller;
-    /// the store only guarantees that two concurrent failures are both counted.
-    async fn record_failure(&self, subject: &str, update: FailureUpdate<'_>) -> Result<FailureCounter>;
+    /// Replaces the counters of `subjects` (distinct) with `update(current)`, atomically with
+    /// respect to every other caller on every replica, and returns what was stored; an empty
+    /// counter removes the row. The policy lives in the caller; the store only guarantees
+    /// that no two updates of the same subject interleave. `update` may run more than once.
+    async fn update_counters(&self, subjects: &[String], update: CounterUpdate<'_>) -> Result<Vec<FailureCounter>>;
     async fn clear_failures(&self, subject: &str) -> Result<()>;
-    /// Deletes counters with no failure since `idle_since` that are not locked at `now`;
-    /// returns how many. Keeps the table from growing with every address ever seen.
+    /// Deletes counters with no failure since `idle_since` that are not locked at `now` and
+    /// hold no live attempt; returns how many. Keeps the table from growing with every
+    /// address ever seen.
     async fn prune_failures(&self, idle_since: UnixTime, now: UnixTime) -> Result<u64>;
 }
 

@@ -5,9 +5,11 @@ use sqlx::{Row, postgres::PgRow};
 
 use super::{PgStore, audit_record};
 use crate::store::{
-    AuditEvent, AuditRecord, AuditScope, AuditStore, FailureCounter, FailureUpdate, LockoutStore, Result, UnixTime,
+    AuditEvent, AuditRecord, AuditScope, AuditStore, CounterUpdate, FailureCounter, LockoutStore, Result, UnixTime,
     corrupt,
 };
+
+const COUNTER_COLUMNS: &str = "subject, failures, strikes, last_failure_at, locked_until, in_flight, in_flight_at";
 
 fn counter(row: &PgRow) -> Result<FailureCounter> {
     let small = |col: &str| -> Result<u32> {
@@ -19,6 +21,8 @@ fn counter(row: &PgRow) -> Result<FailureCounter> {
         strikes: small("strikes")?,
         last_failure_at: row.try_get("last_failure_at")?,
         locked_until: row.try_get("locked_until")?,
+        in_flight: small("in_flight")?,
+        in_flight_at: row.try_get("in_flight_at")?,
     })
 }
 
@@ -32,54 +36,67 @@ impl LockoutStore for PgStore {
         if subjects.is_empty() {
             return Ok(Vec::new());
         }
-        let rows = sqlx::query(
-            "SELECT subject, failures, strikes, last_failure_at, locked_until FROM login_failures WHERE subject = ANY($1)",
-        )
-        .bind(subjects)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = sqlx::query(&format!("SELECT {COUNTER_COLUMNS} FROM login_failures WHERE subject = ANY($1)"))
+            .bind(subjects)
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(|row| Ok((row.try_get("subject")?, counter(row)?))).collect()
     }
 
-    async fn record_failure(&self, subject: &str, update: FailureUpdate<'_>) -> Result<FailureCounter> {
-        // The row is created if missing, then locked (our insert holds its lock; otherwise
-        // FOR UPDATE takes it), so replicas counting a failure for the same subject at once
-        // serialise instead of both writing `n + 1`.
+    async fn update_counters(&self, subjects: &[String], update: CounterUpdate<'_>) -> Result<Vec<FailureCounter>> {
         let mut tx = self.pool.begin().await?;
-        let created = sqlx::query(
-            "INSERT INTO login_failures (subject, failures, strikes, last_failure_at, locked_until) \
-             VALUES ($1, 0, 0, 0, 0) ON CONFLICT (subject) DO NOTHING",
-        )
-        .bind(subject)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
-        let current = if created {
-            None
-        } else {
-            let row = sqlx::query(
-                "SELECT failures, strikes, last_failure_at, locked_until FROM login_failures \
-                 WHERE subject = $1 FOR UPDATE",
-            )
-            .bind(subject)
-            .fetch_one(&mut *tx)
-            .await?;
-            Some(counter(&row)?)
-        };
-        let next = update(current);
+        // Every updater of a subject holds its advisory lock, taken in one order (sorted),
+        // so replicas counting for the same subjects at once serialise instead of both
+        // writing `n + 1`, and never deadlock. Counters are not worth a synchronous commit:
+        // a crash of the database loses at most its last fraction of a second of them.
         sqlx::query(
-            "UPDATE login_failures SET failures = $2, strikes = $3, last_failure_at = $4, locked_until = $5 \
-             WHERE subject = $1",
+            "SELECT set_config('synchronous_commit', 'off', true), \
+             (SELECT count(pg_advisory_xact_lock(k)) FROM \
+               (SELECT DISTINCT hashtextextended(s, 0) AS k FROM UNNEST($1::text[]) AS s ORDER BY k) AS ks)",
         )
-        .bind(subject)
-        .bind(small_int(next.failures))
-        .bind(small_int(next.strikes))
-        .bind(next.last_failure_at)
-        .bind(next.locked_until)
+        .bind(subjects)
         .execute(&mut *tx)
         .await?;
-        tx.commit().await?;
+        let rows = sqlx::query(&format!("SELECT {COUNTER_COLUMNS} FROM login_failures WHERE subject = ANY($1)"))
+            .bind(subjects)
+            .fetch_all(&mut *tx)
+            .await?;
+        let rows: Vec<(String, FailureCounter)> =
+            rows.iter().map(|row| Ok((row.try_get("subject")?, counter(row)?))).collect::<Result<_>>()?;
+        let current: Vec<FailureCounter> =
+            subjects.iter().map(|s| rows.iter().find(|(r, _)| r == s).map(|(_, c)| *c).unwrap_or_default()).collect();
+        let next = update(&current);
+        let mut changed = false;
+        for ((subject, c), was) in subjects.iter().zip(&next).zip(&current) {
+            if c == was {
+                continue;
+            }
+            changed = true;
+            if c.is_empty() {
+                sqlx::query("DELETE FROM login_failures WHERE subject = $1").bind(subject).execute(&mut *tx).await?;
+                continue;
+            }
+            sqlx::query(
+                "INSERT INTO login_failures (subject, failures, strikes, last_failure_at, locked_until, in_flight, \
+                 in_flight_at) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                 ON CONFLICT (subject) DO UPDATE SET failures = $2, strikes = $3, last_failure_at = $4, \
+                 locked_until = $5, in_flight = $6, in_flight_at = $7",
+            )
+            .bind(subject)
+            .bind(small_int(c.failures))
+            .bind(small_int(c.strikes))
+            .bind(c.last_failure_at)
+            .bind(c.locked_until)
+            .bind(small_int(c.in_flight))
+            .bind(c.in_flight_at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if changed {
+            tx.commit().await?;
+        } else {
+            tx.rollback().await?;
+        }
         Ok(next)
     }
 
@@ -89,11 +106,14 @@ impl LockoutStore for PgStore {
     }
 
     async fn prune_failures(&self, idle_since: UnixTime, now: UnixTime) -> Result<u64> {
-        let done = sqlx::query("DELETE FROM login_failures WHERE last_failure_at < $1 AND locked_until <= $2")
-            .bind(idle_since)
-            .bind(now)
-            .execute(&self.pool)
-            .await?;
+        let done = sqlx::query(
+            "DELETE FROM login_failures WHERE last_failure_at < $1 AND locked_until <= $2 \
+             AND (in_flight = 0 OR in_flight_at < $1)",
+        )
+        .bind(idle_since)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
         Ok(done.rows_affected())
     }
 }

@@ -5,9 +5,11 @@ use sqlx::{Row, sqlite::SqliteRow};
 
 use super::{SqliteStore, audit_record};
 use crate::store::{
-    AuditEvent, AuditRecord, AuditScope, AuditStore, FailureCounter, FailureUpdate, LockoutStore, Result, UnixTime,
+    AuditEvent, AuditRecord, AuditScope, AuditStore, CounterUpdate, FailureCounter, LockoutStore, Result, UnixTime,
     corrupt,
 };
+
+const COUNTER_COLUMNS: &str = "subject, failures, strikes, last_failure_at, locked_until, in_flight, in_flight_at";
 
 fn counter(row: &SqliteRow) -> Result<FailureCounter> {
     let small = |col: &str| -> Result<u32> {
@@ -19,54 +21,74 @@ fn counter(row: &SqliteRow) -> Result<FailureCounter> {
         strikes: small("strikes")?,
         last_failure_at: row.try_get("last_failure_at")?,
         locked_until: row.try_get("locked_until")?,
+        in_flight: small("in_flight")?,
+        in_flight_at: row.try_get("in_flight_at")?,
     })
+}
+
+async fn select_counters<'e>(
+    executor: impl sqlx::Executor<'e, Database = sqlx::Sqlite>,
+    subjects: &[String],
+) -> Result<Vec<(String, FailureCounter)>> {
+    if subjects.is_empty() {
+        return Ok(Vec::new());
+    }
+    let placeholders = vec!["?"; subjects.len()].join(", ");
+    let sql = format!("SELECT {COUNTER_COLUMNS} FROM login_failures WHERE subject IN ({placeholders})");
+    let mut query = sqlx::query(&sql);
+    for subject in subjects {
+        query = query.bind(subject);
+    }
+    let rows = query.fetch_all(executor).await?;
+    rows.iter().map(|row| Ok((row.try_get("subject")?, counter(row)?))).collect()
 }
 
 #[async_trait]
 impl LockoutStore for SqliteStore {
     async fn failure_counters(&self, subjects: &[String]) -> Result<Vec<(String, FailureCounter)>> {
-        if subjects.is_empty() {
-            return Ok(Vec::new());
-        }
-        let placeholders = vec!["?"; subjects.len()].join(", ");
-        let sql = format!(
-            "SELECT subject, failures, strikes, last_failure_at, locked_until FROM login_failures \
-             WHERE subject IN ({placeholders})"
-        );
-        let mut query = sqlx::query(&sql);
-        for subject in subjects {
-            query = query.bind(subject);
-        }
-        let rows = query.fetch_all(&self.pool).await?;
-        rows.iter().map(|row| Ok((row.try_get("subject")?, counter(row)?))).collect()
+        select_counters(&self.pool, subjects).await
     }
 
-    async fn record_failure(&self, subject: &str, update: FailureUpdate<'_>) -> Result<FailureCounter> {
-        // IMMEDIATE takes the write lock before the read, so two replicas counting a failure
-        // for the same subject at once serialise instead of both writing `n + 1`.
+    async fn update_counters(&self, subjects: &[String], update: CounterUpdate<'_>) -> Result<Vec<FailureCounter>> {
+        // IMMEDIATE takes the write lock before the read, so two processes counting for the
+        // same subject at once serialise instead of both writing `n + 1`.
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let row = sqlx::query(
-            "SELECT failures, strikes, last_failure_at, locked_until FROM login_failures WHERE subject = ?",
-        )
-        .bind(subject)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let current = row.as_ref().map(counter).transpose()?;
-        let next = update(current);
-        sqlx::query(
-            "INSERT INTO login_failures (subject, failures, strikes, last_failure_at, locked_until) \
-             VALUES (?, ?, ?, ?, ?) \
-             ON CONFLICT (subject) DO UPDATE SET failures = excluded.failures, strikes = excluded.strikes, \
-             last_failure_at = excluded.last_failure_at, locked_until = excluded.locked_until",
-        )
-        .bind(subject)
-        .bind(i64::from(next.failures))
-        .bind(i64::from(next.strikes))
-        .bind(next.last_failure_at)
-        .bind(next.locked_until)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
+        let rows = select_counters(&mut *tx, subjects).await?;
+        let current: Vec<FailureCounter> =
+            subjects.iter().map(|s| rows.iter().find(|(r, _)| r == s).map(|(_, c)| *c).unwrap_or_default()).collect();
+        let next = update(&current);
+        let mut changed = false;
+        for ((subject, c), was) in subjects.iter().zip(&next).zip(&current) {
+            if c == was {
+                continue;
+            }
+            changed = true;
+            if c.is_empty() {
+                sqlx::query("DELETE FROM login_failures WHERE subject = ?").bind(subject).execute(&mut *tx).await?;
+                continue;
+            }
+            sqlx::query(
+                "INSERT INTO login_failures (subject, failures, strikes, last_failure_at, locked_until, in_flight, \
+                 in_flight_at) VALUES (?, ?, ?, ?, ?, ?, ?) \
+                 ON CONFLICT (subject) DO UPDATE SET failures = excluded.failures, strikes = excluded.strikes, \
+                 last_failure_at = excluded.last_failure_at, locked_until = excluded.locked_until, \
+                 in_flight = excluded.in_flight, in_flight_at = excluded.in_flight_at",
+            )
+            .bind(subject)
+            .bind(i64::from(c.failures))
+            .bind(i64::from(c.strikes))
+            .bind(c.last_failure_at)
+            .bind(c.locked_until)
+            .bind(i64::from(c.in_flight))
+            .bind(c.in_flight_at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if changed {
+            tx.commit().await?;
+        } else {
+            tx.rollback().await?;
+        }
         Ok(next)
     }
 
@@ -76,11 +98,15 @@ impl LockoutStore for SqliteStore {
     }
 
     async fn prune_failures(&self, idle_since: UnixTime, now: UnixTime) -> Result<u64> {
-        let done = sqlx::query("DELETE FROM login_failures WHERE last_failure_at < ? AND locked_until <= ?")
-            .bind(idle_since)
-            .bind(now)
-            .execute(&self.pool)
-            .await?;
+        let done = sqlx::query(
+            "DELETE FROM login_failures WHERE last_failure_at < ? AND locked_until <= ? \
+             AND (in_flight = 0 OR in_flight_at < ?)",
+        )
+        .bind(idle_since)
+        .bind(now)
+        .bind(idle_since)
+        .execute(&self.pool)
+        .await?;
         Ok(done.rows_affected())
     }
 }

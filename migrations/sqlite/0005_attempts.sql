@@ -1,0 +1,6 @@
+-- Login attempts in flight: an attempt holds a place in its subjects' counters from before
+-- its secret is checked until it ends, so a burst cannot get more guesses checked than the
+-- lockout threshold allows. `in_flight_at` is when the latest place was taken; places older
+-- than a minute are presumed lost (a server that stopped mid-check) and not counted.
+ALTER TABLE login_failures ADD COLUMN in_flight INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE login_failures ADD COLUMN in_flight_at INTEGER NOT NULL DEFAULT 0;
