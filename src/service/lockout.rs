@@ -328,7 +328,7 @@ mod tests {
         assert_eq!(p.admit(&subjects, &[key_after, failed], now + 1), Err(59));
         // An attempt whose server died holds its place only for a while.
         let stale = FailureCounter { in_flight: 3, in_flight_at: now, ..FailureCounter::default() };
-        assert!(p.admit(&[key.clone()], &[stale], now + 1).is_err());
+        assert!(p.admit(std::slice::from_ref(&key), &[stale], now + 1).is_err());
         assert!(p.admit(&[key], &[stale], now + IN_FLIGHT_TTL + 1).is_ok());
     }
 }

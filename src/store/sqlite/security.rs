@@ -178,10 +178,8 @@ mod tests {
         SqliteStore::connect(&format!("sqlite://{}", dir.path().join("k.db").display())).await.unwrap()
     }
 
-    fn plus_one(current: Option<FailureCounter>) -> FailureCounter {
-        let mut c = current.unwrap_or_default();
-        c.failures += 1;
-        c
+    fn plus_one(current: &[FailureCounter]) -> Vec<FailureCounter> {
+        current.iter().map(|c| FailureCounter { failures: c.failures + 1, ..*c }).collect()
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -191,7 +189,7 @@ mod tests {
         let mut tasks = Vec::new();
         for i in 0..40 {
             let s = if i % 2 == 0 { a.clone() } else { b.clone() };
-            tasks.push(tokio::spawn(async move { s.record_failure("key:X", &plus_one).await.unwrap() }));
+            tasks.push(tokio::spawn(async move { s.update_counters(&["key:X".into()], &plus_one).await.unwrap() }));
         }
         for t in tasks {
             t.await.unwrap();
@@ -208,14 +206,26 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = store(&dir).await;
         let at = |last: UnixTime, until: UnixTime| {
-            move |_| FailureCounter { failures: 1, strikes: 0, last_failure_at: last, locked_until: until }
+            move |_: &[FailureCounter]| {
+                vec![FailureCounter { failures: 1, last_failure_at: last, locked_until: until, ..Default::default() }]
+            }
         };
-        s.record_failure("old", &at(100, 0)).await.unwrap();
-        s.record_failure("old-but-locked", &at(100, 10_000)).await.unwrap();
-        s.record_failure("recent", &at(900, 0)).await.unwrap();
-        assert_eq!(s.prune_failures(500, 1_000).await.unwrap(), 1);
-        let left = s.failure_counters(&["old".into(), "old-but-locked".into(), "recent".into()]).await.unwrap();
-        assert_eq!(left.len(), 2);
+        s.update_counters(&["old".into()], &at(100, 0)).await.unwrap();
+        s.update_counters(&["old-but-locked".into()], &at(100, 10_000)).await.unwrap();
+        s.update_counters(&["recent".into()], &at(900, 0)).await.unwrap();
+        // An attempt in flight keeps an old counter; one presumed lost does not.
+        let in_flight = |at: UnixTime| {
+            move |_: &[FailureCounter]| vec![FailureCounter { in_flight: 1, in_flight_at: at, ..Default::default() }]
+        };
+        s.update_counters(&["old-in-flight".into()], &in_flight(800)).await.unwrap();
+        s.update_counters(&["old-lost-attempt".into()], &in_flight(100)).await.unwrap();
+        assert_eq!(s.prune_failures(500, 1_000).await.unwrap(), 2);
+        let subjects = ["old", "old-but-locked", "recent", "old-in-flight", "old-lost-attempt"].map(String::from);
+        let left = s.failure_counters(&subjects).await.unwrap();
+        assert_eq!(left.len(), 3);
+        // An update to nothing removes the row.
+        s.update_counters(&["recent".into()], &|_| vec![FailureCounter::default()]).await.unwrap();
+        assert!(s.failure_counters(&["recent".into()]).await.unwrap().is_empty());
     }
 
     #[tokio::test]
