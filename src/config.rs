@@ -95,6 +95,8 @@ struct FileSettings {
     lockout_threshold: Option<u64>,
     lockout_address_threshold: Option<u64>,
     lockout_duration: Option<u64>,
+    revocations_per_key: Option<u64>,
+    revocations_per_account: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -228,6 +230,8 @@ impl Settings {
                 lockout_threshold: file.lockout_threshold,
                 lockout_address_threshold: file.lockout_address_threshold,
                 lockout_duration: file.lockout_duration,
+                revocations_per_key: file.revocations_per_key,
+                revocations_per_account: file.revocations_per_account,
             },
         )?;
 

@@ -40,6 +40,9 @@ pub enum AuthError {
     /// password until the lock ends.
     #[error("too many failed logins")]
     Locked { retry_after: u64 },
+    /// The token's key or account holds as many live revocations as it may.
+    #[error("too many live revocations")]
+    RevocationLimit { retry_after: u64 },
     #[error(transparent)]
     Hashing(#[from] HashPoolError),
     #[error(transparent)]
@@ -59,6 +62,7 @@ pub struct Policy {
     pub session_idle_timeout: u64,
     pub session_lifetime: u64,
     pub lockout: LockoutPolicy,
+    pub revocations: RevocationLimits,
 }
 
 /// An authenticated admin session.
@@ -114,7 +118,10 @@ pub struct AuthService {
 mod gateway;
 mod paging;
 mod token_cache;
-pub use gateway::{CLOCK_LEEWAY, MAX_KEY_RELOAD_INTERVAL, MAX_TOKEN_LEN, VerifiedToken, read_key_ring, verifies_until};
+pub use gateway::{
+    CLOCK_LEEWAY, MAX_KEY_RELOAD_INTERVAL, MAX_TOKEN_LEN, RevocationLimits, VerifiedToken, read_key_ring,
+    verifies_until,
+};
 pub use paging::{KeyPage, MAX_PAGE};
 
 impl AuthService {

@@ -70,6 +70,7 @@ impl Application {
             session_idle_timeout: settings.session_idle_timeout,
             session_lifetime: settings.session_lifetime,
             lockout: settings.security.lockout.clone(),
+            revocations: settings.security.revocations,
         };
         let api_hasher = api_password_hasher(&master);
         // The hot paths' reads from memory. Logins too on the embedded store, whose keys

@@ -1,4 +1,5 @@
-//! Settings of the abuse defences: trusted proxies, the public origin, lockout thresholds.
+//! Settings of the abuse defences: trusted proxies, the public origin, lockout thresholds,
+//! revocation limits.
 
 use clap::Args;
 
@@ -6,7 +7,7 @@ use super::{ConfigError, bad, seconds};
 use crate::{
     domain::{Origin, TrustedProxies},
     http::SecurityPolicy,
-    service::lockout::LockoutPolicy,
+    service::{RevocationLimits, lockout::LockoutPolicy},
 };
 
 #[derive(Debug, Default, Clone, Args)]
@@ -29,6 +30,13 @@ pub struct SecurityArgs {
     /// times this [default: 60].
     #[arg(long, env = "KEYGATE_LOCKOUT_DURATION", global = true, value_name = "SECONDS")]
     pub lockout_duration: Option<String>,
+    /// Live (unexpired) revoked tokens one API key may hold, 1 to 100000; past it the key's
+    /// revocations are refused with 429 [default: 1000].
+    #[arg(long, env = "KEYGATE_REVOCATIONS_PER_KEY", global = true, value_name = "N")]
+    pub revocations_per_key: Option<String>,
+    /// Live revoked tokens all keys of one account may hold, 1 to 100000 [default: 10000].
+    #[arg(long, env = "KEYGATE_REVOCATIONS_PER_ACCOUNT", global = true, value_name = "N")]
+    pub revocations_per_account: Option<String>,
 }
 
 /// The same settings as they come from the TOML file.
@@ -39,6 +47,8 @@ pub(super) struct SecurityFile {
     pub lockout_threshold: Option<u64>,
     pub lockout_address_threshold: Option<u64>,
     pub lockout_duration: Option<u64>,
+    pub revocations_per_key: Option<u64>,
+    pub revocations_per_account: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -46,6 +56,7 @@ pub struct SecuritySettings {
     /// Trusted proxies and the public origin, as the HTTP layer applies them.
     pub http: SecurityPolicy,
     pub lockout: LockoutPolicy,
+    pub revocations: RevocationLimits,
 }
 
 pub(super) fn load(args: &SecurityArgs, file: SecurityFile) -> Result<SecuritySettings, ConfigError> {
@@ -88,7 +99,24 @@ pub(super) fn load(args: &SecurityArgs, file: SecurityFile) -> Result<SecuritySe
             1..=3_600,
         )?,
     };
-    Ok(SecuritySettings { http: SecurityPolicy { trusted_proxies, public_origin }, lockout })
+    let limits = RevocationLimits::default();
+    let revocations = RevocationLimits {
+        per_key: count(
+            "KEYGATE_REVOCATIONS_PER_KEY",
+            &args.revocations_per_key,
+            file.revocations_per_key,
+            limits.per_key,
+            100_000,
+        )?,
+        per_account: count(
+            "KEYGATE_REVOCATIONS_PER_ACCOUNT",
+            &args.revocations_per_account,
+            file.revocations_per_account,
+            limits.per_account,
+            100_000,
+        )?,
+    };
+    Ok(SecuritySettings { http: SecurityPolicy { trusted_proxies, public_origin }, lockout, revocations })
 }
 
 #[cfg(test)]
@@ -116,6 +144,8 @@ mod tests {
             lockout_threshold: Some("3".into()),
             lockout_address_threshold: Some("100".into()),
             lockout_duration: Some("30".into()),
+            revocations_per_key: Some("7".into()),
+            revocations_per_account: Some("70".into()),
         })
         .unwrap()
         .security;
@@ -123,11 +153,20 @@ mod tests {
         assert!(!s.http.trusted_proxies.contains("11.0.0.1".parse().unwrap()));
         assert_eq!(s.http.public_origin.unwrap().to_string(), "https://auth.example.com");
         assert_eq!(s.lockout, LockoutPolicy { identity_threshold: 3, address_threshold: 100, base_lock: 30 });
+        assert_eq!(s.revocations, RevocationLimits { per_key: 7, per_account: 70 });
     }
 
     #[test]
     fn bad_values_name_the_setting() {
         let cases = [
+            (
+                SecurityArgs { revocations_per_key: Some("0".into()), ..Default::default() },
+                "KEYGATE_REVOCATIONS_PER_KEY",
+            ),
+            (
+                SecurityArgs { revocations_per_key: Some("0".into()), ..Default::default() },
+                "KEYGATE_REVOCATIONS_PER_KEY",
+            ),
             (
                 SecurityArgs { trusted_proxies: Some("10.0.0.0/40".into()), ..Default::default() },
                 "KEYGATE_TRUSTED_PROXIES",

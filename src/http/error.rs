@@ -48,6 +48,9 @@ pub enum ApiError {
     /// subject, so it does not say whether the email, the key or the address is locked.
     #[error("too many failed logins; try again later")]
     TooManyRequests { retry_after: u64 },
+    /// A key or account that would hold more live revocations than it may.
+    #[error("too many revoked tokens of this key or account are still live; delete the key to end all its tokens")]
+    TooManyRevocations { retry_after: u64 },
     #[error("request body must be application/json")]
     UnsupportedMediaType,
     #[error("request body is too large")]
@@ -68,7 +71,7 @@ impl ApiError {
             }
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::CrossSite => StatusCode::FORBIDDEN,
-            Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::TooManyRequests { .. } | Self::TooManyRevocations { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -134,7 +137,7 @@ impl IntoResponse for ApiError {
             Self::PayloadTooLarge => {
                 response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
-            Self::TooManyRequests { retry_after } => {
+            Self::TooManyRequests { retry_after } | Self::TooManyRevocations { retry_after } => {
                 response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after.max(1)));
             }
             _ => {}
@@ -171,6 +174,7 @@ impl From<AuthError> for ApiError {
             AuthError::NotFound => Self::NotFound,
             AuthError::InvalidToken(_) => Self::InvalidToken,
             AuthError::Locked { retry_after } => Self::TooManyRequests { retry_after },
+            AuthError::RevocationLimit { retry_after } => Self::TooManyRevocations { retry_after },
             AuthError::Hashing(HashPoolError::Busy) => Self::Unavailable,
             AuthError::Hashing(e) => Self::Internal(e.into()),
             AuthError::Store(e) => e.into(),

@@ -22,6 +22,22 @@ use crate::{
 /// Seconds of clock difference tolerated on `exp` and `nbf`: servers running NTP agree far
 /// better than this, and anything longer would stretch every token's life.
 pub const CLOCK_LEEWAY: u64 = 10;
+/// What a refused revocation is told to wait: a minute frees the slots of whatever
+/// revoked tokens expire in it.
+const REVOCATION_RETRY_AFTER: u64 = 60;
+
+/// How many revoked tokens may be live (not yet expired) at once, per key and per account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RevocationLimits {
+    pub per_key: u32,
+    pub per_account: u32,
+}
+
+impl Default for RevocationLimits {
+    fn default() -> Self {
+        Self { per_key: 1_000, per_account: 10_000 }
+    }
+}
 /// Our tokens are well under 1 KiB. Anything longer is refused before any parsing, so an
 /// oversized header or payload costs us nothing.
 pub const MAX_TOKEN_LEN: usize = 4096;
@@ -161,6 +177,15 @@ impl AuthService {
             expires_at,
             revoked_at: store::now(),
         };
+        // Each live revocation costs memory on every replica's fast path until its token
+        // expires: bounded per key and per account, no tenant can push the others off it.
+        let limits = self.policy.revocations;
+        let (of_key, of_account) =
+            self.store.live_revocations_of(verified.key_ref, verified.account_id, revocation.revoked_at).await?;
+        if of_key >= u64::from(limits.per_key) || of_account >= u64::from(limits.per_account) {
+            tracing::info!(caller = %caller.key_ref, of_key, of_account, "revocation refused: too many live revocations");
+            return Err(AuthError::RevocationLimit { retry_after: REVOCATION_RETRY_AFTER });
+        }
         self.store.revoke_token(&revocation).await?;
         tracing::info!(caller = %caller.key_ref, key_ref = %verified.key_ref, jti = %revocation.jti, "token revoked");
         Ok(true)

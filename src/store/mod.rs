@@ -166,6 +166,8 @@ pub trait KeyStore: Send + Sync {
     /// `Conflict` if the API key or ref already exists.
     async fn insert_key(&self, key: &KeyRecord) -> Result<()>;
     async fn find_key(&self, api_key: &ApiKeyId) -> Result<Option<KeyRecord>>;
+    /// Every key of every account, at most `limit`: what a cache loads to answer for all.
+    async fn all_keys(&self, limit: u32) -> Result<Vec<KeyRecord>>;
     /// The account's keys, oldest first.
     async fn list_keys(&self, account: AccountId) -> Result<Vec<KeySummary>>;
     /// Deletes the key if it belongs to `account`; false when there is no such key there.
@@ -217,6 +219,9 @@ pub trait RevocationStore: Send + Sync {
     /// Records a revocation. Revoking the same `jti` again changes nothing and is no error.
     async fn revoke_token(&self, revocation: &Revocation) -> Result<()>;
     async fn is_token_revoked(&self, jti: &str) -> Result<bool>;
+    /// How many revocations with `expires_at > now` name the key `key_ref`, and how many name
+    /// any key of `account`.
+    async fn live_revocations_of(&self, key_ref: KeyRef, account: AccountId, now: UnixTime) -> Result<(u64, u64)>;
     /// Forgets revocations with `expires_at <= now`; returns how many.
     async fn purge_revocations(&self, now: UnixTime) -> Result<u64>;
 }

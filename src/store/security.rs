@@ -39,6 +39,8 @@ pub type CounterUpdate<'a> = &'a (dyn Fn(&[FailureCounter]) -> Vec<FailureCounte
 pub trait LockoutStore: Send + Sync {
     /// The counters of those of `subjects` that have one.
     async fn failure_counters(&self, subjects: &[String]) -> Result<Vec<(String, FailureCounter)>>;
+    /// Every subject's counter, at most `limit`: what a cache loads to answer for all.
+    async fn all_failure_counters(&self, limit: u32) -> Result<Vec<(String, FailureCounter)>>;
     /// Replaces the counters of `subjects` (distinct) with `update(current)`, atomically with
     /// respect to every other caller on every replica, and returns what was stored; an empty
     /// counter removes the row. The policy lives in the caller; the store only guarantees

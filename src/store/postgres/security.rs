@@ -43,6 +43,14 @@ impl LockoutStore for PgStore {
         rows.iter().map(|row| Ok((row.try_get("subject")?, counter(row)?))).collect()
     }
 
+    async fn all_failure_counters(&self, limit: u32) -> Result<Vec<(String, FailureCounter)>> {
+        let rows = sqlx::query(&format!("SELECT {COUNTER_COLUMNS} FROM login_failures LIMIT $1"))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|row| Ok((row.try_get("subject")?, counter(row)?))).collect()
+    }
+
     async fn update_counters(&self, subjects: &[String], update: CounterUpdate<'_>) -> Result<Vec<FailureCounter>> {
         let mut tx = self.pool.begin().await?;
         // Every updater of a subject holds its advisory lock, taken in one order (sorted),

@@ -45,6 +45,20 @@ impl RevocationStore for SqliteStore {
         Ok(hit.is_some())
     }
 
+    async fn live_revocations_of(&self, key_ref: KeyRef, account: AccountId, now: UnixTime) -> Result<(u64, u64)> {
+        let (of_key, of_account): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM revoked_tokens WHERE key_ref = ?1 AND expires_at > ?3), \
+             (SELECT count(*) FROM revoked_tokens r JOIN api_keys k ON k.key_ref = r.key_ref \
+              WHERE k.account_id = ?2 AND r.expires_at > ?3)",
+        )
+        .bind(key_ref.to_string())
+        .bind(account.to_string())
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((of_key.max(0) as u64, of_account.max(0) as u64))
+    }
+
     async fn purge_revocations(&self, now: UnixTime) -> Result<u64> {
         let done =
             sqlx::query("DELETE FROM revoked_tokens WHERE expires_at <= ?").bind(now).execute(&self.pool).await?;

@@ -142,6 +142,16 @@ impl KeyStore for SqliteStore {
         row.as_ref().map(key_record).transpose()
     }
 
+    async fn all_keys(&self, limit: u32) -> Result<Vec<KeyRecord>> {
+        let rows = sqlx::query(
+            "SELECT key_ref, account_id, api_key, secret_hash, created_at FROM api_keys ORDER BY key_ref LIMIT ?",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(key_record).collect()
+    }
+
     async fn list_keys(&self, account: AccountId) -> Result<Vec<KeySummary>> {
         // The first page of the keyset listing, with no limit worth the name.
         Ok(self.list_keys_page(account, None, u32::MAX).await?.unwrap_or_default())

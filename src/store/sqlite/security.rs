@@ -49,6 +49,14 @@ impl LockoutStore for SqliteStore {
         select_counters(&self.pool, subjects).await
     }
 
+    async fn all_failure_counters(&self, limit: u32) -> Result<Vec<(String, FailureCounter)>> {
+        let rows = sqlx::query(&format!("SELECT {COUNTER_COLUMNS} FROM login_failures LIMIT ?"))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|row| Ok((row.try_get("subject")?, counter(row)?))).collect()
+    }
+
     async fn update_counters(&self, subjects: &[String], update: CounterUpdate<'_>) -> Result<Vec<FailureCounter>> {
         // IMMEDIATE takes the write lock before the read, so two processes counting for the
         // same subject at once serialise instead of both writing `n + 1`.

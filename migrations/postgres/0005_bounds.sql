@@ -5,3 +5,7 @@
 -- minute are presumed lost (a replica that stopped mid-check) and not counted.
 ALTER TABLE login_failures ADD COLUMN in_flight INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE login_failures ADD COLUMN in_flight_at BIGINT NOT NULL DEFAULT 0;
+
+-- Live revocations are counted per key (and, through api_keys, per account) before each new
+-- one, to bound what one tenant can put in every server's memory.
+CREATE INDEX revoked_tokens_by_key ON revoked_tokens (key_ref, expires_at);

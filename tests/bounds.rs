@@ -189,3 +189,47 @@ async fn unknown_keys_from_one_address_write_a_bounded_number_of_counters(builde
     assert!(rows <= 51, "{rows} counter rows written by one address limited to 50 failures");
 }
 }
+
+backends! {
+async fn live_revocations_are_bounded_per_key_and_per_account(builder: Builder) {
+    let app = builder
+        .env("KEYGATE_REVOCATIONS_PER_KEY", "5")
+        .env("KEYGATE_REVOCATIONS_PER_ACCOUNT", "8")
+        .spawn()
+        .await;
+    app.admin_login().await;
+    let (a, a_password) = app.generate_key().await;
+    let (b, b_password) = app.generate_key().await;
+    let other_account = app.new_admin("other@example.com", "other").await;
+    let (c, c_password) = app.generate_key_with(&other_account).await;
+
+    let revoke = |key: String, password: String| {
+        let app = &app;
+        async move {
+            let token = app.token(&key, &password).await;
+            let r = app.revoke_token(&key, &password, &token).await;
+            (r, token)
+        }
+    };
+    // Key A may hold 5 live revocations; the sixth is refused and its token lives on.
+    for _ in 0..5 {
+        assert_eq!(revoke(a.clone(), a_password.clone()).await.0.status(), StatusCode::OK);
+    }
+    let (refused, token) = revoke(a.clone(), a_password.clone()).await;
+    assert!(retry_after(&refused) >= 1);
+    let body = assert_problem(refused, StatusCode::TOO_MANY_REQUESTS).await;
+    assert!(body["detail"].as_str().unwrap().contains("revoked tokens"), "{body}");
+    assert_eq!(app.verify(&token).await.status(), StatusCode::OK);
+    // Key B shares the account's 8: three more, then refused.
+    for _ in 0..3 {
+        assert_eq!(revoke(b.clone(), b_password.clone()).await.0.status(), StatusCode::OK);
+    }
+    assert_eq!(revoke(b.clone(), b_password.clone()).await.0.status(), StatusCode::TOO_MANY_REQUESTS);
+    // Another account is untouched by all that.
+    for _ in 0..5 {
+        let (r, token) = revoke(c.clone(), c_password.clone()).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(app.verify(&token).await.status(), StatusCode::UNAUTHORIZED);
+    }
+}
+}
