@@ -45,6 +45,7 @@ impl Application {
         // The master key first: a replica without the shared key must stop before it
         // touches the database, whatever state the database is in.
         let master = master_key(settings)?;
+        require_shared_issuer(settings)?;
         let store = open_store(settings).await?;
         // One argon2 at a time per core: more would only queue inside the OS scheduler.
         let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -53,7 +54,7 @@ impl Application {
         bootstrap_admin(store.as_ref(), settings, &admin_hasher).await?;
         let sealer = key_sealer(&master);
         let ring = load_key_ring(store.as_ref(), &sealer, settings.signing_alg, settings.token_ttl).await?;
-        tracing::info!(kid = ring.active_kid(), alg = %settings.signing_alg, "signing key loaded");
+        tracing::info!(kid = ring.active_kid(), "signing key loaded");
 
         let listener = TcpListener::bind(settings.listen)
             .await
@@ -185,6 +186,18 @@ pub fn master_key(settings: &Settings) -> anyhow::Result<MasterKey> {
     }
 }
 
+/// On PostgreSQL the issuer must be given: the default names the address this replica bound,
+/// so each replica would stamp its own `iss` and refuse every other replica's tokens.
+fn require_shared_issuer(settings: &Settings) -> anyhow::Result<()> {
+    if settings.issuer.is_none() && !settings.is_embedded() {
+        anyhow::bail!(
+            "invalid setting KEYGATE_ISSUER: required with PostgreSQL, and the same on every replica \
+             (the URL clients and gateways know keygate by, e.g. https://auth.example.com)"
+        );
+    }
+    Ok(())
+}
+
 /// On a store with no admin, creates the first one: from the bootstrap settings, or
 /// `admin@localhost` with a random password written to a private file.
 async fn bootstrap_admin(store: &dyn Store, settings: &Settings, hasher: &AdminPasswordHasher) -> anyhow::Result<()> {
@@ -251,8 +264,12 @@ fn write_secret_file(path: &Path, secret: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Loads the signing keys, creating the first one (or rotating to the configured algorithm)
-/// as needed. Retired keys stay for verification while tokens they signed can still be live.
+/// Loads the signing keys, creating the first one (of `alg`) on an empty store. Retired
+/// keys stay for verification while tokens they signed can still be live.
+///
+/// An active key of another algorithm is served as it is: replicas share it, so a replica
+/// that rotated because its own setting differs would be rotated back by the next one to
+/// start, unaudited. Changing the algorithm is `keygate signing-key rotate --alg`.
 pub async fn load_key_ring(
     store: &dyn Store,
     sealer: &KeySealer,
@@ -265,8 +282,14 @@ pub async fn load_key_ring(
             store.insert_first_signing_key(&sealer.generate(alg)?, store::now()).await?;
         }
         Some(active) if active.key.alg != alg => {
-            tracing::info!(from = %active.key.alg, to = %alg, "signing algorithm changed: rotating to a new key");
-            store.rotate_signing_key(&sealer.generate(alg)?, store::now()).await?;
+            tracing::warn!(
+                kid = %active.key.kid,
+                active = %active.key.alg,
+                configured = %alg,
+                "KEYGATE_SIGNING_ALG is {alg} but the active signing key is {}: serving the active key; \
+                 `keygate signing-key rotate --alg {alg}` changes it",
+                active.key.alg
+            );
         }
         Some(_) => {}
     }
