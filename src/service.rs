@@ -8,6 +8,7 @@ use std::sync::{
 
 pub mod audit;
 pub mod lockout;
+pub mod sweep;
 
 use secrecy::SecretString;
 
@@ -61,6 +62,8 @@ pub struct Policy {
     pub session_idle_timeout: u64,
     pub session_lifetime: u64,
     pub lockout: LockoutPolicy,
+    /// How long audit entries are kept; `None` keeps them all.
+    pub audit_retention: Option<std::time::Duration>,
 }
 
 /// An authenticated admin session.
@@ -267,12 +270,6 @@ impl AuthService {
             }
         }
         Ok(())
-    }
-
-    /// Deletes failure counters nobody has touched for a whole window.
-    pub async fn prune_lockouts(&self) -> Result<u64> {
-        let now = store::now();
-        Ok(self.store.prune_failures(now - self.policy.lockout.window(), now).await?)
     }
 
     fn issue_token(&self, key: &KeyRecord) -> Result<IssuedToken> {

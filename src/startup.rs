@@ -34,11 +34,9 @@ pub struct Application {
     app: http::App,
     auth: Arc<AuthService>,
     key_reload_interval: Duration,
+    sweep_interval: Duration,
     cache: Arc<CachedStore>,
 }
-
-/// How often stale failed-login counters are swept from the store.
-const PRUNE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(600);
 
 impl Application {
     pub async fn build(settings: &Settings) -> anyhow::Result<Self> {
@@ -71,6 +69,7 @@ impl Application {
             session_idle_timeout: settings.session_idle_timeout,
             session_lifetime: settings.session_lifetime,
             lockout: settings.security.lockout.clone(),
+            audit_retention: settings.audit_retention(),
         };
         let api_hasher = api_password_hasher(&master);
         // The hot paths' reads from memory. Logins too on the embedded store, whose keys
@@ -87,6 +86,7 @@ impl Application {
             app: http::app(state),
             auth,
             key_reload_interval: Duration::from_secs(settings.key_reload_interval),
+            sweep_interval: Duration::from_secs(settings.sweep_interval),
             cache,
         })
     }
@@ -104,7 +104,7 @@ impl Application {
         tracing::info!("listening on http://{}", self.local_addr()?);
         // Picks up signing-key rotations made elsewhere (CLI, other replicas) while we run.
         let upkeep = tokio::spawn(self.auth.clone().maintain(self.key_reload_interval));
-        let pruner = tokio::spawn(prune_lockouts(self.auth.clone()));
+        let sweeper = tokio::spawn(sweep(self.auth.clone(), self.sweep_interval));
         // Loads the caches and keeps them in step with the store; until its first load they
         // simply pass every call through, so start-up does not wait for it.
         let sync = tokio::spawn(self.cache.keep_in_sync());
@@ -113,7 +113,7 @@ impl Application {
             axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<SocketAddr>(self.app);
         let served = axum::serve(self.listener.tap_io(no_delay), service).with_graceful_shutdown(shutdown).await;
         upkeep.abort();
-        pruner.abort();
+        sweeper.abort();
         sync.abort();
         served
     }
@@ -128,16 +128,19 @@ pub fn no_delay(stream: &mut tokio::net::TcpStream) {
     }
 }
 
-/// Sweeps failed-login counters idle for a whole window, so the table holds only the
-/// recent past however many addresses and names attackers try.
-async fn prune_lockouts(auth: Arc<AuthService>) {
-    let mut tick = tokio::time::interval(PRUNE_INTERVAL);
+/// Sweeps the store every `every`, from start-up on, so that counters, sessions and the
+/// audit log hold only what is still of use however long the server runs.
+async fn sweep(auth: Arc<AuthService>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        match auth.prune_lockouts().await {
-            Ok(0) => {}
-            Ok(n) => tracing::debug!(n, "pruned idle failed-login counters"),
-            Err(e) => tracing::warn!(error = %e, "cannot prune failed-login counters"),
+        match auth.sweep(store::now()).await {
+            Ok(swept) if swept.audit > 0 => {
+                tracing::info!(audit = swept.audit, sessions = swept.sessions, counters = swept.counters, "swept")
+            }
+            Ok(swept) => tracing::debug!(sessions = swept.sessions, counters = swept.counters, "swept"),
+            Err(e) => tracing::warn!(error = %e, "cannot sweep expired rows; retrying at the next sweep"),
         }
     }
 }
