@@ -93,7 +93,7 @@ async fn ended_sessions_are_swept_and_live_ones_stay(builder: Builder) {
     let now = now() as i64;
     // Past its absolute expiry, though used a moment ago.
     let (expired, _) = app.admin_session_cookie().await;
-    assert_eq!(execute(&app, &format!("UPDATE sessions SET expires_at = {} ", now - 1)).await, 1);
+    assert_eq!(execute(&app, &format!("UPDATE sessions SET expires_at = {}", now - 1)).await, 1);
     // Idle for the whole idle timeout, though far from its absolute expiry.
     let (idle, _) = app.admin_session_cookie().await;
     let aged = execute(&app, &format!("UPDATE sessions SET last_seen_at = {} WHERE expires_at > {now}", now - 1800)).await;

@@ -1,11 +1,12 @@
-//! The periodic sweep: deletes what nothing will read again, so that no table grows with
-//! time alone. Failed-login counters idle for a whole lockout window (locked ones stay),
-//! admin sessions that have ended (absolute or idle expiry), and audit entries older than
-//! the retention.
+//! The periodic sweep: deletes what has outlived its use, so that no table grows with time
+//! alone. Failed-login counters idle for a whole lockout window (locked ones stay), admin
+//! sessions that have ended (absolute or idle expiry), and audit entries older than the
+//! retention.
 //!
 //! Every server sweeps, and the sweeps of several replicas may meet: each deletion is a
-//! condition on the row itself, so a row deleted twice or by the other replica is simply
-//! not counted, and the stores make concurrent deletions split the rows rather than wait.
+//! condition on the row itself, so a row another sweep deleted first is neither deleted nor
+//! counted again. (On PostgreSQL sessions and audit entries are claimed with SKIP LOCKED,
+//! so two sweeps split them instead of waiting on each other.)
 
 use std::{future::Future, time::Duration};
 
@@ -14,7 +15,7 @@ use crate::store::{self, UnixTime};
 
 /// Rows deleted per statement: a batch holds SQLite's single write lock, or PostgreSQL's
 /// row locks, only briefly, however many rows are due.
-pub(super) const BATCH: u32 = 1_000;
+const BATCH: u32 = 1_000;
 /// Between batches, so that logins waiting for the write lock get it.
 const BATCH_PAUSE: Duration = Duration::from_millis(10);
 
