@@ -33,7 +33,8 @@ pub struct SettingsArgs {
     /// sqlite://… or postgres://… [default: a SQLite file in the data dir].
     #[arg(long, env = "KEYGATE_DATABASE_URL", global = true, value_name = "URL", hide_env_values = true)]
     pub database_url: Option<String>,
-    /// The tokens' `iss` claim [default: http://<listen>].
+    /// The tokens' `iss` claim; required with PostgreSQL, the same on every replica
+    /// [default: http://<listen>].
     #[arg(long, env = "KEYGATE_ISSUER", global = true, value_name = "URL")]
     pub issuer: Option<String>,
     /// The tokens' `aud` claim [default: keygate].
@@ -51,15 +52,16 @@ pub struct SettingsArgs {
     /// Admin sessions end this many seconds after login, however active [default: 43200].
     #[arg(long, env = "KEYGATE_SESSION_LIFETIME", global = true, value_name = "SECONDS")]
     pub session_lifetime: Option<String>,
-    /// JWT signature algorithm: ES256 or EdDSA [default: ES256].
+    /// JWT signature algorithm of the first signing key, made on an empty store: ES256 or
+    /// EdDSA. Later changes are `keygate signing-key rotate --alg` [default: ES256].
     #[arg(long, env = "KEYGATE_SIGNING_ALG", global = true, value_name = "ALG")]
     pub signing_alg: Option<String>,
     /// How often a running server re-reads the signing keys from the store, to pick up a
     /// rotation made by the CLI or another replica; 1 to 60 [default: 10].
     #[arg(long, env = "KEYGATE_KEY_RELOAD_INTERVAL", global = true, value_name = "SECONDS")]
     pub key_reload_interval: Option<String>,
-    /// Audit entries are deleted this many days after they were recorded; 0 keeps them
-    /// all [default: 365].
+    /// Audit entries are deleted this many days after they were recorded, 0 to 36500; 0
+    /// keeps them all [default: 365].
     #[arg(long, env = "KEYGATE_AUDIT_RETENTION_DAYS", global = true, value_name = "DAYS")]
     pub audit_retention_days: Option<String>,
     /// How often the store is swept of ended sessions, idle failed-login counters and audit
