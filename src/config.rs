@@ -33,7 +33,8 @@ pub struct SettingsArgs {
     /// sqlite://… or postgres://… [default: a SQLite file in the data dir].
     #[arg(long, env = "KEYGATE_DATABASE_URL", global = true, value_name = "URL", hide_env_values = true)]
     pub database_url: Option<String>,
-    /// The tokens' `iss` claim [default: http://<listen>].
+    /// The tokens' `iss` claim; required with PostgreSQL, the same on every replica
+    /// [default: http://<listen>].
     #[arg(long, env = "KEYGATE_ISSUER", global = true, value_name = "URL")]
     pub issuer: Option<String>,
     /// The tokens' `aud` claim [default: keygate].
@@ -51,13 +52,22 @@ pub struct SettingsArgs {
     /// Admin sessions end this many seconds after login, however active [default: 43200].
     #[arg(long, env = "KEYGATE_SESSION_LIFETIME", global = true, value_name = "SECONDS")]
     pub session_lifetime: Option<String>,
-    /// JWT signature algorithm: ES256 or EdDSA [default: ES256].
+    /// JWT signature algorithm of the first signing key, made on an empty store: ES256 or
+    /// EdDSA. Later changes are `keygate signing-key rotate --alg` [default: ES256].
     #[arg(long, env = "KEYGATE_SIGNING_ALG", global = true, value_name = "ALG")]
     pub signing_alg: Option<String>,
     /// How often a running server re-reads the signing keys from the store, to pick up a
     /// rotation made by the CLI or another replica; 1 to 60 [default: 10].
     #[arg(long, env = "KEYGATE_KEY_RELOAD_INTERVAL", global = true, value_name = "SECONDS")]
     pub key_reload_interval: Option<String>,
+    /// Audit entries are deleted this many days after they were recorded, 0 to 36500; 0
+    /// keeps them all [default: 365].
+    #[arg(long, env = "KEYGATE_AUDIT_RETENTION_DAYS", global = true, value_name = "DAYS")]
+    pub audit_retention_days: Option<String>,
+    /// How often the store is swept of ended sessions, idle failed-login counters and audit
+    /// entries past their retention; 1 to 86400 [default: 600].
+    #[arg(long, env = "KEYGATE_SWEEP_INTERVAL", global = true, value_name = "SECONDS")]
+    pub sweep_interval: Option<String>,
     /// Keep each async worker on a CPU of its own when the process has whole CPUs to
     /// itself [default: true].
     #[arg(long, env = "KEYGATE_PIN_WORKERS", global = true, value_name = "BOOL")]
@@ -87,6 +97,8 @@ struct FileSettings {
     session_lifetime: Option<u64>,
     signing_alg: Option<String>,
     key_reload_interval: Option<u64>,
+    audit_retention_days: Option<u64>,
+    sweep_interval: Option<u64>,
     pin_workers: Option<bool>,
     log: Option<String>,
     log_format: Option<String>,
@@ -119,6 +131,9 @@ pub struct Settings {
     pub session_lifetime: u64,
     pub signing_alg: SigningAlg,
     pub key_reload_interval: u64,
+    /// 0 keeps the audit log whole.
+    pub audit_retention_days: u64,
+    pub sweep_interval: u64,
     pub pin_workers: bool,
     /// `KEYGATE_MASTER_KEY`, if given; otherwise the embedded default keeps one in the data dir.
     pub master_key: Option<SecretString>,
@@ -211,6 +226,17 @@ impl Settings {
             1..=crate::service::MAX_KEY_RELOAD_INTERVAL,
         )?;
 
+        let audit_retention_days = whole_number(
+            "KEYGATE_AUDIT_RETENTION_DAYS",
+            "days",
+            args.audit_retention_days.as_deref(),
+            file.audit_retention_days,
+            365,
+            0..=36_500,
+        )?;
+        let sweep_interval =
+            seconds("KEYGATE_SWEEP_INTERVAL", args.sweep_interval.as_deref(), file.sweep_interval, 600, 1..=86_400)?;
+
         let pin_workers = flag("KEYGATE_PIN_WORKERS", args.pin_workers.as_deref(), file.pin_workers, true)?;
 
         let log_filter = args.log.clone().or(file.log).unwrap_or_else(|| "info".into());
@@ -268,6 +294,8 @@ impl Settings {
             session_lifetime,
             signing_alg,
             key_reload_interval,
+            audit_retention_days,
+            sweep_interval,
             pin_workers,
             master_key,
             bootstrap_admin,
@@ -275,6 +303,11 @@ impl Settings {
             log_format,
             security,
         })
+    }
+
+    /// How long audit entries are kept; `None` keeps them all.
+    pub fn audit_retention(&self) -> Option<std::time::Duration> {
+        (self.audit_retention_days > 0).then(|| std::time::Duration::from_secs(self.audit_retention_days * 86_400))
     }
 
     /// Whether the store is the embedded one, which keeps its files in the data directory.
@@ -295,12 +328,23 @@ fn seconds(
     default: u64,
     range: std::ops::RangeInclusive<u64>,
 ) -> Result<u64, ConfigError> {
+    whole_number(name, "seconds", arg, file, default, range)
+}
+
+fn whole_number(
+    name: &'static str,
+    unit: &str,
+    arg: Option<&str>,
+    file: Option<u64>,
+    default: u64,
+    range: std::ops::RangeInclusive<u64>,
+) -> Result<u64, ConfigError> {
     let value = match arg {
         Some(raw) => raw.trim().parse::<u64>().ok(),
         None => Some(file.unwrap_or(default)),
     };
     value.filter(|v| range.contains(v)).ok_or_else(|| {
-        bad(name, format!("expected a whole number of seconds from {} to {}", range.start(), range.end()))
+        bad(name, format!("expected a whole number of {unit} from {} to {}", range.start(), range.end()))
     })
 }
 
@@ -332,6 +376,16 @@ mod tests {
         assert_eq!(s.signing_alg, SigningAlg::Es256);
         assert_eq!(s.key_reload_interval, 10);
         assert!(s.pin_workers);
+        assert_eq!(s.audit_retention(), Some(std::time::Duration::from_secs(365 * 86_400)));
+        assert_eq!(s.sweep_interval, 600);
+    }
+
+    #[test]
+    fn audit_retention_zero_keeps_everything() {
+        let s = load(SettingsArgs { audit_retention_days: Some("0".into()), ..Default::default() }).unwrap();
+        assert_eq!(s.audit_retention(), None);
+        let s = load(SettingsArgs { audit_retention_days: Some("30".into()), ..Default::default() }).unwrap();
+        assert_eq!(s.audit_retention(), Some(std::time::Duration::from_secs(30 * 86_400)));
     }
 
     #[test]
@@ -348,6 +402,11 @@ mod tests {
                 "KEYGATE_KEY_RELOAD_INTERVAL",
             ),
             (SettingsArgs { database_url: Some("mysql://x".into()), ..Default::default() }, "KEYGATE_DATABASE_URL"),
+            (
+                SettingsArgs { audit_retention_days: Some("-1".into()), ..Default::default() },
+                "KEYGATE_AUDIT_RETENTION_DAYS",
+            ),
+            (SettingsArgs { sweep_interval: Some("0".into()), ..Default::default() }, "KEYGATE_SWEEP_INTERVAL"),
         ];
         for (args, name) in cases {
             let err = load(args).unwrap_err();

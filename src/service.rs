@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex, RwLock};
 mod attempt;
 pub mod audit;
 pub mod lockout;
+pub mod sweep;
 
 use secrecy::SecretString;
 
@@ -63,6 +64,8 @@ pub struct Policy {
     pub session_lifetime: u64,
     pub lockout: LockoutPolicy,
     pub revocations: RevocationLimits,
+    /// How long audit entries are kept; `None` keeps them all.
+    pub audit_retention: Option<std::time::Duration>,
 }
 
 /// An authenticated admin session.
@@ -205,12 +208,6 @@ impl AuthService {
 
     async fn admit(&self, subjects: Vec<Subject>, client: ClientAddr) -> Result<Attempt> {
         Attempt::admit(&self.store, &self.policy.lockout, subjects, client).await
-    }
-
-    /// Deletes failure counters nobody has touched for a whole window.
-    pub async fn prune_lockouts(&self) -> Result<u64> {
-        let now = store::now();
-        Ok(self.store.prune_failures(now - self.policy.lockout.window(), now).await?)
     }
 
     fn issue_token(&self, key: &KeyRecord) -> Result<IssuedToken> {

@@ -34,17 +34,16 @@ pub struct Application {
     app: http::App,
     auth: Arc<AuthService>,
     key_reload_interval: Duration,
+    sweep_interval: Duration,
     cache: Arc<CachedStore>,
 }
-
-/// How often stale failed-login counters are swept from the store.
-const PRUNE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(600);
 
 impl Application {
     pub async fn build(settings: &Settings) -> anyhow::Result<Self> {
         // The master key first: a replica without the shared key must stop before it
         // touches the database, whatever state the database is in.
         let master = master_key(settings)?;
+        require_shared_issuer(settings)?;
         let store = open_store(settings).await?;
         // One argon2 at a time per core: more would only queue inside the OS scheduler.
         let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -53,7 +52,7 @@ impl Application {
         bootstrap_admin(store.as_ref(), settings, &admin_hasher).await?;
         let sealer = key_sealer(&master);
         let ring = load_key_ring(store.as_ref(), &sealer, settings.signing_alg, settings.token_ttl).await?;
-        tracing::info!(kid = ring.active_kid(), alg = %settings.signing_alg, "signing key loaded");
+        tracing::info!(kid = ring.active_kid(), "signing key loaded");
 
         let listener = TcpListener::bind(settings.listen)
             .await
@@ -71,6 +70,7 @@ impl Application {
             session_lifetime: settings.session_lifetime,
             lockout: settings.security.lockout.clone(),
             revocations: settings.security.revocations,
+            audit_retention: settings.audit_retention(),
         };
         let api_hasher = api_password_hasher(&master);
         // The hot paths' reads from memory. Logins too on the embedded store, whose keys
@@ -87,6 +87,7 @@ impl Application {
             app: http::app(state),
             auth,
             key_reload_interval: Duration::from_secs(settings.key_reload_interval),
+            sweep_interval: Duration::from_secs(settings.sweep_interval),
             cache,
         })
     }
@@ -104,7 +105,7 @@ impl Application {
         tracing::info!("listening on http://{}", self.local_addr()?);
         // Picks up signing-key rotations made elsewhere (CLI, other replicas) while we run.
         let upkeep = tokio::spawn(self.auth.clone().maintain(self.key_reload_interval));
-        let pruner = tokio::spawn(prune_lockouts(self.auth.clone()));
+        let sweeper = tokio::spawn(sweep(self.auth.clone(), self.sweep_interval));
         // Loads the caches and keeps them in step with the store; until its first load they
         // simply pass every call through, so start-up does not wait for it.
         let sync = tokio::spawn(self.cache.keep_in_sync());
@@ -113,7 +114,7 @@ impl Application {
             axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<SocketAddr>(self.app);
         let served = axum::serve(self.listener.tap_io(no_delay), service).with_graceful_shutdown(shutdown).await;
         upkeep.abort();
-        pruner.abort();
+        sweeper.abort();
         sync.abort();
         served
     }
@@ -128,16 +129,19 @@ pub fn no_delay(stream: &mut tokio::net::TcpStream) {
     }
 }
 
-/// Sweeps failed-login counters idle for a whole window, so the table holds only the
-/// recent past however many addresses and names attackers try.
-async fn prune_lockouts(auth: Arc<AuthService>) {
-    let mut tick = tokio::time::interval(PRUNE_INTERVAL);
+/// Sweeps the store every `every`, from start-up on, so that counters, sessions and the
+/// audit log hold only what is still of use however long the server runs.
+async fn sweep(auth: Arc<AuthService>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        match auth.prune_lockouts().await {
-            Ok(0) => {}
-            Ok(n) => tracing::debug!(n, "pruned idle failed-login counters"),
-            Err(e) => tracing::warn!(error = %e, "cannot prune failed-login counters"),
+        match auth.sweep(store::now()).await {
+            Ok(swept) if swept.audit > 0 => {
+                tracing::info!(audit = swept.audit, sessions = swept.sessions, counters = swept.counters, "swept")
+            }
+            Ok(swept) => tracing::debug!(sessions = swept.sessions, counters = swept.counters, "swept"),
+            Err(e) => tracing::warn!(error = %e, "cannot sweep expired rows; retrying at the next sweep"),
         }
     }
 }
@@ -184,6 +188,18 @@ pub fn master_key(settings: &Settings) -> anyhow::Result<MasterKey> {
              (32 random bytes, base64, e.g. `openssl rand -base64 32`)"
         ),
     }
+}
+
+/// On PostgreSQL the issuer must be given: the default names the address this replica bound,
+/// so each replica would stamp its own `iss` and refuse every other replica's tokens.
+fn require_shared_issuer(settings: &Settings) -> anyhow::Result<()> {
+    if settings.issuer.is_none() && !settings.is_embedded() {
+        anyhow::bail!(
+            "invalid setting KEYGATE_ISSUER: required with PostgreSQL, and the same on every replica \
+             (the URL clients and gateways know keygate by, e.g. https://auth.example.com)"
+        );
+    }
+    Ok(())
 }
 
 /// On a store with no admin, creates the first one: from the bootstrap settings, or
@@ -252,8 +268,12 @@ fn write_secret_file(path: &Path, secret: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Loads the signing keys, creating the first one (or rotating to the configured algorithm)
-/// as needed. Retired keys stay for verification while tokens they signed can still be live.
+/// Loads the signing keys, creating the first one (of `alg`) on an empty store. Retired
+/// keys stay for verification while tokens they signed can still be live.
+///
+/// An active key of another algorithm is served as it is: replicas share it, so a replica
+/// that rotated because its own setting differs would be rotated back by the next one to
+/// start, unaudited. Changing the algorithm is `keygate signing-key rotate --alg`.
 pub async fn load_key_ring(
     store: &dyn Store,
     sealer: &KeySealer,
@@ -266,8 +286,14 @@ pub async fn load_key_ring(
             store.insert_first_signing_key(&sealer.generate(alg)?, store::now()).await?;
         }
         Some(active) if active.key.alg != alg => {
-            tracing::info!(from = %active.key.alg, to = %alg, "signing algorithm changed: rotating to a new key");
-            store.rotate_signing_key(&sealer.generate(alg)?, store::now()).await?;
+            tracing::warn!(
+                kid = %active.key.kid,
+                active = %active.key.alg,
+                configured = %alg,
+                "KEYGATE_SIGNING_ALG is {alg} but the active signing key is {}: serving the active key; \
+                 `keygate signing-key rotate --alg {alg}` changes it",
+                active.key.alg
+            );
         }
         Some(_) => {}
     }

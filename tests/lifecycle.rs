@@ -140,6 +140,26 @@ async fn admin_create_cli() {
     assert!(!out.status.success());
 }
 
+/// The embedded store only: with PostgreSQL the issuer must be set (see
+/// `tests/replicas.rs` `postgres_without_an_issuer_refuses_to_start`).
+#[tokio::test]
+async fn the_default_issuer_is_the_bound_address() {
+    let app = TestApp::builder().without_env("KEYGATE_ISSUER").spawn().await;
+    let meta: Value = Client::new()
+        .get(app.url("/.well-known/oauth-authorization-server"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(meta["issuer"], app.base.as_str());
+    assert!(!app.base.ends_with(":0"));
+    app.admin_login().await;
+    let (api_key, password) = app.generate_key().await;
+    assert_eq!(verify_with_jwks(&app, &app.token(&api_key, &password).await).await["iss"], app.base.as_str());
+}
+
 backends! {
 async fn keys_and_signing_keys_survive_a_restart(builder: Builder) {
     let app = builder.spawn().await;
@@ -185,17 +205,6 @@ async fn tokens_carry_the_documented_claims_and_verify_against_the_jwks(builder:
         assert!(key.get("d").is_none());
         assert_eq!(key["use"], "sig");
     }
-}
-
-async fn the_default_issuer_is_the_bound_address(builder: Builder) {
-    let app = builder.without_env("KEYGATE_ISSUER").spawn().await;
-    let meta: Value =
-        Client::new().get(app.url("/.well-known/oauth-authorization-server")).send().await.unwrap().json().await.unwrap();
-    assert_eq!(meta["issuer"], app.base.as_str());
-    assert!(!app.base.ends_with(":0"));
-    app.admin_login().await;
-    let (api_key, password) = app.generate_key().await;
-    assert_eq!(verify_with_jwks(&app, &app.token(&api_key, &password).await).await["iss"], app.base.as_str());
 }
 
 async fn eddsa_is_selectable(builder: Builder) {

@@ -155,6 +155,33 @@ async fn postgres_without_a_master_key_refuses_to_start() {
     assert!(!data.path().join("master.key").exists());
 }
 
+/// Each replica's default issuer would be its own address, and tokens from one would fail
+/// on the others: on PostgreSQL the issuer must be set, as the master key must.
+#[tokio::test]
+async fn postgres_without_an_issuer_refuses_to_start() {
+    let Some(builder) = Builder::postgres().await else { return };
+    let db = builder.db().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let master_key = random_master_key();
+    let env: Vec<(String, String)> = [
+        ("KEYGATE_DATABASE_URL", db.url.as_str()),
+        ("KEYGATE_MASTER_KEY", master_key.as_str()),
+        ("KEYGATE_LISTEN", "127.0.0.1:0"),
+        ("KEYGATE_DATA_DIR", data.path().to_str().unwrap()),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let out = run_with_timeout(keygate_command(&env).arg("serve"), Duration::from_secs(60));
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.contains("KEYGATE_ISSUER")).collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(lines[0].starts_with("error: invalid setting KEYGATE_ISSUER: required with PostgreSQL"), "{stderr}");
+    // It stopped before touching the database.
+    assert_eq!(db.count("information_schema.tables WHERE table_schema = 'public'").await, 0);
+}
+
 /// Two replicas, caches loaded, and a key whose token is verified twice on B, so that B
 /// answers for it from memory: (a, b, api_key, password, key_ref, token).
 async fn replicas_with_a_cached_token(builder: Builder) -> (TestApp, TestApp, String, String, String, String) {

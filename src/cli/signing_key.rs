@@ -7,15 +7,22 @@ use clap::Subcommand;
 
 use crate::{
     config::Settings,
+    crypto::signing::SigningAlg,
     service, startup,
     store::{self, SigningKeyRecord},
 };
 
 #[derive(Debug, Subcommand)]
 pub enum SigningKeyCommand {
-    /// Make a new key (of KEYGATE_SIGNING_ALG) the one that signs. The previous key stays in
-    /// the JWKS and keeps verifying until every token it signed has expired.
-    Rotate,
+    /// Make a new key the one that signs. The previous key stays in the JWKS and keeps
+    /// verifying until every token it signed has expired. Audited.
+    Rotate {
+        /// The new key's algorithm: ES256 or EdDSA [default: the active key's; on an empty
+        /// store, KEYGATE_SIGNING_ALG]. The only way to change the algorithm of a store's
+        /// keys: servers never rotate because their own KEYGATE_SIGNING_ALG differs.
+        #[arg(long, value_name = "ALG", value_parser = parse_alg)]
+        alg: Option<SigningAlg>,
+    },
     /// Show the signing keys: the active one, and retired ones while they still verify.
     List,
 }
@@ -24,7 +31,7 @@ pub async fn run(command: SigningKeyCommand, settings: &Settings) -> anyhow::Res
     let store = startup::open_store(settings).await?;
     let sealer = startup::key_sealer(&startup::master_key(settings)?);
     match command {
-        SigningKeyCommand::Rotate => {
+        SigningKeyCommand::Rotate { alg } => {
             let records = store.signing_keys().await?;
             // A key sealed under another master key would leave every server unable to
             // sign after its next reload, and unable to start. Proving that this master key
@@ -35,11 +42,15 @@ pub async fn run(command: SigningKeyCommand, settings: &Settings) -> anyhow::Res
                      KEYGATE_MASTER_KEY (or data directory)",
                 )?;
             }
-            let previous = records.iter().find(|r| r.retired_at.is_none()).map(|r| r.key.kid.clone());
-            let key = sealer.generate(settings.signing_alg)?;
+            let active = records.iter().find(|r| r.retired_at.is_none()).map(|r| &r.key);
+            let previous = active.map(|k| k.kid.clone());
+            // Keeping the active key's algorithm by default: a CLI run without the servers'
+            // settings file must not change the algorithm by accident.
+            let alg = alg.or(active.map(|k| k.alg)).unwrap_or(settings.signing_alg);
+            let key = sealer.generate(alg)?;
             let now = store::now();
             store.rotate_signing_key(&key, now).await.context("cannot store the new signing key")?;
-            service::audit::record_signing_key_rotation(store.as_ref(), previous.as_deref(), &key.kid).await;
+            service::audit::record_signing_key_rotation(store.as_ref(), previous.as_deref(), &key.kid, key.alg).await;
             println!("active signing key: {} ({})", key.kid, key.alg);
             if let Some(previous) = previous {
                 println!(
@@ -59,6 +70,10 @@ pub async fn run(command: SigningKeyCommand, settings: &Settings) -> anyhow::Res
             Ok(())
         }
     }
+}
+
+fn parse_alg(raw: &str) -> Result<SigningAlg, String> {
+    raw.parse().map_err(|_| "expected ES256 or EdDSA".to_owned())
 }
 
 /// One line per key that still matters; `None` for keys past their verification window.

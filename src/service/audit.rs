@@ -8,6 +8,7 @@
 //! audited.
 
 use crate::{
+    crypto::signing::SigningAlg,
     domain::{AccountId, ClientAddr},
     store::{self, AdminId, AuditAction, AuditEvent, AuditStore},
 };
@@ -38,11 +39,16 @@ pub async fn record(
     }
 }
 
-/// For `keygate signing-key rotate`: records that `new_kid` replaced `old_kid`.
-pub async fn record_signing_key_rotation(store: &dyn AuditStore, old_kid: Option<&str>, new_kid: &str) {
+/// For `keygate signing-key rotate`: records that `new_kid`, of `alg`, replaced `old_kid`.
+pub async fn record_signing_key_rotation(
+    store: &dyn AuditStore,
+    old_kid: Option<&str>,
+    new_kid: &str,
+    alg: SigningAlg,
+) {
     let target = match old_kid {
-        Some(old) => format!("{old} -> {new_kid}"),
-        None => new_kid.to_owned(),
+        Some(old) => format!("{old} -> {new_kid} ({alg})"),
+        None => format!("{new_kid} ({alg})"),
     };
     record(store, AuditAction::SigningKeyRotated, None, CLI_ACTOR.to_owned(), None, Some(target)).await;
 }

@@ -817,6 +817,16 @@ impl ChangeFeed for CachedStore {
 }
 
 #[async_trait]
+impl RetentionStore for CachedStore {
+    async fn delete_ended_sessions(&self, now: UnixTime, idle_since: UnixTime, limit: u32) -> Result<u64> {
+        self.inner.delete_ended_sessions(now, idle_since, limit).await
+    }
+    async fn delete_audit_before(&self, before: UnixTime, limit: u32) -> Result<u64> {
+        self.inner.delete_audit_before(before, limit).await
+    }
+}
+
+#[async_trait]
 impl Store for CachedStore {
     async fn ping(&self) -> Result<()> {
         self.inner.ping().await

@@ -13,6 +13,7 @@ pub mod cache;
 mod changes;
 mod paging;
 pub mod postgres;
+mod retention;
 mod rows;
 mod security;
 pub mod sqlite;
@@ -21,6 +22,7 @@ mod transfer;
 pub use cache::CachedStore;
 pub use changes::{Change, ChangeFeed, ChangeSignal};
 pub use paging::KeyPageStore;
+pub use retention::RetentionStore;
 pub use transfer::{AccountRecord, AdminExport, Counts, SessionExport, Snapshot, TransferError, TransferStore, copy};
 
 pub use security::{
@@ -240,6 +242,7 @@ pub trait Store:
     + AuditStore
     + KeyPageStore
     + ChangeFeed
+    + RetentionStore
 {
     /// Cheap round trip, for readiness.
     async fn ping(&self) -> Result<()>;

@@ -14,6 +14,7 @@ use super::{rows::*, *};
 mod changes;
 mod gateway;
 mod paging;
+mod retention;
 mod security;
 mod transfer;
 
