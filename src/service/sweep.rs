@@ -88,6 +88,7 @@ mod tests {
             session_idle_timeout: 1_800,
             session_lifetime: 43_200,
             lockout: LockoutPolicy::default(),
+            revocations: Default::default(),
             audit_retention,
         };
         AuthService::new(store, policy, ApiPasswordHasher::new([1; 32]), AdminPasswordHasher::new(1, 0), ring, sealer)
