@@ -116,6 +116,8 @@ pub struct AuthService {
     last_kid_reload: Mutex<Option<std::time::Instant>>,
     /// Tokens whose signature was checked already (see `token_cache`).
     verified_tokens: token_cache::TokenCache,
+    /// Notified whenever a login attempt ends, for those waiting for a place (see `lockout`).
+    attempts_ended: Arc<tokio::sync::Notify>,
 }
 
 mod gateway;
@@ -145,6 +147,7 @@ impl AuthService {
             sealer,
             last_kid_reload: Mutex::new(None),
             verified_tokens: token_cache::TokenCache::new(),
+            attempts_ended: Arc::default(),
         }
     }
 
@@ -207,7 +210,7 @@ impl AuthService {
     }
 
     async fn admit(&self, subjects: Vec<Subject>, client: ClientAddr) -> Result<Attempt> {
-        Attempt::admit(&self.store, &self.policy.lockout, subjects, client).await
+        Attempt::admit(&self.store, &self.policy.lockout, &self.attempts_ended, subjects, client).await
     }
 
     fn issue_token(&self, key: &KeyRecord) -> Result<IssuedToken> {

@@ -162,6 +162,20 @@ async fn one_address_cannot_lock_more_keys_than_its_own_limit_allows(builder: Bu
     assert!(locked <= 10, "{locked} keys locked by one address");
 }
 
+async fn many_logins_at_once_with_one_key_are_all_served(builder: Builder) {
+    // A client with many workers sharing one key: far more at once than the lockout lets
+    // be checked at once. They wait for their turn; none is refused.
+    let app = builder.env("KEYGATE_LOCKOUT_THRESHOLD", "5").spawn().await;
+    app.admin_login().await;
+    let (key, password) = app.generate_key().await;
+    let clients = connected_clients(&app, 100).await;
+    let logins = clients.iter().map(|client| {
+        client.post(app.url("/auth/login")).json(&json!({"api_key": key, "password": password})).send()
+    });
+    let statuses: Vec<StatusCode> = join_all(logins).await.into_iter().map(|r| r.unwrap().status()).collect();
+    assert!(statuses.iter().all(|s| *s == StatusCode::OK), "{statuses:?}");
+}
+
 async fn unknown_keys_from_one_address_write_a_bounded_number_of_counters(builder: Builder) {
     let app = builder
         .env("KEYGATE_LOCKOUT_THRESHOLD", "5")

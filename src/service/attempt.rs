@@ -2,11 +2,16 @@
 //! subject's count) before its secret is checked, then ended as a success or a failure.
 //! The rules are `lockout`'s; this is where they meet the store.
 
-use std::sync::{Arc, Mutex};
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use tokio::{sync::Notify, time::Instant};
 
 use super::{
     AuthError, Result, audit,
-    lockout::{LockoutPolicy, Subject},
+    lockout::{BUSY_RETRY_AFTER, LockoutPolicy, Refusal, Subject},
 };
 use crate::{
     domain::{AccountId, ClientAddr},
@@ -23,48 +28,61 @@ pub(super) struct Attempt {
 struct Ending {
     store: Arc<dyn Store>,
     policy: LockoutPolicy,
+    ended: Arc<Notify>,
     subjects: Vec<Subject>,
     keys: Vec<String>,
     client: ClientAddr,
 }
 
+/// How long an attempt waits for a place before it is refused.
+const ADMISSION_WAIT: Duration = Duration::from_secs(5);
+/// The longest pause between two looks at a full count: places taken on other replicas
+/// are given back without a word to this one.
+const MAX_PAUSE: Duration = Duration::from_millis(50);
+
 impl Attempt {
-    /// Admits an attempt against `subjects`, or refuses it with `Locked` when any of them is
-    /// locked or has no room for another attempt in flight.
+    /// Admits an attempt against `subjects`: at once when each has room, after waiting for
+    /// a place when one is full of attempts in flight, and never while one is locked (then
+    /// `Locked`). `ended` is notified whenever an attempt of this process ends.
     pub(super) async fn admit(
         store: &Arc<dyn Store>,
         policy: &LockoutPolicy,
+        ended: &Arc<Notify>,
         subjects: Vec<Subject>,
         client: ClientAddr,
     ) -> Result<Self> {
         let keys: Vec<String> = subjects.iter().map(Subject::key).collect();
-        let now = store::now();
-        // A plain read first: a subject that is locked, or full, now is refused at the cost
-        // of that read alone (an attacker's usual case). Only an admission needs the
-        // atomic update, which decides again on what it reads itself.
-        let stored = store.failure_counters(&keys).await?;
-        let current: Vec<FailureCounter> =
-            keys.iter().map(|k| stored.iter().find(|(s, _)| s == k).map(|(_, c)| *c).unwrap_or_default()).collect();
-        if let Err(retry_after) = policy.admit(&subjects, &current, now) {
-            return Err(AuthError::Locked { retry_after });
-        }
-        let refused = Mutex::new(None);
-        let update = |current: &[FailureCounter]| match policy.admit(&subjects, current, now) {
-            Ok(next) => {
-                *lock(&refused) = None;
-                next
+        let deadline = Instant::now() + ADMISSION_WAIT;
+        let mut pause = Duration::from_millis(1);
+        loop {
+            // Registered before looking, so that an end between the look and the wait wakes us.
+            let notified = ended.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            match try_admit(store.as_ref(), policy, &subjects, &keys).await? {
+                Ok(()) => {
+                    let end = Ending {
+                        store: store.clone(),
+                        policy: policy.clone(),
+                        ended: ended.clone(),
+                        subjects,
+                        keys,
+                        client,
+                    };
+                    return Ok(Self { end: Some(end) });
+                }
+                Err(Refusal::Locked(retry_after)) => return Err(AuthError::Locked { retry_after }),
+                Err(Refusal::Busy) if Instant::now() >= deadline => {
+                    return Err(AuthError::Locked { retry_after: BUSY_RETRY_AFTER });
+                }
+                Err(Refusal::Busy) => {}
             }
-            Err(wait) => {
-                *lock(&refused) = Some(wait);
-                current.to_vec()
+            tokio::select! {
+                () = &mut notified => {}
+                () = tokio::time::sleep(pause) => {}
             }
-        };
-        store.update_counters(&keys, &update).await?;
-        if let Some(retry_after) = *lock(&refused) {
-            return Err(AuthError::Locked { retry_after });
+            pause = (pause * 2).min(MAX_PAUSE);
         }
-        let end = Ending { store: store.clone(), policy: policy.clone(), subjects, keys, client };
-        Ok(Self { end: Some(end) })
     }
 
     /// The secret was right: the places are given back and the identity's count cleared.
@@ -137,6 +155,7 @@ impl Ending {
                 .collect()
         };
         let next = self.store.update_counters(&self.keys, &update).await?;
+        self.ended.notify_waiters();
         let started = lock(&started).clone();
         let mut longest = None;
         for (((subject, key), c), started) in self.subjects.iter().zip(&self.keys).zip(&next).zip(started) {
@@ -166,8 +185,42 @@ impl Ending {
         let update = |current: &[FailureCounter]| {
             current.iter().map(|c| FailureCounter { in_flight: c.in_flight.saturating_sub(1), ..*c }).collect()
         };
-        self.store.update_counters(&self.keys, &update).await.map(|_| ())
+        self.store.update_counters(&self.keys, &update).await?;
+        self.ended.notify_waiters();
+        Ok(())
     }
+}
+
+/// One look: admitted (a place taken in every subject's count), or why not. A plain read
+/// first: a subject locked or full now is refused at the cost of that read alone (an
+/// attacker's usual case); only an admission needs the atomic update, which decides again
+/// on what it reads itself.
+async fn try_admit(
+    store: &dyn Store,
+    policy: &LockoutPolicy,
+    subjects: &[Subject],
+    keys: &[String],
+) -> Result<Result<(), Refusal>> {
+    let now = store::now();
+    let stored = store.failure_counters(keys).await?;
+    let current: Vec<FailureCounter> =
+        keys.iter().map(|k| stored.iter().find(|(s, _)| s == k).map(|(_, c)| *c).unwrap_or_default()).collect();
+    if let Err(refusal) = policy.admit(subjects, &current, now) {
+        return Ok(Err(refusal));
+    }
+    let outcome = Mutex::new(Ok(()));
+    let update = |current: &[FailureCounter]| match policy.admit(subjects, current, now) {
+        Ok(next) => {
+            *lock(&outcome) = Ok(());
+            next
+        }
+        Err(refusal) => {
+            *lock(&outcome) = Err(refusal);
+            current.to_vec()
+        }
+    };
+    store.update_counters(keys, &update).await?;
+    Ok(*lock(&outcome))
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

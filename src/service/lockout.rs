@@ -8,8 +8,10 @@
 //!   place into a counted failure, a success clears the identity's count. Only as many
 //!   attempts as the threshold has room for are admitted at once, so a burst of any size,
 //!   on one replica or many, gets at most the threshold checked per lock period; the rest
-//!   are refused like a lock. An attempt abandoned mid-check (the client hung up) counts as
-//!   a failure, and one whose server died is forgotten after `IN_FLIGHT_TTL`.
+//!   wait for a place (a client logging in with one key from many threads is served, a
+//!   few at a time) and are refused like a lock once one of those admitted has locked the
+//!   subject. An attempt abandoned mid-check (the client hung up) counts as a failure, and
+//!   one whose server died is forgotten after `IN_FLIGHT_TTL`.
 //! - While a subject is locked, its logins are refused before any password is checked, so
 //!   a locked account answers the same whether the guess was right or wrong (no oracle),
 //!   and a locked attacker costs us one indexed read per attempt, not an argon2 run.
@@ -34,9 +36,17 @@ const MAX_DOUBLINGS: u32 = 4;
 const MIN_WINDOW: i64 = 15 * 60;
 /// An attempt still in flight after this long is presumed lost with the server that ran it.
 pub const IN_FLIGHT_TTL: i64 = 60;
-/// What a refused attempt is told to wait when no lock is set yet, only attempts in flight
-/// that may still fail: about how long they take to end.
-const BUSY_RETRY_AFTER: u64 = 1;
+/// What an attempt that found no place in time is told to wait.
+pub const BUSY_RETRY_AFTER: u64 = 1;
+
+/// Why an attempt was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// A subject is locked for this many more seconds.
+    Locked(u64),
+    /// A subject has as many attempts in flight as failures left before its lock: wait.
+    Busy,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LockoutPolicy {
@@ -113,37 +123,36 @@ impl LockoutPolicy {
     }
 
     /// Admits one attempt against `subjects` (whose counters are `counters`, in order) at
-    /// `now`: their counters with the attempt in flight, or, when any subject is locked or
-    /// has as many attempts in flight as failures left before its lock, the seconds to wait.
-    /// All or nothing: a refused attempt takes no place in any count.
+    /// `now`: their counters with the attempt in flight, or why not. A lock anywhere wins
+    /// over a full count (the caller may wait for a place, not for a lock). All or nothing:
+    /// a refused attempt takes no place in any count.
     pub fn admit(
         &self,
         subjects: &[Subject],
         counters: &[FailureCounter],
         now: UnixTime,
-    ) -> Result<Vec<FailureCounter>, u64> {
-        let mut wait = None::<u64>;
+    ) -> Result<Vec<FailureCounter>, Refusal> {
+        let mut locked = None::<u64>;
+        let mut busy = false;
         let next = subjects
             .iter()
             .zip(counters)
             .map(|(subject, c)| {
                 let mut c = self.current(*c, now);
-                let refused = if c.locked_until > now {
-                    Some(u64::try_from(c.locked_until - now).unwrap_or(1))
+                if c.locked_until > now {
+                    locked = locked.max(Some(u64::try_from(c.locked_until - now).unwrap_or(1).max(1)));
                 } else if c.failures.saturating_add(c.in_flight) >= self.threshold(subject).max(1) {
-                    Some(BUSY_RETRY_AFTER)
-                } else {
-                    None
-                };
-                wait = wait.max(refused);
+                    busy = true;
+                }
                 c.in_flight += 1;
                 c.in_flight_at = now;
                 c
             })
             .collect();
-        match wait {
-            Some(wait) => Err(wait.max(1)),
-            None => Ok(next),
+        match (locked, busy) {
+            (Some(wait), _) => Err(Refusal::Locked(wait)),
+            (None, true) => Err(Refusal::Busy),
+            (None, false) => Ok(next),
         }
     }
 
@@ -315,7 +324,7 @@ mod tests {
         let admitted = p.admit(&subjects, &[FailureCounter::default(), full_addr], now).unwrap();
         assert_eq!((admitted[0].in_flight, admitted[1].in_flight), (1, 1));
         // A second attempt at once is refused and takes no place in either count.
-        assert_eq!(p.admit(&subjects, &admitted, now), Err(BUSY_RETRY_AFTER));
+        assert_eq!(p.admit(&subjects, &admitted, now), Err(Refusal::Busy));
         // A success gives both places back and clears the key's count, not the address's.
         let key_after = p.finish(&key, admitted[0], false, now);
         let addr_after = p.finish(&addr, admitted[1], false, now);
@@ -325,7 +334,7 @@ mod tests {
         let failed = p.finish(&addr, admitted[1], true, now);
         assert_eq!(failed.in_flight, 0);
         assert_eq!(failed.locked_until, now + 60);
-        assert_eq!(p.admit(&subjects, &[key_after, failed], now + 1), Err(59));
+        assert_eq!(p.admit(&subjects, &[key_after, failed], now + 1), Err(Refusal::Locked(59)));
         // An attempt whose server died holds its place only for a while.
         let stale = FailureCounter { in_flight: 3, in_flight_at: now, ..FailureCounter::default() };
         assert!(p.admit(std::slice::from_ref(&key), &[stale], now + 1).is_err());
