@@ -116,7 +116,9 @@ pub struct AuthService {
 mod gateway;
 mod paging;
 mod token_cache;
-pub use gateway::{CLOCK_LEEWAY, MAX_KEY_RELOAD_INTERVAL, MAX_TOKEN_LEN, VerifiedToken, read_key_ring, verifies_until};
+pub use gateway::{
+    CLOCK_LEEWAY, MAX_KEY_RELOAD_INTERVAL, MAX_TOKEN_LEN, Revoked, VerifiedToken, read_key_ring, verifies_until,
+};
 pub use paging::{KeyPage, MAX_PAGE};
 
 impl AuthService {
