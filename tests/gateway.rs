@@ -522,6 +522,45 @@ async fn a_key_revokes_and_introspects_only_its_own_tokens(builder: Builder) {
     assert_eq!(app.verify(&b_token).await.status(), StatusCode::OK);
 }
 
+async fn the_high_s_twin_of_a_token_is_refused(builder: Builder) {
+    // ECDSA is malleable: (r, n − s) verifies wherever (r, s) does. keygate issues only the
+    // low-S form and refuses the other, so a token has one string, whatever caches or
+    // blocklists key on it.
+    use p256::ecdsa::{Signature, VerifyingKey, signature::Verifier};
+    let app = builder.spawn().await;
+    let (api_key, password, _, token) = key_and_token(&app).await;
+    assert_eq!(segment(&token, 0)["alg"], "ES256");
+    let (signed, signature) = token.rsplit_once('.').unwrap();
+    let signature = Signature::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(signature).unwrap()).unwrap();
+    assert!(signature.normalize_s().is_none(), "keygate issued a high-S signature");
+    let (r, s) = signature.split_scalars();
+    let twin_signature = Signature::from_scalars(r, -s).unwrap();
+    let twin = format!("{signed}.{}", b64(&twin_signature.to_bytes()));
+
+    // The twin is a genuine signature under the published key ...
+    let jwks: Value = Client::new().get(app.url("/.well-known/jwks.json")).send().await.unwrap().json().await.unwrap();
+    let jwk = &jwks["keys"][0];
+    let coordinate = |c: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(jwk[c].as_str().unwrap()).unwrap();
+    let point = [vec![4u8], coordinate("x"), coordinate("y")].concat();
+    let public = VerifyingKey::from_sec1_bytes(&point).unwrap();
+    public.verify(signed.as_bytes(), &signature).unwrap();
+    public.verify(signed.as_bytes(), &twin_signature).unwrap();
+
+    // ... which keygate refuses, before and after the original is remembered as verified.
+    assert_invalid_token(app.verify(&twin).await, "high-S twin").await;
+    assert_eq!(app.verify(&token).await.status(), StatusCode::OK);
+    assert_invalid_token(app.verify(&twin).await, "high-S twin, original cached").await;
+    assert_eq!(introspect(&app, &api_key, &password, &twin).await, json!({"active": false}));
+    let r = post_basic(&app, "/oauth/revoke", &api_key, &password, &[("token", twin.as_str())]).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(app.verify(&token).await.status(), StatusCode::OK, "revoking the twin revoked nothing");
+
+    // Revoked (by jti), the token stays dead under either string.
+    revoke(&app, &api_key, &password, &token).await;
+    assert_invalid_token(app.verify(&token).await, "revoked").await;
+    assert_invalid_token(app.verify(&twin).await, "twin of a revoked token").await;
+}
+
 async fn rotation_from_the_cli_while_the_server_runs(builder: Builder) {
     let app = builder.env("KEYGATE_KEY_RELOAD_INTERVAL", "1").spawn().await;
     let (api_key, password, _, before) = key_and_token(&app).await;
