@@ -399,7 +399,9 @@ async fn nothing_secret_reaches_the_database_or_the_logs(builder: Builder) {
 }
 
 async fn the_session_cookie_is_locked_down_by_default(builder: Builder) {
-    let app = builder.env("KEYGATE_COOKIE_SECURE", "true").spawn().await;
+    // The harness turns `Secure` off for its plain-HTTP clients: here the default applies.
+    let app = builder.without_env("KEYGATE_COOKIE_SECURE").spawn().await;
+    assert_eq!(app.setting("KEYGATE_COOKIE_SECURE"), None);
     let r = app.post_json("/auth/login", &json!({"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD})).await;
     assert_eq!(r.status(), StatusCode::OK);
     let cookie = r.headers()["set-cookie"].to_str().unwrap().to_owned();

@@ -546,7 +546,10 @@ async fn nothing_secret_in_debug_logs(builder: Builder) {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
-    let wrong_api_password = password.replace("kgp_", "kgp_X");
+    // Well-formed (prefix, length, checksum), so it is not refused by the parser but goes
+    // all the way to the keyed hash and the constant-time comparison.
+    let wrong_api_password = keygate::domain::ApiPassword::generate().expose().to_owned();
+    assert_eq!(wrong_api_password.len(), password.len());
     assert_eq!(app.api_login(&key, &wrong_api_password).await.status(), StatusCode::UNAUTHORIZED);
     let keys = app.list_keys_with(&admin).await;
     let key_ref = &keys[0].0;
