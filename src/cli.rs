@@ -10,7 +10,7 @@ use uuid::Uuid;
 mod audit;
 
 use crate::{
-    config::{MIN_ADMIN_PASSWORD, Settings, SettingsArgs},
+    config::{ConfigError, MIN_ADMIN_PASSWORD, Settings, SettingsArgs},
     crypto::AdminPasswordHasher,
     domain::{AccountName, Email},
     service,
@@ -71,6 +71,11 @@ enum AdminCommand {
 }
 
 pub fn main() -> ExitCode {
+    // Everything keygate writes (the database and SQLite's own -wal and -shm files, the
+    // master key, the first admin's password) is for this user alone, whatever the umask
+    // it was started with.
+    #[cfg(target_os = "linux")]
+    rustix::process::umask(rustix::fs::Mode::RWXG | rustix::fs::Mode::RWXO);
     let cli = Cli::parse();
     let settings = match Settings::load(&cli.settings, |name| std::env::var(name).ok()) {
         Ok(settings) => settings,
@@ -90,7 +95,8 @@ pub fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            // A setting only start-up can judge (the master key file) is a setting error too.
+            if e.chain().any(|cause| cause.is::<ConfigError>()) { ExitCode::from(2) } else { ExitCode::FAILURE }
         }
     }
 }

@@ -124,7 +124,7 @@ mod gateway;
 mod paging;
 mod token_cache;
 pub use gateway::{
-    CLOCK_LEEWAY, MAX_KEY_RELOAD_INTERVAL, MAX_TOKEN_LEN, RevocationLimits, VerifiedToken, read_key_ring,
+    CLOCK_LEEWAY, MAX_KEY_RELOAD_INTERVAL, MAX_TOKEN_LEN, RevocationLimits, Revoked, VerifiedToken, read_key_ring,
     verifies_until,
 };
 pub use paging::{KeyPage, MAX_PAGE};

@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 use uuid::Uuid;
 
 use crate::{
-    config::Settings,
+    config::{ConfigError, Settings},
     crypto::{
         AdminPasswordHasher, ApiPasswordHasher, MasterKey, private_file,
         signing::{KeyRing, KeySealer, SigningAlg},
@@ -179,7 +179,13 @@ pub fn master_key(settings: &Settings) -> anyhow::Result<MasterKey> {
         None if settings.is_embedded() => {
             create_private_dir(&settings.data_dir)?;
             let path = settings.data_dir.join("master.key");
-            MasterKey::load_or_create(&path).context("invalid setting KEYGATE_MASTER_KEY (from the data directory)")
+            // A key file found wrong is a setting error like a wrong variable (exit code 2).
+            MasterKey::load_or_create(&path).map_err(|e| {
+                anyhow::Error::new(ConfigError {
+                    name: "KEYGATE_MASTER_KEY",
+                    reason: format!("from the data directory: {e}"),
+                })
+            })
         }
         // A key generated here would differ on every replica: tokens signed by one would
         // not verify on another, and no replica could open the others' signing keys.

@@ -46,10 +46,26 @@ async fn malformed_bodies_are_refused_with_problems(builder: Builder) {
         assert_problem(r, status).await;
     }
 
-    // Deeply nested JSON is refused without blowing the stack.
-    let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
-    let r = raw_login(&app, json, deep).await;
-    assert!(r.status().is_client_error());
+    // Deeply nested JSON (10 000 levels, far past serde_json's recursion limit of 128, in a
+    // body under the 64 KiB cap) inside real fields: a problem naming the field, never a 500,
+    // a crash or a hang.
+    let nest = |depth: usize| format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+    let deep = 10_000;
+    let r = raw_login(&app, json, format!(r#"{{"email": {}, "password": "x"}}"#, nest(deep))).await;
+    let problem = assert_problem(r, StatusCode::UNPROCESSABLE_ENTITY).await;
+    assert!(problem["detail"].as_str().unwrap().contains("email"), "{problem}");
+    let r = raw_login(&app, json, format!(r#"{{"api_key": "{api_key}", "password": {}}}"#, nest(deep))).await;
+    let problem = assert_problem(r, StatusCode::UNPROCESSABLE_ENTITY).await;
+    assert!(problem["detail"].as_str().unwrap().contains("password"), "{problem}");
+    // In a field serde skips it walks the whole nest, to the bottom and back: the login
+    // itself then goes on (a wrong password here) ...
+    let wrong = keygate::domain::ApiPassword::generate();
+    let body = format!(r#"{{"note": {}, "api_key": "{api_key}", "password": "{}"}}"#, nest(deep), wrong.expose());
+    assert_problem(raw_login(&app, json, body).await, StatusCode::UNAUTHORIZED).await;
+    // ... and a nest that never closes is a syntax error, found at the end of the body.
+    let body = format!(r#"{{"api_key": "{api_key}", "password": "x", "note": {}"#, "[".repeat(deep));
+    assert_problem(raw_login(&app, json, body).await, StatusCode::BAD_REQUEST).await;
+    assert_problem(raw_login(&app, json, nest(deep)).await, StatusCode::UNPROCESSABLE_ENTITY).await;
 
     // Nothing stored was harmed.
     assert_eq!(app.api_login(&api_key, &password).await.status(), StatusCode::OK);

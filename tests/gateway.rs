@@ -267,7 +267,6 @@ async fn a_deleted_keys_tokens_fail_at_once(builder: Builder) {
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     // No sleep: the very next check must see the deletion.
     assert_invalid_token(app.verify(&token).await, "deleted key's token").await;
-    assert_eq!(introspect(&app, &other_key, &other_password, &token).await, json!({"active": false}));
     assert_oauth_error(
         post_basic(&app, "/oauth/token", &api_key, &password, &[("grant_type", "client_credentials")]).await,
         StatusCode::UNAUTHORIZED,
@@ -367,7 +366,7 @@ async fn token_endpoint_errors_follow_rfc_6749(builder: Builder) {
     assert_eq!(post_basic(&app, "/oauth/token", &api_key, &password, &[cc]).await.status(), StatusCode::OK);
 }
 
-async fn introspection_is_active_only_for_live_tokens_of_the_callers_account(builder: Builder) {
+async fn introspection_is_active_only_for_live_tokens_of_the_caller(builder: Builder) {
     let app = builder.spawn().await;
     let (api_key, password, key_ref, token) = key_and_token(&app).await;
     let (sibling_key, sibling_password) = app.generate_key().await;
@@ -382,10 +381,10 @@ async fn introspection_is_active_only_for_live_tokens_of_the_callers_account(bui
     assert_eq!(live["scope"], "");
     assert_eq!(live["jti"], segment(&token, 1)["jti"]);
     assert_eq!(live["exp"], segment(&token, 1)["exp"]);
-    // Another key of the same account may introspect it too (client_secret_post this time).
+    // client_secret_post works too.
     let r = Client::new()
         .post(app.url("/oauth/introspect"))
-        .form(&[("token", token.as_str()), ("client_id", &sibling_key), ("client_secret", &sibling_password), ("token_type_hint", "access_token")])
+        .form(&[("token", token.as_str()), ("client_id", &api_key), ("client_secret", &password), ("token_type_hint", "access_token")])
         .send()
         .await
         .unwrap();
@@ -425,6 +424,8 @@ async fn introspection_is_active_only_for_live_tokens_of_the_callers_account(bui
     let other_token = app.token(&other_key, &other_password).await;
     assert_eq!(introspect(&app, &api_key, &password, &other_token).await, inactive, "another account");
     assert_eq!(introspect(&app, &other_key, &other_password, &other_token).await["active"], true);
+    // Another key of our own account: inactive too, until keys can hold `keygate:introspect`.
+    assert_eq!(introspect(&app, &sibling_key, &sibling_password, &token).await, inactive, "another key");
 
     // Errors: bad client, missing token.
     let r = post_basic(&app, "/oauth/introspect", &api_key, &sibling_password, &[("token", token.as_str())]).await;
@@ -458,10 +459,11 @@ async fn revocation_kills_one_token_everywhere(builder: Builder) {
         .await;
     revoke(&app, &api_key, &password, &expired).await;
 
-    // Another account cannot revoke our token: 200 (no oracle), and the token lives.
+    // Another account cannot revoke our token (RFC 7009 §2.1), and the token lives.
     let other = app.new_admin("other@example.com", "other").await;
     let (other_key, other_password) = app.generate_key_with(&other).await;
-    revoke(&app, &other_key, &other_password, &second).await;
+    let r = post_basic(&app, "/oauth/revoke", &other_key, &other_password, &[("token", second.as_str())]).await;
+    assert_oauth_error(r, StatusCode::BAD_REQUEST, "unauthorized_client").await;
     assert_eq!(app.verify(&second).await.status(), StatusCode::OK);
 
     // Errors: bad client, missing token.
@@ -482,6 +484,81 @@ async fn revocation_kills_one_token_everywhere(builder: Builder) {
     let app = app.restart().await;
     assert_invalid_token(app.verify(&token).await, "revoked, after restart").await;
     assert_invalid_token(app.verify(&second).await, "revoked by post, after restart").await;
+}
+
+async fn a_key_revokes_and_introspects_only_its_own_tokens(builder: Builder) {
+    // RFC 7009 §2.1: a token may be revoked only by the client it was issued to, even by
+    // another key of the same account; and introspection shows a key only its own tokens.
+    let app = builder.spawn().await;
+    let (a_key, a_password, _, a_token) = key_and_token(&app).await;
+    let (b_key, b_password) = app.generate_key().await;
+    let b_ref = app.ref_of(&b_key).await;
+    let b_token = app.token(&b_key, &b_password).await;
+
+    let r = post_basic(&app, "/oauth/revoke", &a_key, &a_password, &[("token", b_token.as_str())]).await;
+    assert_oauth_error(r, StatusCode::BAD_REQUEST, "unauthorized_client").await;
+    let r = Client::new()
+        .post(app.url("/oauth/revoke"))
+        .form(&[("token", b_token.as_str()), ("client_id", &a_key), ("client_secret", &a_password)])
+        .send()
+        .await
+        .unwrap();
+    assert_oauth_error(r, StatusCode::BAD_REQUEST, "unauthorized_client").await;
+    // Nothing was revoked: B's token still passes forward-auth, and B still sees it live.
+    let r = app.verify(&b_token).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["x-auth-subject"], b_ref.as_str());
+    assert_eq!(introspect(&app, &b_key, &b_password, &b_token).await["active"], true);
+
+    // A sees its own token, never B's; B never A's.
+    assert_eq!(introspect(&app, &a_key, &a_password, &b_token).await, json!({"active": false}));
+    assert_eq!(introspect(&app, &b_key, &b_password, &a_token).await, json!({"active": false}));
+    assert_eq!(introspect(&app, &a_key, &a_password, &a_token).await["active"], true);
+
+    // A may revoke its own token, which then fails everywhere; B's lives on.
+    revoke(&app, &a_key, &a_password, &a_token).await;
+    assert_invalid_token(app.verify(&a_token).await, "revoked by its own key").await;
+    assert_eq!(introspect(&app, &a_key, &a_password, &a_token).await, json!({"active": false}));
+    assert_eq!(app.verify(&b_token).await.status(), StatusCode::OK);
+}
+
+async fn the_high_s_twin_of_a_token_is_the_same_token(builder: Builder) {
+    // ECDSA is malleable: (r, n − s) verifies wherever (r, s) does. keygate issues only the
+    // low-S form and takes the other as the same token: same claims, same jti, so that
+    // revoking either string ends both.
+    use p256::ecdsa::{Signature, VerifyingKey, signature::Verifier};
+    let app = builder.spawn().await;
+    let (api_key, password, _, token) = key_and_token(&app).await;
+    assert_eq!(segment(&token, 0)["alg"], "ES256");
+    let (signed, signature) = token.rsplit_once('.').unwrap();
+    let signature = Signature::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(signature).unwrap()).unwrap();
+    assert!(signature.normalize_s().is_none(), "keygate issued a high-S signature");
+    let (r, s) = signature.split_scalars();
+    let twin_signature = Signature::from_scalars(r, -s).unwrap();
+    let twin = format!("{signed}.{}", b64(&twin_signature.to_bytes()));
+
+    // The twin is a genuine signature under the published key ...
+    let jwks: Value = Client::new().get(app.url("/.well-known/jwks.json")).send().await.unwrap().json().await.unwrap();
+    let jwk = &jwks["keys"][0];
+    let coordinate = |c: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(jwk[c].as_str().unwrap()).unwrap();
+    let point = [vec![4u8], coordinate("x"), coordinate("y")].concat();
+    let public = VerifyingKey::from_sec1_bytes(&point).unwrap();
+    public.verify(signed.as_bytes(), &signature).unwrap();
+    public.verify(signed.as_bytes(), &twin_signature).unwrap();
+
+    // ... which keygate takes as the same token, before and after the original is
+    // remembered as verified.
+    assert_eq!(app.verify(&twin).await.status(), StatusCode::OK);
+    assert_eq!(app.verify(&token).await.status(), StatusCode::OK);
+    let (original, seen_as) = (introspect(&app, &api_key, &password, &token).await, introspect(&app, &api_key, &password, &twin).await);
+    assert_eq!(original["jti"], seen_as["jti"]);
+    assert_eq!(seen_as["active"], true);
+
+    // Revoking the twin revokes the token, under either string.
+    let r = post_basic(&app, "/oauth/revoke", &api_key, &password, &[("token", twin.as_str())]).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_invalid_token(app.verify(&token).await, "revoked through its twin").await;
+    assert_invalid_token(app.verify(&twin).await, "twin of a revoked token").await;
 }
 
 async fn rotation_from_the_cli_while_the_server_runs(builder: Builder) {
@@ -586,7 +663,7 @@ async fn the_openapi_document_describes_the_gateway_endpoints(builder: Builder) 
     let schemas = &doc["components"]["schemas"];
     assert_eq!(
         schemas["OAuthErrorCode"]["enum"],
-        json!(["invalid_request", "invalid_client", "unsupported_grant_type", "invalid_scope"])
+        json!(["invalid_request", "invalid_client", "unauthorized_client", "unsupported_grant_type", "invalid_scope"])
     );
     assert!(doc["components"]["securitySchemes"]["client_basic"].is_object());
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());

@@ -160,6 +160,161 @@ async fn the_default_issuer_is_the_bound_address() {
     assert_eq!(verify_with_jwks(&app, &app.token(&api_key, &password).await).await["iss"], app.base.as_str());
 }
 
+// --- Files on disk are the owner's alone ---------------------------------------------------
+
+/// `keygate serve` started from a shell with the common umask 022, as a login shell or many
+/// service managers leave it, in `dir`'s environment; waits until it listens. Returns the
+/// server and what it logged so far.
+#[cfg(unix)]
+fn serve_under_umask_022(env: &[(&str, &str)]) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let keygate = keygate_command(&env);
+    let mut sh = std::process::Command::new("sh");
+    sh.args(["-c", "umask 022 && exec \"$0\" serve", env!("CARGO_BIN_EXE_keygate")]);
+    for (key, value) in keygate.get_envs() {
+        match value {
+            Some(value) => sh.env(key, value),
+            None => sh.env_remove(key),
+        };
+    }
+    let mut child = sh.stdin(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut logs = String::new();
+    while !logs.contains("listening on") {
+        match rx.recv_timeout(std::time::Duration::from_secs(60)) {
+            Ok(line) => logs.push_str(&(line + "\n")),
+            Err(_) => {
+                let _ = child.kill();
+                panic!("keygate did not start:\n{logs}");
+            }
+        }
+    }
+    (child, logs)
+}
+
+/// The permission bits of `path`.
+#[cfg(unix)]
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).permissions().mode() & 0o777
+}
+
+#[cfg(unix)]
+fn assert_private(dir: &std::path::Path, names: &[&str]) {
+    for name in names {
+        assert_eq!(mode(&dir.join(name)), 0o600, "{name}");
+    }
+    // And anything else keygate left there.
+    for (path, _) in read_tree(dir) {
+        assert_eq!(mode(&path) & 0o077, 0, "{} is open to other users", path.display());
+    }
+}
+
+#[cfg(unix)]
+fn open_dir(path: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(path).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+#[cfg(unix)]
+#[test]
+fn every_file_keygate_writes_is_private_even_in_an_open_data_directory() {
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("data");
+    open_dir(&data);
+    let (mut server, _) = serve_under_umask_022(&[
+        ("KEYGATE_LISTEN", "127.0.0.1:0"),
+        ("KEYGATE_DATA_DIR", data.to_str().unwrap()),
+        ("KEYGATE_LOG", "info"),
+    ]);
+    let files = ["keygate.db", "keygate.db-wal", "keygate.db-shm", "master.key", "initial-admin-password"];
+    let checked = std::panic::catch_unwind(|| assert_private(&data, &files));
+    let _ = server.kill();
+    let _ = server.wait();
+    checked.unwrap();
+}
+
+#[cfg(unix)]
+#[test]
+fn a_database_elsewhere_is_private_and_an_open_one_is_closed_at_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = tempfile::tempdir().unwrap();
+    let (data, elsewhere) = (root.path().join("data"), root.path().join("db"));
+    open_dir(&elsewhere);
+    let url = format!("sqlite://{}", elsewhere.join("store.db").display());
+    let env = [
+        ("KEYGATE_LISTEN", "127.0.0.1:0"),
+        ("KEYGATE_DATA_DIR", data.to_str().unwrap()),
+        ("KEYGATE_DATABASE_URL", url.as_str()),
+        ("KEYGATE_LOG", "info"),
+    ];
+    let files = ["store.db", "store.db-wal", "store.db-shm"];
+    let (mut server, _) = serve_under_umask_022(&env);
+    let checked = std::panic::catch_unwind(|| {
+        assert_private(&elsewhere, &files);
+        assert_private(&data, &["master.key", "initial-admin-password"]);
+    });
+    // Killed, so the -wal and -shm files stay; an operator's copy or chmod leaves them 0644.
+    let _ = server.kill();
+    let _ = server.wait();
+    checked.unwrap();
+    for name in files {
+        std::fs::set_permissions(elsewhere.join(name), std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let (mut server, logs) = serve_under_umask_022(&env);
+    let checked = std::panic::catch_unwind(|| assert_private(&elsewhere, &files));
+    let _ = server.kill();
+    let _ = server.wait();
+    checked.unwrap();
+    assert_eq!(logs.matches("database file was open to other users: made it 0600").count(), 3, "{logs}");
+
+    // A fresh start on a 0644 database file alone: SQLite would give its new -wal and -shm
+    // files the same 0644.
+    for name in &files[1..] {
+        std::fs::remove_file(elsewhere.join(name)).unwrap();
+    }
+    std::fs::set_permissions(elsewhere.join("store.db"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (mut server, _) = serve_under_umask_022(&env);
+    let checked = std::panic::catch_unwind(|| assert_private(&elsewhere, &files));
+    let _ = server.kill();
+    let _ = server.wait();
+    checked.unwrap();
+}
+
+#[cfg(unix)]
+#[test]
+fn a_master_key_file_open_to_others_stops_start_up_with_one_line() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let key = data.join("master.key");
+    std::fs::write(&key, format!("{}\n", random_master_key())).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let env: Vec<(String, String)> = [("KEYGATE_LISTEN", "127.0.0.1:0"), ("KEYGATE_DATA_DIR", data.to_str().unwrap())]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let out = run_with_timeout(keygate_command(&env).arg("serve"), std::time::Duration::from_secs(60));
+    assert_eq!(out.status.code(), Some(2), "a setting error");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<_> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(lines[0].contains("KEYGATE_MASTER_KEY"), "{stderr}");
+    assert!(lines[0].contains(&format!("chmod 600 {}", key.display())), "{stderr}");
+    // It stopped before opening the store, and left the file as it was.
+    assert!(!data.join("keygate.db").exists());
+    assert_eq!(mode(&key), 0o644);
+}
+
 backends! {
 async fn keys_and_signing_keys_survive_a_restart(builder: Builder) {
     let app = builder.spawn().await;
@@ -253,7 +408,9 @@ async fn nothing_secret_reaches_the_database_or_the_logs(builder: Builder) {
 }
 
 async fn the_session_cookie_is_locked_down_by_default(builder: Builder) {
-    let app = builder.env("KEYGATE_COOKIE_SECURE", "true").spawn().await;
+    // The harness turns `Secure` off for its plain-HTTP clients: here the default applies.
+    let app = builder.without_env("KEYGATE_COOKIE_SECURE").spawn().await;
+    assert_eq!(app.setting("KEYGATE_COOKIE_SECURE"), None);
     let r = app.post_json("/auth/login", &json!({"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD})).await;
     assert_eq!(r.status(), StatusCode::OK);
     let cookie = r.headers()["set-cookie"].to_str().unwrap().to_owned();

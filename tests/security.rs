@@ -486,6 +486,31 @@ async fn audit_log_records_who_did_what_and_pages_newest_first(builder: Builder)
     }
 }
 
+async fn the_audit_cli_escapes_terminal_controls_an_attacker_wrote(builder: Builder) {
+    // An unknown email in a failed login is audited as its actor, and email_address lets any
+    // non-ASCII character into a local part: here CSI (U+009B, a terminal's `ESC [`, so
+    // `CSI 2J` clears the screen) and RIGHT-TO-LEFT OVERRIDE, which shows `moc.live` as
+    // `evil.com`. Neither may reach the operator's terminal as it is.
+    let app = builder.spawn().await;
+    let evil = "mallory\u{9b}2j\u{202e}moc.live@example.com";
+    assert_problem(app.try_admin_login(evil, "wrong password guess").await, StatusCode::UNAUTHORIZED).await;
+    let hostile = |c: char| c.is_control() && c != '\n' && c != '\t' || ('\u{202a}'..='\u{202e}').contains(&c);
+
+    let out = app.cli(&["audit"], "");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(!text.chars().any(hostile), "{text:?}");
+    let line = text.lines().find(|l| l.contains("admin.login_failed")).expect("the failed login is listed");
+    assert_eq!(line.split('\t').nth(3), Some("mallory\\u{9b}2j\\u{202e}moc.live@example.com"), "{line:?}");
+
+    let out = app.cli(&["audit", "--json"], "");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let json = String::from_utf8(out.stdout).unwrap();
+    assert!(!json.chars().any(hostile), "{json:?}");
+    let event: Value = json.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()).find(|e| e["action"] == "admin.login_failed").unwrap();
+    assert_eq!(event["actor"], evil, "the JSON escapes still decode to what was recorded");
+}
+
 async fn lockouts_are_audited(builder: Builder) {
     let app = builder.env("KEYGATE_LOCKOUT_THRESHOLD", "2").spawn().await;
     app.admin_login().await;
@@ -521,7 +546,10 @@ async fn nothing_secret_in_debug_logs(builder: Builder) {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
-    let wrong_api_password = password.replace("kgp_", "kgp_X");
+    // Well-formed (prefix, length, checksum), so it is not refused by the parser but goes
+    // all the way to the keyed hash and the constant-time comparison.
+    let wrong_api_password = keygate::domain::ApiPassword::generate().expose().to_owned();
+    assert_eq!(wrong_api_password.len(), password.len());
     assert_eq!(app.api_login(&key, &wrong_api_password).await.status(), StatusCode::UNAUTHORIZED);
     let keys = app.list_keys_with(&admin).await;
     let key_ref = &keys[0].0;

@@ -16,6 +16,9 @@ pub enum MasterKeyError {
     Malformed,
     #[error("cannot read or write {path}: {source}")]
     Io { path: String, source: std::io::Error },
+    /// Whoever else can read the file can forge tokens; whoever can write it, swap the key.
+    #[error("{path} is open to other users (mode {mode:o}): run `chmod 600 {path}`")]
+    Exposed { path: String, mode: u32 },
 }
 
 impl MasterKey {
@@ -26,11 +29,12 @@ impl MasterKey {
     }
 
     /// Reads the key file, or creates it with a fresh key, readable by its owner alone.
-    /// `create_new` makes a race between two starts end with one key, not two.
+    /// `create_new` makes a race between two starts end with one key, not two. A file that
+    /// other users may read or write is refused, not used.
     pub fn load_or_create(path: &Path) -> Result<Self, MasterKeyError> {
         let io = |source| MasterKeyError::Io { path: path.display().to_string(), source };
-        match std::fs::read_to_string(path) {
-            Ok(text) => return Self::from_base64(&text),
+        match std::fs::File::open(path) {
+            Ok(file) => return Self::read_private(file, path),
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(e)),
             Err(_) => {}
         }
@@ -38,6 +42,24 @@ impl MasterKey {
         let mut file = private_file(path).map_err(io)?;
         file.write_all(format!("{}\n", STANDARD.encode(key)).as_bytes()).and_then(|()| file.sync_all()).map_err(io)?;
         Ok(Self(SecretBox::new(Box::new(key))))
+    }
+
+    /// The key in an open key file, after checking (on the open file, so it is the one
+    /// read) that no one but its owner has access to it.
+    fn read_private(mut file: std::fs::File, path: &Path) -> Result<Self, MasterKeyError> {
+        use std::io::Read;
+        let io = |source| MasterKeyError::Io { path: path.display().to_string(), source };
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = file.metadata().map_err(io)?.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                return Err(MasterKeyError::Exposed { path: path.display().to_string(), mode });
+            }
+        }
+        let mut text = String::new();
+        file.read_to_string(&mut text).map_err(io)?;
+        Self::from_base64(&text)
     }
 
     /// A 32-byte key for one purpose. `label` must be unique per purpose and never reused.
@@ -98,5 +120,22 @@ mod tests {
             let mode = std::fs::metadata(&path).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
         }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_key_file_open_to_others_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("master.key");
+        MasterKey::load_or_create(&path).unwrap();
+        for mode in [0o640, 0o604, 0o620, 0o644] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let e = MasterKey::load_or_create(&path).unwrap_err();
+            assert!(matches!(e, MasterKeyError::Exposed { mode: m, .. } if m == mode), "{mode:o}: {e}");
+            assert!(e.to_string().contains(&format!("chmod 600 {}", path.display())), "{e}");
+        }
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o400)).unwrap();
+        assert!(MasterKey::load_or_create(&path).is_ok());
     }
 }

@@ -288,17 +288,26 @@ impl KeyRing {
         URL_SAFE_NO_PAD.encode_string(&payload, &mut token);
         // ES256 in JWS is the fixed-width r || s, which is what the _FIXED algorithm gives.
         let signature = match &self.signer {
-            Signer::Es256(key) => key.sign(&SystemRandom::new(), token.as_bytes()).map_err(|_| SigningError::Sign)?,
-            Signer::EdDsa(key) => key.sign(token.as_bytes()),
+            Signer::Es256(key) => {
+                let signature = key.sign(&SystemRandom::new(), token.as_bytes()).map_err(|_| SigningError::Sign)?;
+                low_s(signature.as_ref()).ok_or(SigningError::Sign)?.to_vec()
+            }
+            Signer::EdDsa(key) => key.sign(token.as_bytes()).as_ref().to_vec(),
         };
         token.push('.');
-        URL_SAFE_NO_PAD.encode_string(signature.as_ref(), &mut token);
+        URL_SAFE_NO_PAD.encode_string(signature, &mut token);
         Ok(token)
     }
 
     /// Verifies signature, algorithm, `iss`, `aud`, `exp` and `nbf` (with `leeway` seconds).
     /// The algorithm comes from our key, never from the token's header, so `none` and
     /// HS256-with-the-public-key tokens fail.
+    ///
+    /// ECDSA is malleable: the high-S twin (r, n − s) of a signature verifies as well as
+    /// (r, s). Both are taken as the one token they sign (same claims, same `jti`), so
+    /// revocation and expiry hold for either string. Refusing the twin would refuse half the
+    /// tokens signed before keygate made only low-S signatures, for a whole token lifetime
+    /// after an upgrade.
     pub fn verify(&self, token: &str, issuer: &str, audience: &str, leeway: u64) -> Option<AccessClaims> {
         let header = jsonwebtoken::decode_header(token).ok()?;
         let verifier = self.verifiers.get(header.kid.as_deref()?)?;
@@ -336,6 +345,14 @@ impl KeyRing {
         keys.sort_by(|a, b| a.common.key_id.cmp(&b.common.key_id));
         JwkSet { keys }
     }
+}
+
+/// The low-S form of a fixed-width P-256 signature r || s: itself when s ≤ n/2, else
+/// r || n − s, the other signature of the same message (ECDSA is malleable in s; aws-lc
+/// makes either). `None` for anything that is not 64 bytes with r and s in range.
+fn low_s(signature: &[u8]) -> Option<[u8; 64]> {
+    let parsed = p256::ecdsa::Signature::from_slice(signature).ok()?;
+    Some(parsed.normalize_s().unwrap_or(parsed).to_bytes().into())
 }
 
 #[cfg(test)]
@@ -379,6 +396,39 @@ mod tests {
     fn claims_of(token: &str) -> AccessClaims {
         let payload = token.split('.').nth(1).unwrap();
         serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
+    }
+
+    /// (r, n − s) for a token's signature r || s: the same token under another string.
+    fn twin(token: &str) -> String {
+        let (signed, signature) = token.rsplit_once('.').unwrap();
+        let signature = p256::ecdsa::Signature::from_slice(&URL_SAFE_NO_PAD.decode(signature).unwrap()).unwrap();
+        let (r, s) = signature.split_scalars();
+        let twin = p256::ecdsa::Signature::from_scalars(r, -s).unwrap();
+        format!("{signed}.{}", URL_SAFE_NO_PAD.encode(twin.to_bytes()))
+    }
+
+    #[test]
+    fn es256_signatures_are_low_s_and_their_high_s_twins_are_the_same_token() {
+        use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED, UnparsedPublicKey};
+        let sealer = KeySealer::new([4; 32]);
+        let key = sealer.generate(SigningAlg::Es256).unwrap();
+        let ring = KeyRing::new(&sealer, &key, &[]).unwrap();
+        let public = UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, &key.public_key);
+        // aws-lc draws s high about half the time: 64 signatures all low by chance is 2^-64.
+        for _ in 0..64 {
+            let token = ring.sign(&claims(now())).unwrap();
+            let signature = URL_SAFE_NO_PAD.decode(token.rsplit('.').next().unwrap()).unwrap();
+            let parsed = p256::ecdsa::Signature::from_slice(&signature).unwrap();
+            assert!(parsed.normalize_s().is_none(), "a high-S signature was issued");
+            let claims = ring.verify(&token, "https://issuer", "api", 0).unwrap();
+
+            let twin = twin(&token);
+            let (signed, twin_signature) = twin.rsplit_once('.').unwrap();
+            // A genuine signature of the same claims, which any verifier accepts, and we take
+            // as the same token.
+            public.verify(signed.as_bytes(), &URL_SAFE_NO_PAD.decode(twin_signature).unwrap()).unwrap();
+            assert_eq!(ring.verify(&twin, "https://issuer", "api", 0).unwrap().jti, claims.jti);
+        }
     }
 
     #[test]

@@ -33,7 +33,7 @@ use super::{
 };
 use crate::{
     domain::ClientAddr,
-    service::{AuthError, VerifiedToken},
+    service::{AuthError, Revoked, VerifiedToken},
     store::KeyRecord,
 };
 
@@ -102,6 +102,8 @@ impl Modify for Schemes {
 pub enum OAuthErrorCode {
     InvalidRequest,
     InvalidClient,
+    /// RFC 7009 §2.1: the client may not revoke this token (it was issued to another key).
+    UnauthorizedClient,
     UnsupportedGrantType,
     InvalidScope,
 }
@@ -404,11 +406,14 @@ impl From<Option<Arc<VerifiedToken>>> for IntrospectionResponse {
     }
 }
 
-/// Token introspection for resource servers holding an API key of their own.
+/// Token introspection by the client a token was issued to.
 ///
-/// Active only for a live token of the caller's own account. Inactive for anything the
+/// Active only for a live token issued to the calling key itself. Inactive for anything the
 /// forward-auth check refuses (expired, not yet valid, tampered, another issuer or key set,
-/// deleted key, revoked) and for tokens of other accounts.
+/// deleted key, revoked) and for tokens issued to any other key, of the same account or
+/// another. Resource servers introspecting their callers' tokens will need a key with the
+/// scope `keygate:introspect`; keys cannot hold scopes yet, so use forward-auth
+/// (`/auth/verify`) or the JWKS for that.
 #[utoipa::path(
     post,
     path = "/oauth/introspect",
@@ -455,8 +460,9 @@ async fn authenticated_token_request(
 /// Token revocation (RFC 7009): the token stops working everywhere keygate checks it
 /// (forward-auth, introspection) until it would have expired.
 ///
-/// Only tokens of the caller's own account are revoked. Like RFC 7009 §2.2 asks, an
-/// invalid, expired or foreign token still gets a 200, so the answer says nothing about it.
+/// Only tokens issued to the calling key itself are revoked. A valid token issued to another
+/// key (of any account) is refused with `unauthorized_client` and left alone (RFC 7009
+/// §2.1). Like RFC 7009 §2.2 asks, an invalid or expired token still gets a 200.
 #[utoipa::path(
     post,
     path = "/oauth/revoke",
@@ -465,7 +471,8 @@ async fn authenticated_token_request(
     request_body(content = TokenQuery, content_type = "application/x-www-form-urlencoded"),
     responses(
         (status = 200, description = "Revoked, or nothing to revoke"),
-        (status = 400, description = "invalid_request (RFC 6749 §5.2)", body = OAuthErrorBody),
+        (status = 400, description = "invalid_request, or unauthorized_client for a token issued to another key (RFC 7009 §2.1)",
+            body = OAuthErrorBody),
         (status = 401, description = "invalid_client: missing or wrong client credentials", body = OAuthErrorBody,
             headers(("WWW-Authenticate" = String, description = "Basic realm=\"keygate\""))),
         (status = 413, description = "Body over 64 KiB", body = Problem, content_type = "application/problem+json"),
@@ -481,8 +488,12 @@ pub async fn revoke(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<impl IntoResponse, OAuthError> {
     let (caller, token) = authenticated_token_request(&state, client, &headers, &body?).await?;
-    state.auth.revoke_token(&caller, &token).await?;
-    Ok((StatusCode::OK, no_store()))
+    match state.auth.revoke_token(&caller, &token).await? {
+        Revoked::Token | Revoked::Nothing => Ok((StatusCode::OK, no_store())),
+        Revoked::NotIssuedToCaller => {
+            Err(OAuthError::Client(OAuthErrorCode::UnauthorizedClient, "the token was not issued to this client"))
+        }
+    }
 }
 
 /// RFC 8414 authorization server metadata. The endpoint URLs are built on the issuer,

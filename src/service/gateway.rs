@@ -57,6 +57,17 @@ const PURGE_EVERY: Duration = Duration::from_secs(600);
 /// Our jtis are 32 hex digits; a longer one cannot be ours.
 const MAX_JTI_LEN: usize = 64;
 
+/// What a revocation request did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Revoked {
+    /// The token is revoked (or already was).
+    Token,
+    /// Not a token we would honour: nothing to revoke.
+    Nothing,
+    /// A valid token, issued to another key: refused, nothing revoked.
+    NotIssuedToCaller,
+}
+
 /// A token that passed every check, with its claims parsed into domain types.
 #[derive(Debug, Clone)]
 pub struct VerifiedToken {
@@ -136,13 +147,15 @@ impl AuthService {
     }
 
     /// RFC 7662 introspection by an authenticated client. `None` (inactive) for anything
-    /// `verify_token` refuses, and for tokens of another account: a client learns nothing
-    /// about tokens it could not have been given by its own tenant.
+    /// `verify_token` refuses, and for tokens issued to any other key, of its account or
+    /// another: a client learns nothing about tokens it was not given itself. (Resource
+    /// servers that introspect their callers' tokens will need a key holding the scope
+    /// `keygate:introspect`, which keys cannot hold until they have scopes.)
     pub async fn introspect(&self, caller: &KeyRecord, token: &str) -> Result<Option<Arc<VerifiedToken>>> {
         match self.verify_token(token).await {
-            Ok(t) if t.account_id == caller.account_id => Ok(Some(t)),
+            Ok(t) if t.key_ref == caller.key_ref && t.account_id == caller.account_id => Ok(Some(t)),
             Ok(_) => {
-                tracing::debug!(caller = %caller.key_ref, "introspection of another account's token: inactive");
+                tracing::debug!(caller = %caller.key_ref, "introspection of another key's token: inactive");
                 Ok(None)
             }
             Err(AuthError::InvalidToken(reason)) => {
@@ -153,22 +166,23 @@ impl AuthService {
         }
     }
 
-    /// RFC 7009 revocation by an authenticated client, of a token of its own account, until
-    /// the token would have expired. Returns whether anything was revoked: a token that does
-    /// not verify, or belongs to another account, is left alone and the caller is told
-    /// nothing different (RFC 7009 §2.2), so revocation is no oracle for token validity.
-    pub async fn revoke_token(&self, caller: &KeyRecord, token: &str) -> Result<bool> {
+    /// RFC 7009 revocation by an authenticated client, of a token issued to that very key,
+    /// until the token would have expired. A token that does not verify is left alone and
+    /// the caller is told nothing different (RFC 7009 §2.2), so revocation is no oracle for
+    /// token validity; a valid token issued to another key is refused (§2.1), and nothing
+    /// is revoked.
+    pub async fn revoke_token(&self, caller: &KeyRecord, token: &str) -> Result<Revoked> {
         let verified = match self.check_signature(token).await {
             Ok(v) => v,
             Err(AuthError::InvalidToken(reason)) => {
                 tracing::debug!(reason, "revocation of an invalid token: nothing to do");
-                return Ok(false);
+                return Ok(Revoked::Nothing);
             }
             Err(e) => return Err(e),
         };
-        if verified.account_id != caller.account_id {
-            tracing::debug!(caller = %caller.key_ref, "revocation of another account's token refused");
-            return Ok(false);
+        if verified.key_ref != caller.key_ref || verified.account_id != caller.account_id {
+            tracing::debug!(caller = %caller.key_ref, "revocation of another key's token refused");
+            return Ok(Revoked::NotIssuedToCaller);
         }
         let expires_at = i64::try_from(verified.claims.exp).unwrap_or(i64::MAX).saturating_add(CLOCK_LEEWAY as i64);
         let revocation = Revocation {
@@ -188,7 +202,7 @@ impl AuthService {
         }
         self.store.revoke_token(&revocation).await?;
         tracing::info!(caller = %caller.key_ref, key_ref = %verified.key_ref, jti = %revocation.jti, "token revoked");
-        Ok(true)
+        Ok(Revoked::Token)
     }
 
     /// Rebuilds the key ring from the store: picks up rotations made by the CLI or another

@@ -39,14 +39,55 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(5));
+        // Before SQLite opens the file (it gives the -wal and -shm files it creates the
+        // database file's mode, whatever the umask), and after, for the files it just made.
+        let path = options.get_filename().to_owned();
+        keep_private(&path)?;
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
             .acquire_timeout(Duration::from_secs(5))
             .connect_with(options)
             .await?;
+        keep_private(&path)?;
         MIGRATOR.run(&pool).await?;
         Ok(Self { pool })
     }
+}
+
+/// Makes the database file and its -wal and -shm companions, those that exist, readable by
+/// their owner alone: they hold admin password hashes, sealed keys and the audit log.
+#[cfg(unix)]
+fn keep_private(db: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let companion = |suffix: &str| {
+        let mut name = db.as_os_str().to_owned();
+        name.push(suffix);
+        std::path::PathBuf::from(name)
+    };
+    for path in [db.to_owned(), companion("-wal"), companion("-shm")] {
+        let mode = match std::fs::metadata(&path) {
+            Ok(meta) => meta.permissions().mode() & 0o777,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(private_error(&path, e)),
+        };
+        if mode & 0o077 != 0 {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| private_error(&path, e))?;
+            tracing::warn!(file = %path.display(), was = format!("{mode:o}"), "database file was open to other users: made it 0600");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn keep_private(_db: &std::path::Path) -> Result<()> {
+    Ok(())
+}
+
+#[cfg(unix)]
+fn private_error(path: &std::path::Path, e: std::io::Error) -> StoreError {
+    let e = std::io::Error::new(e.kind(), format!("cannot make {} private (chmod 600): {e}", path.display()));
+    StoreError::Other(sqlx::Error::Io(e))
 }
 
 async fn insert_account_admin(
