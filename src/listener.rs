@@ -7,9 +7,10 @@
 //!   later one's within that timeout of its first byte (slow-loris);
 //! - *idle between requests* (keep-alive): closed after the idle timeout, and at once while
 //!   the connection limit is reached, so that a new client gets its place;
-//! - *serving a request*: never cut while bytes move; closed once neither the client nor
-//!   keygate has moved a byte for the idle timeout (a stalled upload, a client that does not
-//!   read its answer).
+//! - *serving a request*: its body, if any, must arrive whole within the header-read timeout
+//!   of its head (a slow body is a slow-loris too); otherwise never cut while bytes move, and
+//!   closed once neither the client nor keygate has moved a byte for the idle timeout (a
+//!   stalled request, a client that does not read its answer).
 //!
 //! hyper's own `header_read_timeout` is not used: its clock also runs while a keep-alive
 //! connection waits for its next request, so it cannot give a separate idle timeout.
@@ -28,6 +29,7 @@ use std::{
 };
 
 use axum::extract::ConnectInfo;
+use http_body::Body as _;
 use hyper::{body::Incoming, server::conn::http1};
 use hyper_util::{rt::TokioIo, server::graceful::GracefulShutdown};
 use tokio::{
@@ -162,10 +164,11 @@ pub async fn serve(
             let service = hyper::service::service_fn({
                 let activity = activity.clone();
                 move |request: hyper::Request<Incoming>| {
-                    let mut request = request.map(axum::body::Body::new);
+                    let serving = Serving::begin(activity.clone(), !request.body().is_end_stream());
+                    let mut request =
+                        request.map(|body| axum::body::Body::new(Receiving { body, activity: activity.clone() }));
                     // What `into_make_service_with_connect_info::<SocketAddr>` inserts.
                     request.extensions_mut().insert(ConnectInfo(peer));
-                    let serving = Serving::begin(activity.clone());
                     let response = app.clone().oneshot(request);
                     async move {
                         let response = response.await;
@@ -293,6 +296,8 @@ struct Activity {
 #[derive(Debug, Clone, Copy)]
 struct State {
     phase: Phase,
+    /// While a request's body is still expected: when its head arrived.
+    body_since: Option<Instant>,
     /// The last byte read or written, or request begun or answered.
     last: Instant,
     /// The last write found the socket's buffer full: an answer is still on its way.
@@ -314,7 +319,8 @@ enum Phase {
 impl Activity {
     fn new() -> Self {
         let now = Instant::now();
-        Self { accepted: now, state: Mutex::new(State { phase: Phase::Fresh, last: now, write_blocked: false }) }
+        let state = State { phase: Phase::Fresh, body_since: None, last: now, write_blocked: false };
+        Self { accepted: now, state: Mutex::new(state) }
     }
 
     fn update(&self, f: impl FnOnce(&mut State)) {
@@ -351,7 +357,11 @@ impl Activity {
             Phase::Fresh => self.accepted + limits.header_read_timeout,
             Phase::Head(since) => since + limits.header_read_timeout,
             Phase::Idle if under_pressure && !state.write_blocked => state.last,
-            Phase::Idle | Phase::Serving => state.last + limits.idle_timeout,
+            Phase::Idle => state.last + limits.idle_timeout,
+            Phase::Serving => {
+                let idle = state.last + limits.idle_timeout;
+                state.body_since.map_or(idle, |since| idle.min(since + limits.header_read_timeout))
+            }
         }
     }
 }
@@ -360,10 +370,11 @@ impl Activity {
 struct Serving(Arc<Activity>);
 
 impl Serving {
-    fn begin(activity: Arc<Activity>) -> Self {
+    fn begin(activity: Arc<Activity>, body_expected: bool) -> Self {
         let now = Instant::now();
         activity.update(|s| {
             s.phase = Phase::Serving;
+            s.body_since = body_expected.then_some(now);
             s.last = now;
         });
         Self(activity)
@@ -375,8 +386,52 @@ impl Drop for Serving {
         let now = Instant::now();
         self.0.update(|s| {
             s.phase = Phase::Idle;
+            s.body_since = None;
             s.last = now;
         });
+    }
+}
+
+/// A request's body, reporting when it has arrived whole, or is no longer wanted (a handler
+/// that answers without reading it).
+struct Receiving {
+    body: Incoming,
+    activity: Arc<Activity>,
+}
+
+impl Receiving {
+    fn received(&self) {
+        self.activity.update(|s| s.body_since = None);
+    }
+}
+
+impl http_body::Body for Receiving {
+    type Data = hyper::body::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None)) || self.body.is_end_stream() {
+            self.received();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for Receiving {
+    fn drop(&mut self) {
+        self.received();
     }
 }
 
@@ -459,11 +514,18 @@ mod tests {
         a.read();
         assert_eq!(a.deadline(&limits, false), start + limits.header_read_timeout);
         // Serving: bounded only by inactivity, and not cut under pressure.
-        let serving = Serving::begin(Arc::new(Activity::new()));
+        let serving = Serving::begin(Arc::new(Activity::new()), false);
         serving.0.wrote(false);
         assert_eq!(serving.0.deadline(&limits, true), last(&serving.0) + limits.idle_timeout);
         serving.0.read();
         assert_eq!(serving.0.deadline(&limits, true), last(&serving.0) + limits.idle_timeout);
+        // A body still coming must be whole within the header timeout of the head.
+        let uploading = Serving::begin(Arc::new(Activity::new()), true);
+        let head = last(&uploading.0);
+        assert_eq!(uploading.0.deadline(&limits, false), head + limits.header_read_timeout);
+        uploading.0.update(|s| s.body_since = None);
+        uploading.0.read();
+        assert_eq!(uploading.0.deadline(&limits, false), last(&uploading.0) + limits.idle_timeout);
         // Answered: idle, closed after the idle timeout, or at once under pressure.
         let activity = serving.0.clone();
         drop(serving);

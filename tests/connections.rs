@@ -59,6 +59,17 @@ async fn healthz_on(stream: &mut TcpStream) {
     }
 }
 
+/// A whole API login with a wrong password, as bytes on the wire.
+fn login_request() -> Vec<u8> {
+    let body = r#"{"api_key": "ZZZZZZZZZZZZZZZZZZZZ", "password": "not the password"}"#;
+    format!(
+        "POST /auth/login HTTP/1.1\r\nHost: keygate.test\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
 async fn healthz(app: &TestApp) -> StatusCode {
     let client = reqwest::Client::builder().timeout(NEVER).build().unwrap();
     client.get(app.url("/healthz")).send().await.unwrap().status()
@@ -118,26 +129,56 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout(builder:
     assert!(took < Duration::from_secs(8), "closed only after {took:?}");
 }
 
-async fn a_request_whose_body_keeps_coming_is_not_cut(builder: Builder) {
-    // Both timeouts shorter than the upload: neither applies while its bytes keep moving.
-    let app = builder.env("KEYGATE_HEADER_READ_TIMEOUT", "1").env("KEYGATE_IDLE_TIMEOUT", "2").spawn().await;
-    let body = br#"{"api_key": "ZZZZZZZZZZZZZZZZZZZZ", "password": "not the password"}"#;
+async fn a_request_whose_bytes_keep_coming_is_not_cut(builder: Builder) {
+    // The upload takes longer than the idle timeout, but no pause between its bytes does.
+    let app = builder.env("KEYGATE_HEADER_READ_TIMEOUT", "8").env("KEYGATE_IDLE_TIMEOUT", "1").spawn().await;
     let mut stream = connect(&app).await;
-    let head = format!(
-        "POST /auth/login HTTP/1.1\r\nHost: keygate.test\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await.unwrap();
     let start = Instant::now();
-    for chunk in body.chunks(body.len().div_ceil(8)) {
-        tokio::time::sleep(Duration::from_millis(500)).await;
+    for chunk in login_request().chunks(8) {
         stream.write_all(chunk).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    assert!(start.elapsed() > Duration::from_secs(3));
+    assert!(start.elapsed() > Duration::from_secs(3), "{:?}", start.elapsed());
     let mut answer = [0; 64];
     let n = tokio::time::timeout(NEVER, stream.read(&mut answer)).await.unwrap().unwrap();
     let answer = String::from_utf8_lossy(&answer[..n]);
     assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+}
+
+async fn a_body_dripped_slowly_is_closed_after_the_header_timeout(builder: Builder) {
+    let app = builder.env("KEYGATE_HEADER_READ_TIMEOUT", "2").env("KEYGATE_IDLE_TIMEOUT", "60").spawn().await;
+    let request = login_request();
+    let body_at = request.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let mut stream = connect(&app).await;
+    stream.write_all(&request[..body_at]).await.unwrap();
+    let (mut reader, mut writer) = stream.split();
+    let drip = async {
+        for byte in &request[body_at..] {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            if writer.write_all(&[*byte]).await.is_err() {
+                return;
+            }
+        }
+        panic!("the whole body was taken");
+    };
+    let start = Instant::now();
+    let closed = async {
+        let mut buf = [0; 1024];
+        if let Ok(n @ 1..) = reader.read(&mut buf).await {
+            panic!("answered a body that never ended: {:?}", String::from_utf8_lossy(&buf[..n]));
+        }
+    };
+    tokio::time::timeout(NEVER, async {
+        tokio::select! {
+            () = closed => {}
+            () = drip => {}
+        }
+    })
+    .await
+    .expect("a slow body still being taken");
+    let took = start.elapsed();
+    assert!(took < Duration::from_secs(8), "closed only after {took:?}");
+    assert_eq!(healthz(&app).await, StatusCode::OK);
 }
 
 async fn health_checks_are_answered_while_idle_connections_hold_the_limit(builder: Builder) {

@@ -8,8 +8,8 @@ use super::{ConfigError, bad, seconds};
 
 #[derive(Debug, Default, Clone, Args)]
 pub struct ConnectionArgs {
-    /// Seconds a client has to send a request's headers: from connecting for the first
-    /// request, from its first byte for later ones; 1 to 300 [default: 10].
+    /// Seconds a client has to send a request's headers (from connecting for the first
+    /// request, from its first byte for later ones), and then its body; 1 to 300 [default: 10].
     #[arg(long, env = "KEYGATE_HEADER_READ_TIMEOUT", global = true, value_name = "SECONDS")]
     pub header_read_timeout: Option<String>,
     /// Seconds a keep-alive connection may sit idle between requests, and a request may go
