@@ -74,6 +74,7 @@ impl Limits {
             Some(n) => n,
             None => room,
         };
+        tracing::info!(max_connections, open_files = descriptors, "connection limit");
         Ok(Self {
             header_read_timeout: settings.header_read_timeout,
             idle_timeout: settings.idle_timeout,
@@ -121,8 +122,8 @@ pub async fn serve(
     let pressure = Arc::new(Pressure::default());
     let graceful = GracefulShutdown::new();
     let mut http = http1::Builder::new();
-    // No timer, so hyper's own header timeout stays off: the watchdog below keeps time.
-    http.keep_alive(true);
+    // Off (see the module comment): each connection's watchdog keeps time instead.
+    http.header_read_timeout(None);
     let mut shutdown = pin!(shutdown);
     let mut full_logged = false;
     loop {
@@ -189,9 +190,9 @@ pub async fn serve(
     Ok(())
 }
 
-/// Without it Nagle's algorithm holds a small write back while an earlier one is unacknowledged,
-/// and the client delays its acknowledgement: three pipelined HTTP/1.1 requests took 44 ms
-/// to answer instead of 0.07.
+/// Without it Nagle's algorithm holds a small write back while an earlier one is
+/// unacknowledged, and the client delays its acknowledgement: answers to pipelined HTTP/1.1
+/// requests would wait for the delayed acknowledgement.
 pub fn no_delay(stream: &TcpStream) {
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(error = %e, "TCP_NODELAY not set");
@@ -271,7 +272,9 @@ async fn watch(
         while pressed.as_mut().poll(cx).is_ready() {
             pressed.set(pressure.changed.notified());
         }
-        // The state can only have changed while `conn` was polled, just above, in this task.
+        // Whatever brings a deadline closer happens while `conn` is polled, just above, in
+        // this task, or under pressure, which wakes it; a deadline moved later is seen when the
+        // timer fires.
         let deadline = activity.deadline(limits, pressure.on.load(Ordering::Relaxed));
         if deadline <= Instant::now() {
             return Poll::Ready(End::TimedOut);

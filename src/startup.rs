@@ -46,6 +46,8 @@ impl Application {
         // The master key first: a replica without the shared key must stop before it
         // touches the database, whatever state the database is in.
         let master = master_key(settings)?;
+        // Also before the store: the pool's descriptors come out of the raised limit.
+        let limits = Limits::resolve(&settings.connections)?;
         let store = open_store(settings).await?;
         // One argon2 at a time per core: more would only queue inside the OS scheduler.
         let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -56,7 +58,6 @@ impl Application {
         let ring = load_key_ring(store.as_ref(), &sealer, settings.signing_alg, settings.token_ttl).await?;
         tracing::info!(kid = ring.active_kid(), alg = %settings.signing_alg, "signing key loaded");
 
-        let limits = Limits::resolve(&settings.connections)?;
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen))?;

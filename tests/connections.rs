@@ -248,3 +248,28 @@ async fn at_the_limit_idle_keep_alive_connections_make_room_at_once(builder: Bui
     }
 }
 }
+
+/// Asking for more connections than the open-file limit leaves is refused at start-up, in one
+/// line naming the setting, rather than failing on some later accept.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_connection_limit_above_the_open_file_limit_stops_start_up() {
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
+    let line = limits.lines().find(|l| l.starts_with("Max open files")).unwrap();
+    // "Max open files  <soft>  <hard>  files"; keygate raises the soft limit to the hard one.
+    let Ok(hard) = line.split_whitespace().nth(4).unwrap().parse::<u64>() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("KEYGATE_LISTEN", "127.0.0.1:0".to_owned()),
+        ("KEYGATE_DATA_DIR", dir.path().join("data").display().to_string()),
+        ("KEYGATE_MAX_CONNECTIONS", (hard + 1).to_string()),
+    ]
+    .map(|(k, v)| (k.to_owned(), v));
+    let out = run_with_timeout(keygate_command(&env).arg("serve"), Duration::from_secs(30));
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<_> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(lines[0].contains("invalid setting KEYGATE_MAX_CONNECTIONS"), "{stderr}");
+    assert!(!dir.path().join("data/keygate.db").exists(), "the store was opened first");
+}
