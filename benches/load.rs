@@ -621,7 +621,7 @@ fn hello_server(headers: Vec<String>) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         println!("{}", listener.local_addr()?);
         let app = axum::Router::new().route("/", axum::routing::get(|| async { "Hello, World!" })).fallback(shaped);
-        axum::serve(listener.tap_io(keygate::startup::no_delay), app).await?;
+        axum::serve(listener.tap_io(|s: &mut tokio::net::TcpStream| keygate::listener::no_delay(s)), app).await?;
         anyhow::Ok(())
     })
 }

@@ -14,7 +14,9 @@ use serde::Deserialize;
 
 use crate::{crypto::signing::SigningAlg, domain::Email, store::Backend};
 
+mod connections;
 mod security;
+pub use connections::{ConnectionArgs, ConnectionSettings};
 pub use security::{SecurityArgs, SecuritySettings};
 
 /// Settings given as flags or environment variables. Secrets are deliberately not flags:
@@ -80,6 +82,8 @@ pub struct SettingsArgs {
     pub log_format: Option<String>,
     #[command(flatten)]
     pub security: SecurityArgs,
+    #[command(flatten)]
+    pub connections: ConnectionArgs,
 }
 
 /// The same settings in a TOML file, with their natural types.
@@ -109,6 +113,9 @@ struct FileSettings {
     lockout_duration: Option<u64>,
     revocations_per_key: Option<u64>,
     revocations_per_account: Option<u64>,
+    header_read_timeout: Option<u64>,
+    idle_timeout: Option<u64>,
+    max_connections: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,6 +149,7 @@ pub struct Settings {
     pub log_filter: String,
     pub log_format: LogFormat,
     pub security: SecuritySettings,
+    pub connections: ConnectionSettings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -261,6 +269,15 @@ impl Settings {
             },
         )?;
 
+        let connections = connections::load(
+            &args.connections,
+            connections::ConnectionFile {
+                header_read_timeout: file.header_read_timeout,
+                idle_timeout: file.idle_timeout,
+                max_connections: file.max_connections,
+            },
+        )?;
+
         let master_key = env("KEYGATE_MASTER_KEY").filter(|s| !s.is_empty()).map(SecretString::from);
         let bootstrap_admin = match (env("KEYGATE_BOOTSTRAP_ADMIN_EMAIL"), env("KEYGATE_BOOTSTRAP_ADMIN_PASSWORD")) {
             (None, None) => None,
@@ -302,6 +319,7 @@ impl Settings {
             log_filter,
             log_format,
             security,
+            connections,
         })
     }
 

@@ -32,7 +32,7 @@ pub fn parsers(data: &[u8]) {
     let _ = KeyRef::parse(&text);
     let _ = Origin::parse(&text).map(|o| o.matches_host(&text));
     let proxies = TrustedProxies::parse(&text).unwrap_or_default();
-    let _ = proxies.client_addr(std::net::IpAddr::from([10, 0, 0, 1]), text.split('\n'));
+    let _ = proxies.client_addr(std::net::IpAddr::from([10, 0, 0, 1]), data.split(|&b| b == b'\n'));
     let mut headers = axum::http::HeaderMap::new();
     if let Ok(value) = HeaderValue::from_bytes(data) {
         headers.insert(header::COOKIE, value.clone());

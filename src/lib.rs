@@ -5,7 +5,8 @@
 //! - `crypto`: hashing, secrets, signing keys; no HTTP, no storage
 //! - `store`: persistence traits and their backends
 //! - `service`: what keygate does, in domain terms
-//! - `http`: routes, errors, middleware; `startup`: wiring it all together
+//! - `http`: routes, errors, middleware; `listener`: connections, their limits and timeouts
+//! - `startup`: wiring it all together
 //! - `cli`: the command line
 
 pub mod cli;
@@ -14,6 +15,7 @@ pub mod crypto;
 pub mod domain;
 pub mod fuzzing;
 pub mod http;
+pub mod listener;
 pub mod service;
 pub mod startup;
 pub mod store;

@@ -4,7 +4,6 @@
 use std::{future::Future, io::IsTerminal, net::SocketAddr, path::Path, sync::Arc, time::Duration};
 
 use anyhow::Context;
-use axum::serve::ListenerExt;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::net::TcpListener;
 use uuid::Uuid;
@@ -17,6 +16,7 @@ use crate::{
     },
     domain::{AccountName, ApiPassword, Email},
     http::{self, AppState, SessionCookie},
+    listener::{self, Limits},
     service::{self, AuthService, Policy},
     store::{self, AdminId, CachedStore, NewAdmin, Store},
 };
@@ -36,6 +36,7 @@ pub struct Application {
     key_reload_interval: Duration,
     sweep_interval: Duration,
     cache: Arc<CachedStore>,
+    limits: Limits,
 }
 
 impl Application {
@@ -44,6 +45,8 @@ impl Application {
         // touches the database, whatever state the database is in.
         let master = master_key(settings)?;
         require_shared_issuer(settings)?;
+        // Also before the store: the pool's descriptors come out of the raised limit.
+        let limits = Limits::resolve(&settings.connections)?;
         let store = open_store(settings).await?;
         // One argon2 at a time per core: more would only queue inside the OS scheduler.
         let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -89,6 +92,7 @@ impl Application {
             key_reload_interval: Duration::from_secs(settings.key_reload_interval),
             sweep_interval: Duration::from_secs(settings.sweep_interval),
             cache,
+            limits,
         })
     }
 
@@ -109,23 +113,11 @@ impl Application {
         // Loads the caches and keeps them in step with the store; until its first load they
         // simply pass every call through, so start-up does not wait for it.
         let sync = tokio::spawn(self.cache.keep_in_sync());
-        // With the peer's socket address, which the lockout counts failures by.
-        let service =
-            axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<SocketAddr>(self.app);
-        let served = axum::serve(self.listener.tap_io(no_delay), service).with_graceful_shutdown(shutdown).await;
+        let served = listener::serve(self.listener, self.app, self.limits, shutdown).await;
         upkeep.abort();
         sweeper.abort();
         sync.abort();
         served
-    }
-}
-
-/// Without it Nagle's algorithm holds a small write back while an earlier one is unacknowledged,
-/// and the client delays its acknowledgement: three pipelined HTTP/1.1 requests took 44 ms
-/// to answer instead of 0.07.
-pub fn no_delay(stream: &mut tokio::net::TcpStream) {
-    if let Err(e) = stream.set_nodelay(true) {
-        tracing::debug!(error = %e, "TCP_NODELAY not set");
     }
 }
 

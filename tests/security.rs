@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use reqwest::{Client, StatusCode};
+use reqwest::{Client, StatusCode, header::HeaderValue};
 use serde_json::{Value, json};
 
 /// A well-formed API key that no store holds.
@@ -194,6 +194,79 @@ async fn forwarded_for_from_a_trusted_proxy_names_the_client(builder: Builder) {
     // Another client behind the same proxy is not locked, and neither is the proxy itself.
     assert_eq!(login_from("198.51.100.8", key.clone()).await.status(), StatusCode::OK);
     assert_eq!(app.api_login(&key, &password).await.status(), StatusCode::OK);
+}
+
+async fn forwarded_for_that_is_not_text_still_names_the_client(builder: Builder) {
+    let app = builder
+        .env("KEYGATE_LOCKOUT_ADDRESS_THRESHOLD", "3")
+        .env("KEYGATE_TRUSTED_PROXIES", "127.0.0.1/32")
+        .spawn()
+        .await;
+    let login_with = |lines: &[&'static [u8]], password: &'static str| {
+        let mut request = Client::new()
+            .post(app.url("/auth/login"))
+            .json(&json!({"email": ADMIN_EMAIL, "password": password}));
+        // Each its own header line; together one list (RFC 9110 §5.3).
+        for line in lines {
+            request = request.header("x-forwarded-for", HeaderValue::from_bytes(line).unwrap());
+        }
+        async move { request.send().await.unwrap() }
+    };
+    // The client writes bytes that are not text (not UTF-8, obs-text) in front of the
+    // address the proxy appends, in the same line or one of their own.
+    let attacks: [&[&'static [u8]]; 3] =
+        [&[b"\xff\xfe, 203.0.113.9"], &[b"\xc3\x28", b"203.0.113.9"], &[b"\x80\x81, 198.51.100.1, 203.0.113.9"]];
+    for (i, lines) in attacks.iter().enumerate() {
+        let expected = if i < 2 { StatusCode::UNAUTHORIZED } else { StatusCode::TOO_MANY_REQUESTS };
+        assert_problem(login_with(lines, "wrong password guess").await, expected).await;
+    }
+    // Counted under the client's own address: locked, even with the right password ...
+    assert_problem(login_with(&[b"203.0.113.9"], ADMIN_PASSWORD).await, StatusCode::TOO_MANY_REQUESTS).await;
+    // ... and not under the proxy's, nor another client's behind it.
+    assert_eq!(login_with(&[b"198.51.100.1"], ADMIN_PASSWORD).await.status(), StatusCode::OK);
+    assert_eq!(app.try_admin_login(ADMIN_EMAIL, ADMIN_PASSWORD).await.status(), StatusCode::OK);
+
+    // Audited under the client's address too.
+    let out = app.cli(&["audit", "--json", "--limit", "100"], "");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let events: Vec<Value> =
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let failed: Vec<&Value> = events.iter().filter(|e| e["action"] == "admin.login_failed").collect();
+    assert_eq!(failed.len(), 3, "{events:?}");
+    assert!(failed.iter().all(|e| e["source"] == "203.0.113.9"), "{failed:?}");
+    let locks: Vec<&Value> = events.iter().filter(|e| e["action"] == "lockout").collect();
+    assert_eq!(locks.len(), 1, "{events:?}");
+    assert_eq!(locks[0]["target"], "addr:203.0.113.9");
+    assert_eq!(locks[0]["source"], "203.0.113.9");
+    assert!(!events.iter().any(|e| e["target"] == "addr:127.0.0.1"), "{events:?}");
+}
+
+async fn a_proxy_naming_no_address_does_not_lock_itself(builder: Builder) {
+    let app = builder
+        .env("KEYGATE_LOCKOUT_ADDRESS_THRESHOLD", "3")
+        .env("KEYGATE_TRUSTED_PROXIES", "127.0.0.1/32")
+        .spawn()
+        .await;
+    app.admin_login().await;
+    let (key, password) = app.generate_key().await;
+    let login_with = |forwarded: &'static [u8], api_key: String| {
+        let request = Client::new()
+            .post(app.url("/auth/login"))
+            .header("x-forwarded-for", HeaderValue::from_bytes(forwarded).unwrap())
+            .json(&json!({"api_key": api_key, "password": password}));
+        async move { request.send().await.unwrap() }
+    };
+    // A trusted proxy that writes something other than an address where the client's
+    // belongs: the failures go to a stand-in for what it wrote, locked like an address.
+    for i in 0..2 {
+        assert_problem(login_with(b"unknown", unknown_key(i)).await, StatusCode::UNAUTHORIZED).await;
+    }
+    assert_problem(login_with(b"unknown", unknown_key(2)).await, StatusCode::TOO_MANY_REQUESTS).await;
+    assert_problem(login_with(b"unknown", key.clone()).await, StatusCode::TOO_MANY_REQUESTS).await;
+    // The proxy itself, and the clients it names, are not locked by them.
+    assert_eq!(app.api_login(&key, &password).await.status(), StatusCode::OK);
+    assert_eq!(login_with(b"203.0.113.9", key.clone()).await.status(), StatusCode::OK);
+    assert_eq!(login_with(b"\xff", key.clone()).await.status(), StatusCode::OK);
 }
 
 async fn unknown_identities_lock_exactly_like_known_ones(builder: Builder) {

@@ -5,43 +5,76 @@ use std::{
 };
 
 use ipnet::IpNet;
+use sha2::{Digest, Sha256};
 
 use super::ParseError;
 
 /// The address a request came from, as far as keygate can trust it: the socket's peer, or
-/// the client named in `X-Forwarded-For` when the peer is a trusted proxy.
+/// the client named in `X-Forwarded-For` when the peer is a trusted proxy; or, when a
+/// trusted proxy names the client with something that is not an address, a stand-in for
+/// what it wrote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct ClientAddr(IpAddr);
+pub struct ClientAddr(Source);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Source {
+    Ip(IpAddr),
+    /// A hop that does not parse, written by the trusted proxy `via`: a digest of its bytes
+    /// (never the bytes themselves, which may be anything), and the proxy.
+    Unparsed {
+        digest: [u8; 8],
+        via: IpAddr,
+    },
+}
 
 impl ClientAddr {
     pub fn new(ip: IpAddr) -> Self {
         // An IPv4 client reached over a dual-stack socket shows up as `::ffff:a.b.c.d`; it is
         // the same client, and must share one brute-force counter with its plain form.
-        Self(ip.to_canonical())
+        Self(Source::Ip(ip.to_canonical()))
     }
 
-    pub fn ip(&self) -> IpAddr {
-        self.0
+    fn unparsed(hop: &[u8], via: IpAddr) -> Self {
+        let hash = Sha256::digest(hop);
+        let mut digest = [0; 8];
+        digest.copy_from_slice(&hash[..8]);
+        Self(Source::Unparsed { digest, via: via.to_canonical() })
+    }
+
+    /// The client's address; `None` for the stand-in of a hop that is not one.
+    pub fn ip(&self) -> Option<IpAddr> {
+        match self.0 {
+            Source::Ip(ip) => Some(ip),
+            Source::Unparsed { .. } => None,
+        }
     }
 
     /// The unit failed logins are counted in: the address itself for IPv4, its /64 for
     /// IPv6. One IPv6 host usually holds a whole /64 and could otherwise rotate through
-    /// 2^64 addresses, each with a fresh counter.
+    /// 2^64 addresses, each with a fresh counter. A stand-in is its own unit.
     pub fn lockout_key(&self) -> String {
         match self.0 {
-            IpAddr::V4(v4) => v4.to_string(),
-            IpAddr::V6(v6) => {
+            Source::Ip(IpAddr::V4(v4)) => v4.to_string(),
+            Source::Ip(IpAddr::V6(v6)) => {
                 let s = v6.segments();
                 let net = Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0);
                 format!("{net}/64")
             }
+            Source::Unparsed { .. } => self.to_string(),
         }
     }
 }
 
 impl fmt::Display for ClientAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
+        match &self.0 {
+            Source::Ip(ip) => ip.fmt(f),
+            Source::Unparsed { digest, via } => {
+                f.write_str("unparsed-")?;
+                digest.iter().try_for_each(|b| write!(f, "{b:02x}"))?;
+                write!(f, "@{via}")
+            }
+        }
     }
 }
 
@@ -84,21 +117,36 @@ impl TrustedProxies {
         self.0.iter().any(|net| net.contains(&ip))
     }
 
-    /// The client behind `peer`. `forwarded_for` are the values of every `X-Forwarded-For`
-    /// header, in order. Each trusted proxy appends the address it received the request
-    /// from, so the chain is read from the right: the first hop that is not a trusted proxy
-    /// is the client. Anything to its left was written by the client itself and is ignored.
-    /// A hop that does not parse ends the walk at the last trusted hop, which is then the
-    /// best address we know.
-    pub fn client_addr<'a>(&self, peer: IpAddr, forwarded_for: impl IntoIterator<Item = &'a str>) -> ClientAddr {
+    /// The client behind `peer`. `forwarded_for` are the raw values of every
+    /// `X-Forwarded-For` header line, in order: one comma-separated list (RFC 9110 §5.3),
+    /// split and parsed as bytes, so a hop that is not UTF-8 spoils only itself.
+    ///
+    /// Each trusted proxy appends the address it received the request from, so the chain is
+    /// read from the right: the first hop that is not a trusted proxy is the client, and
+    /// what the client wrote to its left is never even parsed. A hop in the client's place
+    /// that is not an address was written by the trusted proxy to its right (`unknown`, an
+    /// obfuscated name); the client is then a stand-in derived from that hop and that proxy,
+    /// not the proxy itself, so clients behind it do not share the proxy's counter, and
+    /// nobody can pick another stand-in without a trusted proxy writing it.
+    pub fn client_addr<'a, H>(&self, peer: IpAddr, forwarded_for: impl IntoIterator<Item = &'a H>) -> ClientAddr
+    where
+        H: AsRef<[u8]> + ?Sized + 'a,
+    {
         let peer = peer.to_canonical();
         if !self.contains(peer) {
             return ClientAddr::new(peer);
         }
-        let hops: Vec<&str> = forwarded_for.into_iter().flat_map(|v| v.split(',')).map(str::trim).collect();
+        let lines: Vec<&[u8]> = forwarded_for.into_iter().map(AsRef::as_ref).collect();
+        // RFC 9110 §5.6.1: empty list elements are ignored.
+        let hops = lines
+            .iter()
+            .rev()
+            .flat_map(|line| line.rsplit(|&b| b == b','))
+            .map(|hop| hop.trim_ascii())
+            .filter(|hop| !hop.is_empty());
         let mut client = peer;
-        for hop in hops.iter().rev().take(MAX_HOPS) {
-            let Some(ip) = parse_hop(hop) else { break };
+        for hop in hops.take(MAX_HOPS) {
+            let Some(ip) = parse_hop(hop) else { return ClientAddr::unparsed(hop, client) };
             client = ip;
             if !self.contains(ip) {
                 break;
@@ -108,9 +156,16 @@ impl TrustedProxies {
     }
 }
 
+/// The longest hop that can be an address: `[` IPv6 with an embedded IPv4 `]:65535`.
+const MAX_HOP_LEN: usize = 64;
+
 /// One `X-Forwarded-For` entry: an address, optionally bracketed or with a port, as proxies
 /// write them (`203.0.113.7`, `203.0.113.7:5000`, `[2001:db8::1]:443`, `2001:db8::1`).
-fn parse_hop(hop: &str) -> Option<IpAddr> {
+fn parse_hop(hop: &[u8]) -> Option<IpAddr> {
+    if hop.len() > MAX_HOP_LEN {
+        return None;
+    }
+    let hop = std::str::from_utf8(hop).ok()?;
     if let Ok(ip) = IpAddr::from_str(hop) {
         return Some(ip.to_canonical());
     }
@@ -125,6 +180,15 @@ fn parse_hop(hop: &str) -> Option<IpAddr> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// An `X-Forwarded-For` element: a trusted or untrusted address, or any bytes at all.
+    fn hop() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            (0u8..=255).prop_map(|n| format!("10.0.0.{n}").into_bytes()),
+            any::<[u8; 4]>().prop_map(|a| IpAddr::from(a).to_string().into_bytes()),
+            proptest::collection::vec(any::<u8>(), 0..12),
+        ]
+    }
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
@@ -144,27 +208,49 @@ mod tests {
         assert!(TrustedProxies::parse(&vec!["10.0.0.1"; 65].join(",")).is_err());
     }
 
+    fn client(t: &TrustedProxies, peer: &str, lines: &[&[u8]]) -> ClientAddr {
+        t.client_addr(ip(peer), lines.iter().copied())
+    }
+
     #[test]
     fn forwarded_for_only_from_a_trusted_peer() {
         let none = TrustedProxies::default();
-        assert_eq!(none.client_addr(ip("10.0.0.2"), ["203.0.113.9"]).ip(), ip("10.0.0.2"));
+        assert_eq!(none.client_addr(ip("10.0.0.2"), ["203.0.113.9"]).ip(), Some(ip("10.0.0.2")));
 
         let t = TrustedProxies::parse("10.0.0.0/8").unwrap();
         // Untrusted peer: its header is the attacker's own words.
-        assert_eq!(t.client_addr(ip("198.51.100.1"), ["203.0.113.9"]).ip(), ip("198.51.100.1"));
+        assert_eq!(t.client_addr(ip("198.51.100.1"), ["203.0.113.9"]).ip(), Some(ip("198.51.100.1")));
         // Trusted peer: the rightmost untrusted hop; a client-written prefix is ignored.
-        assert_eq!(t.client_addr(ip("10.0.0.2"), ["1.1.1.1, 203.0.113.9, 10.0.0.5"]).ip(), ip("203.0.113.9"));
+        assert_eq!(t.client_addr(ip("10.0.0.2"), ["1.1.1.1, 203.0.113.9, 10.0.0.5"]).ip(), Some(ip("203.0.113.9")));
         // Several headers are one list, in order.
-        assert_eq!(t.client_addr(ip("10.0.0.2"), ["1.1.1.1", "203.0.113.9"]).ip(), ip("203.0.113.9"));
-        // Ports and brackets, as some proxies write them.
-        assert_eq!(t.client_addr(ip("10.0.0.2"), ["[2001:db8::1]:443"]).ip(), ip("2001:db8::1"));
-        assert_eq!(t.client_addr(ip("10.0.0.2"), ["203.0.113.9:5000"]).ip(), ip("203.0.113.9"));
-        // Garbage stops the walk at the last trusted hop.
-        assert_eq!(t.client_addr(ip("10.0.0.2"), ["203.0.113.9, nonsense"]).ip(), ip("10.0.0.2"));
+        assert_eq!(t.client_addr(ip("10.0.0.2"), ["1.1.1.1", "203.0.113.9"]).ip(), Some(ip("203.0.113.9")));
+        // Ports and brackets, as some proxies write them; empty elements are skipped.
+        assert_eq!(t.client_addr(ip("10.0.0.2"), ["[2001:db8::1]:443"]).ip(), Some(ip("2001:db8::1")));
+        assert_eq!(t.client_addr(ip("10.0.0.2"), ["203.0.113.9:5000, ,"]).ip(), Some(ip("203.0.113.9")));
         // No header: the proxy itself.
-        assert_eq!(t.client_addr(ip("10.0.0.2"), []).ip(), ip("10.0.0.2"));
+        assert_eq!(t.client_addr(ip("10.0.0.2"), [] as [&str; 0]).ip(), Some(ip("10.0.0.2")));
         // A v4-mapped peer is the same peer.
-        assert_eq!(t.client_addr(ip("::ffff:10.0.0.2"), ["203.0.113.9"]).ip(), ip("203.0.113.9"));
+        assert_eq!(t.client_addr(ip("::ffff:10.0.0.2"), ["203.0.113.9"]).ip(), Some(ip("203.0.113.9")));
+    }
+
+    #[test]
+    fn bytes_that_are_not_an_address_spoil_only_their_own_hop() {
+        let t = TrustedProxies::parse("10.0.0.0/8").unwrap();
+        let addr = Some(ip("203.0.113.9"));
+        // Not UTF-8, control bytes, obs-text: to the left of the client, never looked at.
+        assert_eq!(client(&t, "10.0.0.2", &[b"\xff\xfe\x80, 203.0.113.9"]).ip(), addr);
+        assert_eq!(client(&t, "10.0.0.2", &[b"\xff,\x01\x7f", b"203.0.113.9, 10.0.0.7"]).ip(), addr);
+        assert_eq!(client(&t, "10.0.0.2", &[b"\xff\xfe", b"203.0.113.9"]).ip(), addr);
+        // In the client's place: a stand-in of its own, never the proxy that wrote it.
+        let unknown = client(&t, "10.0.0.2", &[b"203.0.113.9, unknown"]);
+        assert_eq!(unknown.ip(), None);
+        assert_eq!(unknown.to_string(), "unparsed-b23a6a8439c0dde5@10.0.0.2");
+        assert_eq!(unknown.lockout_key(), unknown.to_string());
+        assert_eq!(client(&t, "10.0.0.2", &[b"unknown"]), unknown);
+        assert_ne!(client(&t, "10.0.0.3", &[b"unknown"]), unknown);
+        assert_ne!(client(&t, "10.0.0.2", &[b"unknowN"]), unknown);
+        // Written by a trusted hop further in: that hop, not the peer, is named.
+        assert_eq!(client(&t, "10.0.0.2", &[b"\xff, 10.0.0.7"]).to_string().rsplit('@').next(), Some("10.0.0.7"));
     }
 
     #[test]
@@ -189,9 +275,62 @@ mod tests {
         ) {
             let t = TrustedProxies::parse("0.0.0.0/0, ::/0").unwrap();
             let peer = IpAddr::from(peer);
-            let got = t.client_addr(peer, headers.iter().map(String::as_str)).ip();
-            let listed = headers.iter().flat_map(|h| h.split(',')).filter_map(|h| parse_hop(h.trim())).any(|h| h == got);
-            prop_assert!(got == peer.to_canonical() || listed);
+            let got = t.client_addr(peer, headers.iter().map(String::as_str));
+            let listed = headers.iter().flat_map(|h| h.split(',')).filter_map(|h| parse_hop(h.trim().as_bytes()));
+            let listed: Vec<IpAddr> = listed.collect();
+            match got.ip() {
+                Some(got) => prop_assert!(got == peer.to_canonical() || listed.contains(&got)),
+                None => prop_assert!(got.to_string().starts_with("unparsed-")),
+            }
+        }
+
+        /// Whatever the bytes: once a hop the walk reaches is not a trusted proxy, the answer
+        /// is neither the peer nor any other trusted proxy.
+        #[test]
+        fn never_a_trusted_proxy_when_a_hop_is_not_one(
+            lines in proptest::collection::vec(proptest::collection::vec(hop(), 0..6), 0..4),
+            peer in 0u8..=255,
+        ) {
+            let t = TrustedProxies::parse("10.0.0.0/8").unwrap();
+            let peer = IpAddr::from([10, 0, 0, peer]);
+            let raw: Vec<Vec<u8>> = lines.iter().map(|hops| hops.join(&b","[..])).collect();
+            let got = t.client_addr(peer, raw.iter());
+            let walked: Vec<&[u8]> = raw
+                .iter()
+                .rev()
+                .flat_map(|line| line.rsplit(|&b| b == b','))
+                .map(<[u8]>::trim_ascii)
+                .filter(|hop| !hop.is_empty())
+                .take(MAX_HOPS)
+                .collect();
+            let untrusted_hop = walked.iter().any(|hop| parse_hop(hop).is_none_or(|ip| !t.contains(ip)));
+            if untrusted_hop {
+                prop_assert!(got.ip().is_none_or(|ip| !t.contains(ip)), "{got} from {raw:?}");
+            }
+        }
+
+        /// A client behind trusted proxies is named by its own address, whatever it wrote
+        /// itself in front of it.
+        #[test]
+        fn the_client_is_named_whatever_it_wrote(
+            written in proptest::collection::vec(any::<u8>(), 0..80),
+            client in any::<[u8; 4]>(),
+            proxies in proptest::collection::vec(0u8..=255, 0..4),
+            own_line in any::<bool>(),
+        ) {
+            let t = TrustedProxies::parse("10.0.0.0/8").unwrap();
+            let client = IpAddr::from(client);
+            prop_assume!(!t.contains(client));
+            let mut appended = client.to_string();
+            for p in &proxies {
+                appended.push_str(&format!(", 10.1.1.{p}"));
+            }
+            let lines: Vec<Vec<u8>> = if own_line {
+                vec![written, appended.into_bytes()]
+            } else {
+                vec![[written, b", ".to_vec(), appended.into_bytes()].concat()]
+            };
+            prop_assert_eq!(t.client_addr(ip("10.0.0.2"), lines.iter()).ip(), Some(client));
         }
 
         #[test]
@@ -199,7 +338,7 @@ mod tests {
             let t = TrustedProxies::parse("10.0.0.0/8").unwrap();
             let peer = IpAddr::from(peer);
             prop_assume!(!t.contains(peer));
-            prop_assert_eq!(t.client_addr(peer, [header.as_str()]).ip(), peer.to_canonical());
+            prop_assert_eq!(t.client_addr(peer, [header.as_str()]).ip(), Some(peer.to_canonical()));
         }
 
         #[test]

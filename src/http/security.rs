@@ -28,8 +28,7 @@ pub fn client_addr(parts: &Parts, policy: &SecurityPolicy) -> ClientAddr {
         // or fuzz harness) lacks its socket address; such requests share one counter.
         return ClientAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
     };
-    let forwarded = parts.headers.get_all("x-forwarded-for").into_iter().filter_map(|v| v.to_str().ok());
-    policy.trusted_proxies.client_addr(peer.ip(), forwarded)
+    policy.trusted_proxies.client_addr(peer.ip(), parts.headers.get_all("x-forwarded-for"))
 }
 
 /// Extractor for the client address.
