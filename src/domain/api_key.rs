@@ -6,6 +6,8 @@ use super::{ParseError, random_string};
 
 const KEY_ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
 const KEY_LEN: usize = 20;
+/// How many bytes an API key has (all ASCII).
+pub const API_KEY_LEN: usize = KEY_LEN;
 
 /// `KEY_ALPHABET` as a test: parsing runs on every login, and a byte's class is cheaper
 /// than a search of the alphabet.
@@ -34,6 +36,14 @@ impl ApiKeyId {
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// The key as a fixed-size array, for maps that hold many keys without an allocation each.
+    pub fn to_bytes(&self) -> [u8; KEY_LEN] {
+        let mut bytes = [0; KEY_LEN];
+        // Parsing and generation both make exactly KEY_LEN ASCII bytes.
+        bytes.copy_from_slice(&self.0.as_bytes()[..KEY_LEN]);
+        bytes
     }
 }
 

@@ -9,7 +9,7 @@ mod key_ref;
 mod origin;
 
 pub use account::{AccountId, AccountName};
-pub use api_key::{ApiKeyId, ApiPassword};
+pub use api_key::{API_KEY_LEN, ApiKeyId, ApiPassword};
 pub use client_addr::{ClientAddr, TrustedProxies};
 pub use email::Email;
 pub use key_ref::KeyRef;

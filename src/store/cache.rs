@@ -8,7 +8,7 @@
 //!   store the login records (for every API login) are loaded *all at once*, and used only
 //!   while memory holds every key: then an unknown key is answered from memory exactly like
 //!   a known one. A read-through login cache would answer known keys faster than unknown
-//!   ones, which tells an attacker which keys exist; so with more than `MAX_KEYS` keys every
+//!   ones, which tells an attacker which keys exist; so with more than `MAX_LOGINS` keys every
 //!   login reads the store instead.
 //! - **The revocation set, complete.** Every live revoked `jti`, loaded at start and kept
 //!   current, so "is this token revoked?" never needs the store.
@@ -35,7 +35,7 @@
 //! changes no count costs no write either. With PostgreSQL a lock set or an attempt
 //! admitted by another replica must count here at once, so every update goes to the store.
 //!
-//! Memory is bounded: at most `MAX_KEYS` keys and `MAX_TOMBSTONES` tombstones (random
+//! Memory is bounded: at most `MAX_LOGINS` login records, `MAX_KEYS` accounts and `MAX_TOMBSTONES` tombstones (random
 //! entries make room when full), and `MAX_REVOCATIONS` revocations, past which the set is
 //! marked incomplete and revocation checks go to the store until a full reload fits again.
 
@@ -52,6 +52,7 @@ use async_trait::async_trait;
 use sha2::{Digest, Sha256};
 
 use super::*;
+use crate::domain::API_KEY_LEN;
 
 /// How often the change log is read when nothing wakes the reader earlier.
 const POLL_EVERY: Duration = Duration::from_millis(250);
@@ -72,8 +73,11 @@ const RETRY_INCOMPLETE_EVERY: Duration = Duration::from_secs(60);
 /// Rows read per query while catching up.
 const BATCH: u32 = 1000;
 
-/// At most this many keys in memory (about 100 bytes each with their login record).
+/// At most this many keys' accounts in memory, for verification (about 40 bytes each).
 const MAX_KEYS: usize = 1 << 16;
+/// At most this many keys' login records in memory (about 100 bytes each); with more,
+/// every login reads the store.
+const MAX_LOGINS: usize = 1 << 18;
 /// At most this many tombstones of deleted keys (about 20 bytes each).
 const MAX_TOMBSTONES: usize = 1 << 16;
 /// At most this many live revocations in memory (about 35 bytes each); beyond, the store
@@ -93,7 +97,7 @@ struct Login {
 #[derive(Default)]
 struct Keys {
     /// By API key, for logins (embedded store only): every key there is, or unused.
-    logins: HashMap<ApiKeyId, Login>,
+    logins: HashMap<[u8; API_KEY_LEN], Login>,
     /// Whether `logins` holds every key, so that a key missing from it does not exist.
     logins_complete: bool,
     /// A full load lost a race with a change, or a change left `logins` incomplete: load
@@ -109,15 +113,14 @@ impl Keys {
     fn add(&mut self, key: &KeyRecord) {
         let Ok(secret_hash) = <[u8; 32]>::try_from(key.secret_hash.as_slice()) else { return };
         let login = Login { key_ref: key.key_ref, account_id: key.account_id, secret_hash, created_at: key.created_at };
-        self.logins.insert(key.api_key.clone(), login);
-        self.accounts.insert(key.key_ref, key.account_id);
+        self.logins.insert(key.api_key.to_bytes(), login);
     }
 
     fn forget(&mut self, key_ref: KeyRef, api_key: Option<&ApiKeyId>) {
         self.accounts.remove(&key_ref);
         match api_key {
             Some(api_key) => {
-                self.logins.remove(api_key);
+                self.logins.remove(&api_key.to_bytes());
             }
             // Rare (a deletion made here, by ref): a scan of at most MAX_KEYS entries.
             None => self.logins.retain(|_, login| login.key_ref != key_ref),
@@ -279,8 +282,8 @@ impl CachedStore {
         if !keys.logins_complete {
             return;
         }
-        if keys.logins.len() >= MAX_KEYS {
-            tracing::warn!(max = MAX_KEYS, "too many keys to keep in memory; logins read the store");
+        if keys.logins.len() >= MAX_LOGINS {
+            tracing::warn!(max = MAX_LOGINS, "too many keys to keep in memory; logins read the store");
             keys.logins_complete = false;
             return;
         }
@@ -379,7 +382,7 @@ impl CachedStore {
         let live = self.inner.live_revocations(now).await?;
         let epoch = self.epoch.load(Ordering::Acquire);
         let all = match self.serve_logins {
-            true => Some(self.inner.all_keys(MAX_KEYS as u32 + 1).await?),
+            true => Some(self.inner.all_keys(MAX_LOGINS as u32 + 1).await?),
             false => None,
         };
         self.forget_all_keys();
@@ -388,7 +391,7 @@ impl CachedStore {
             // Any key created or deleted meanwhile moved the epoch: the load may miss it.
             if self.epoch.load(Ordering::Acquire) != epoch + 1 {
                 keys.reload_soon = true;
-            } else if all.len() <= MAX_KEYS {
+            } else if all.len() <= MAX_LOGINS {
                 for key in &all {
                     keys.add(key);
                 }
@@ -397,7 +400,7 @@ impl CachedStore {
             } else {
                 keys.reload_soon = false;
                 if cursor.loaded_at.is_none() {
-                    tracing::warn!(max = MAX_KEYS, "too many keys to keep in memory; logins read the store");
+                    tracing::warn!(max = MAX_LOGINS, "too many keys to keep in memory; logins read the store");
                 }
             }
         }
@@ -523,7 +526,7 @@ impl KeyStore for CachedStore {
         if self.serve_logins && self.is_trusted() {
             let keys = self.keys();
             if keys.logins_complete {
-                return Ok(keys.logins.get(api_key).map(|login| KeyRecord {
+                return Ok(keys.logins.get(&api_key.to_bytes()).map(|login| KeyRecord {
                     key_ref: login.key_ref,
                     account_id: login.account_id,
                     api_key: api_key.clone(),
@@ -875,7 +878,7 @@ mod tests {
         cache.sync_once().await;
 
         // Every key is in memory for logins.
-        assert!(cache.keys().logins_complete && cache.keys().logins.contains_key(&key.api_key));
+        assert!(cache.keys().logins_complete && cache.keys().logins.contains_key(&key.api_key.to_bytes()));
         // A verification read the key's account from the store; before it could fill the
         // cache, another server deleted the key and this one heard of it.
         let epoch = cache.epoch.load(Ordering::Acquire);
