@@ -545,6 +545,30 @@ impl AdminStore for CachedStore {
 }
 
 #[async_trait]
+impl AdminManagementStore for CachedStore {
+    async fn list_admins(&self, account: Option<&AccountName>) -> Result<Vec<AdminSummary>> {
+        self.inner.list_admins(account).await
+    }
+    async fn admin_by_id(&self, id: AdminId) -> Result<Option<AdminRecord>> {
+        self.inner.admin_by_id(id).await
+    }
+    async fn set_admin_password(
+        &self,
+        id: AdminId,
+        password_hash: &str,
+        keep: Option<&SessionHash>,
+    ) -> Result<Option<u64>> {
+        self.inner.set_admin_password(id, password_hash, keep).await
+    }
+    async fn delete_admin_sessions(&self, id: AdminId) -> Result<u64> {
+        self.inner.delete_admin_sessions(id).await
+    }
+    async fn delete_admin(&self, id: AdminId) -> Result<AdminDeletion> {
+        self.inner.delete_admin(id).await
+    }
+}
+
+#[async_trait]
 impl LockoutStore for CachedStore {
     async fn failure_counters(&self, subjects: &[String]) -> Result<Vec<(String, FailureCounter)>> {
         if !self.serve_logins {

@@ -11,6 +11,7 @@ use sqlx::{
 
 use super::{rows::*, *};
 
+mod admins;
 mod changes;
 mod gateway;
 mod paging;
@@ -29,9 +30,15 @@ impl SqliteStore {
         Self::open(url, true).await
     }
 
-    /// Opens the store at `url`, creating the file only if `create` says so.
+    /// Opens the store at `url`. Without `create`, a missing file, or one without keygate's
+    /// schema, is `NoStore` and left as it was.
     pub async fn open(url: &str, create: bool) -> Result<Self> {
-        let options = SqliteConnectOptions::from_str(url)?
+        let options = SqliteConnectOptions::from_str(url)?;
+        let path = options.get_filename().to_owned();
+        if !create && !path.exists() {
+            return Err(StoreError::NoStore(path.display().to_string()));
+        }
+        let options = options
             .create_if_missing(create)
             .journal_mode(SqliteJournalMode::Wal)
             // NORMAL is durable in WAL mode except for the last commits before a power cut.
@@ -43,6 +50,16 @@ impl SqliteStore {
             .acquire_timeout(Duration::from_secs(5))
             .connect_with(options)
             .await?;
+        if !create {
+            let migrated: Option<i64> =
+                sqlx::query_scalar("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'")
+                    .fetch_optional(&pool)
+                    .await?;
+            if migrated.is_none() {
+                pool.close().await;
+                return Err(StoreError::NoStore(path.display().to_string()));
+            }
+        }
         MIGRATOR.run(&pool).await?;
         Ok(Self { pool })
     }
