@@ -161,10 +161,10 @@ async fn admin_passwd_sets_a_new_password_and_ends_every_session(builder: Builde
     let new = "a completely new passphrase";
     let out = app.cli(&["admin", "passwd", "--email", ADMIN_EMAIL, "--password-stdin"], &format!("{new}\n"));
     ok(&out);
-    assert!(stdout(&out).contains("ended 2 session(s)"), "{}", stdout(&out));
     // Whoever knew the old password and was signed in with it is out.
     assert_eq!(keys_status(&app, &first).await, StatusCode::UNAUTHORIZED);
     assert_eq!(keys_status(&app, &second).await, StatusCode::UNAUTHORIZED);
+    assert!(stdout(&out).contains("ended 2 session(s)"), "{}", stdout(&out));
     assert_eq!(keys_status(&app, &colleague).await, StatusCode::OK);
     assert_problem(app.try_admin_login(ADMIN_EMAIL, ADMIN_PASSWORD).await, StatusCode::UNAUTHORIZED).await;
     signed_in(&app, ADMIN_EMAIL, new).await;
@@ -214,9 +214,9 @@ async fn admin_sessions_revoke_ends_every_session_of_that_admin_only(builder: Bu
 
     let out = app.cli(&["admin", "sessions", "revoke", "--email", ADMIN_EMAIL], "");
     ok(&out);
-    assert!(stdout(&out).contains("ended 2 session(s)"), "{}", stdout(&out));
     assert_eq!(keys_status(&app, &laptop).await, StatusCode::UNAUTHORIZED);
     assert_eq!(keys_status(&app, &phone).await, StatusCode::UNAUTHORIZED);
+    assert!(stdout(&out).contains("ended 2 session(s)"), "{}", stdout(&out));
     assert_eq!(keys_status(&app, &colleague).await, StatusCode::OK);
     // The password still works: this ends sessions, not the admin.
     signed_in(&app, ADMIN_EMAIL, ADMIN_PASSWORD).await;
@@ -419,4 +419,36 @@ async fn cli_commands_refuse_a_store_that_is_not_there_and_create_nothing(builde
     ok(&app.cli(&["admin", "list"], ""));
     ok(&app.cli(&["signing-key", "list"], ""));
 }
+}
+
+mod store_level {
+    use std::sync::Arc;
+
+    use keygate::{
+        domain::AccountName,
+        store::{AdminDeletion, Store},
+    };
+
+    use crate::{common::fixture::*, store_cases};
+
+    store_cases! {
+    // Two operators deleting the two admins of an account at the same moment: one
+    // deletion wins, the other is refused, and the account keeps an admin.
+    async fn concurrent_deletions_never_remove_an_accounts_last_admin(fx: Fixture) {
+        for round in 0..10 {
+            let store = fx.open().await;
+            let account = AccountName::parse(&format!("acme{round}")).unwrap();
+            let (a, b) = (new_admin(&format!("a{round}@example.com")), new_admin(&format!("b{round}@example.com")));
+            store.create_admin(&account, &a).await.unwrap();
+            store.create_admin(&account, &b).await.unwrap();
+            // Each deletion on a store (and so a pool) of its own, as from two processes.
+            let other: Arc<dyn Store> = fx.open().await;
+            let (x, y) = tokio::join!(store.delete_admin(a.id), other.delete_admin(b.id));
+            let mut outcomes = [x.unwrap(), y.unwrap()];
+            outcomes.sort_by_key(|o| *o == AdminDeletion::Deleted);
+            assert_eq!(outcomes, [AdminDeletion::LastOfAccount, AdminDeletion::Deleted], "round {round}");
+            assert_eq!(store.list_admins(Some(&account)).await.unwrap().len(), 1, "round {round}");
+        }
+    }
+    }
 }
