@@ -452,3 +452,100 @@ mod store_level {
     }
     }
 }
+
+/// `keygate admin create` on a real terminal (a pseudo-terminal that `script` gives it):
+/// the password is asked for twice, and what is typed never appears on the screen.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn a_password_typed_on_a_terminal_is_asked_twice_and_never_echoed() {
+    use std::{
+        io::{Read, Write},
+        process::{Command, Stdio},
+        sync::{Arc, Mutex},
+    };
+
+    let app = TestApp::spawn().await;
+    let data_dir = app.data_dir().display().to_string();
+    let typed = move |email: &str, first: &str, second: &str| {
+        let command = format!("{} admin create --email {email} --account acme", env!("CARGO_BIN_EXE_keygate"));
+        let mut script = Command::new("script");
+        script.args(["-qfec", &command, "/dev/null"]);
+        for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("KEYGATE_")) {
+            script.env_remove(key);
+        }
+        let mut child = script
+            .env("KEYGATE_DATA_DIR", &data_dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run script (util-linux)");
+        let screen = Arc::new(Mutex::new(Vec::new()));
+        let mut stdout = child.stdout.take().unwrap();
+        let sink = screen.clone();
+        let reader = std::thread::spawn(move || {
+            let mut buf = [0u8; 256];
+            while let Ok(n @ 1..) = stdout.read(&mut buf) {
+                sink.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        let mut keyboard = child.stdin.take().unwrap();
+        let script_pid = child.id();
+        let shown = || String::from_utf8_lossy(&screen.lock().unwrap()).into_owned();
+        for (prompt, line) in [("New password: ", first), ("Repeat it: ", second)] {
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            // Typed only once the prompt is shown and the terminal no longer echoes: a
+            // person typing sooner would be seen, whatever keygate does.
+            while !(shown().matches(prompt).count() == 1 && echo_is_off(script_pid)) {
+                assert!(std::time::Instant::now() < deadline, "no {prompt:?} prompt with echo off: {}", shown());
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            keyboard.write_all(format!("{line}\r").as_bytes()).unwrap();
+            keyboard.flush().unwrap();
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("still running: {}", shown());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        reader.join().unwrap();
+        (status.code(), shown())
+    };
+
+    let password = "typed on a keyboard, twice";
+    let (code, screen) = typed("typist@example.com", password, password);
+    assert_eq!(code, Some(0), "{screen}");
+    assert!(screen.contains("created admin typist@example.com"), "{screen}");
+    assert!(!screen.contains(password), "the password was echoed: {screen}");
+    signed_in(&app, "typist@example.com", password).await;
+
+    let (code, screen) = typed("other@example.com", "a first long password", "a second long password");
+    assert_eq!(code, Some(2), "{screen}");
+    assert!(screen.contains("differ"), "{screen}");
+    assert!(!stdout(&app.cli(&["admin", "list"], "")).contains("other@example.com"));
+}
+
+/// Whether the terminal of the `keygate` process under `script` has echo turned off.
+#[cfg(target_os = "linux")]
+fn echo_is_off(script_pid: u32) -> bool {
+    fn descendants(pid: u32) -> Vec<u32> {
+        let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        let children: Vec<u32> = children.split_whitespace().filter_map(|p| p.parse().ok()).collect();
+        children.iter().flat_map(|&c| std::iter::once(c).chain(descendants(c))).collect()
+    }
+    let Some(keygate) = descendants(script_pid)
+        .into_iter()
+        .find(|p| std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "keygate"))
+    else {
+        return false;
+    };
+    let Ok(tty) = std::fs::read_link(format!("/proc/{keygate}/fd/0")) else { return false };
+    let out = std::process::Command::new("stty").arg("-F").arg(&tty).arg("-a").output();
+    out.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).split_whitespace().any(|w| w == "-echo"))
+}
