@@ -415,6 +415,18 @@ async fn cli_commands_refuse_a_store_that_is_not_there_and_create_nothing(builde
     assert!(!out.status.success() && stderr(&out).contains("no keygate store"), "{}", stderr(&out));
     assert_eq!(std::fs::read_dir(&missing).unwrap().count(), 0);
 
+    // The embedded store found, but not its master key: a rotation must not invent one.
+    if app.db().is_none() {
+        let db = format!("sqlite://{}", app.data_dir().join("keygate.db").display());
+        let env = [("KEYGATE_DATABASE_URL".to_owned(), db), ("KEYGATE_DATA_DIR".to_owned(), missing.display().to_string())];
+        std::fs::remove_dir(&missing).unwrap();
+        let out = run_with_timeout(keygate_command(&env).args(["signing-key", "rotate"]), Duration::from_secs(30));
+        assert!(!out.status.success(), "{}", stdout(&out));
+        let lines = error_lines(&out);
+        assert!(lines.len() == 1 && lines[0].contains("no master key at"), "{lines:?}");
+        assert!(!missing.exists(), "{} was created", missing.display());
+    }
+
     // And the real store still answers every command.
     ok(&app.cli(&["admin", "list"], ""));
     ok(&app.cli(&["signing-key", "list"], ""));
