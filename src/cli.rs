@@ -1,22 +1,18 @@
-//! The command line: `keygate serve`, `keygate admin create`, `keygate signing-key …`.
+//! The command line: `keygate serve`, `keygate admin …`, `keygate signing-key …`,
+//! `keygate audit`, `keygate migrate`.
 
-use std::{io::Read, process::ExitCode};
+use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use secrecy::{ExposeSecret, SecretString};
-use uuid::Uuid;
 
+mod admin;
 mod audit;
 
 use crate::{
-    config::{ConfigError, MIN_ADMIN_PASSWORD, Settings, SettingsArgs},
-    crypto::AdminPasswordHasher,
-    domain::{AccountName, Email},
-    service,
+    config::{ConfigError, Settings, SettingsArgs},
     startup::{self, Application},
-    store::{self, AdminId, AuditAction, NewAdmin, StoreError},
-    telemetry,
+    store, telemetry,
 };
 
 #[derive(Debug, Parser)]
@@ -34,7 +30,7 @@ enum Command {
     Serve,
     /// Manage admins.
     #[command(subcommand)]
-    Admin(AdminCommand),
+    Admin(admin::AdminCommand),
     /// Manage the JWT signing keys.
     #[command(subcommand)]
     SigningKey(signing_key::SigningKeyCommand),
@@ -55,20 +51,10 @@ enum Command {
 
 mod signing_key;
 
-#[derive(Debug, Subcommand)]
-enum AdminCommand {
-    /// Add an admin to an account (creating the account if new). Safe while the server runs.
-    Create {
-        #[arg(long)]
-        email: String,
-        #[arg(long)]
-        account: String,
-        /// Read the password from standard input. Required: a password given as an
-        /// argument would be visible to every user of the machine.
-        #[arg(long, required = true)]
-        password_stdin: bool,
-    },
-}
+/// Refused input (an argument, a password): exit code 2, as for a bad setting or flag.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct InputError(pub String);
 
 pub fn main() -> ExitCode {
     // Everything keygate writes (the database and SQLite's own -wal and -shm files, the
@@ -96,7 +82,8 @@ pub fn main() -> ExitCode {
         Err(e) => {
             eprintln!("error: {e:#}");
             // A setting only start-up can judge (the master key file) is a setting error too.
-            if e.chain().any(|cause| cause.is::<ConfigError>()) { ExitCode::from(2) } else { ExitCode::FAILURE }
+            let setting = e.is::<InputError>() || e.chain().any(|cause| cause.is::<ConfigError>());
+            if setting { ExitCode::from(2) } else { ExitCode::FAILURE }
         }
     }
 }
@@ -111,37 +98,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Audit(args) => audit::run(args, &settings).await,
-        Command::Admin(AdminCommand::Create { email, account, password_stdin: _ }) => {
-            let email = Email::parse(&email).map_err(|e| anyhow::anyhow!("--email: {e}"))?;
-            let account = AccountName::parse(&account).map_err(|e| anyhow::anyhow!("--account: {e}"))?;
-            let password = read_password_stdin()?;
-            let store = startup::open_store(&settings).await?;
-            let admin = NewAdmin {
-                id: AdminId(Uuid::new_v4()),
-                email: email.clone(),
-                password_hash: AdminPasswordHasher::new(1, 0).hash(password).await?,
-                created_at: store::now(),
-            };
-            match store.create_admin(&account, &admin).await {
-                Ok(account_id) => {
-                    println!("created admin {email} in account {} ({account_id})", account.as_str());
-                    service::audit::record(
-                        store.as_ref(),
-                        AuditAction::AdminCreated,
-                        Some(account_id),
-                        service::audit::CLI_ACTOR.to_owned(),
-                        None,
-                        Some(email.to_string()),
-                    )
-                    .await;
-                    Ok(())
-                }
-                Err(StoreError::Conflict) => {
-                    anyhow::bail!("an admin with email {email} already exists")
-                }
-                Err(e) => Err(e).context("cannot create the admin"),
-            }
-        }
+        Command::Admin(command) => admin::run(command, &settings).await,
         Command::SigningKey(command) => signing_key::run(command, &settings).await,
         Command::Migrate { from, to } => migrate(&from, &to).await,
     }
@@ -164,20 +121,6 @@ async fn migrate(from: &str, to: &str) -> anyhow::Result<()> {
          keys the API password hashes"
     );
     Ok(())
-}
-
-fn read_password_stdin() -> anyhow::Result<SecretString> {
-    let mut raw = String::new();
-    std::io::stdin().take(4096).read_to_string(&mut raw).context("cannot read the password from stdin")?;
-    let password = SecretString::from(raw.trim_end_matches(['\r', '\n']).to_owned());
-    let len = password.expose_secret().chars().count();
-    if len < MIN_ADMIN_PASSWORD {
-        anyhow::bail!("the password must be at least {MIN_ADMIN_PASSWORD} characters");
-    }
-    if len > 1024 {
-        anyhow::bail!("the password must be at most 1024 characters");
-    }
-    Ok(password)
 }
 
 async fn shutdown_signal() {

@@ -12,7 +12,11 @@ use clap::Args;
 use secrecy::SecretString;
 use serde::Deserialize;
 
-use crate::{crypto::signing::SigningAlg, domain::Email, store::Backend};
+use crate::{
+    crypto::signing::SigningAlg,
+    domain::{AdminPassword, Email},
+    store::Backend,
+};
 
 mod connections;
 mod security;
@@ -145,7 +149,7 @@ pub struct Settings {
     /// `KEYGATE_MASTER_KEY`, if given; otherwise the embedded default keeps one in the data dir.
     pub master_key: Option<SecretString>,
     /// `KEYGATE_BOOTSTRAP_ADMIN_EMAIL` / `_PASSWORD`, used only on a store with no admin.
-    pub bootstrap_admin: Option<(Email, SecretString)>,
+    pub bootstrap_admin: Option<(Email, AdminPassword)>,
     pub log_filter: String,
     pub log_format: LogFormat,
     pub security: SecuritySettings,
@@ -162,9 +166,6 @@ pub struct ConfigError {
 fn bad(name: &'static str, reason: impl Into<String>) -> ConfigError {
     ConfigError { name, reason: reason.into() }
 }
-
-/// Minimum length for any admin password keygate accepts on creation.
-pub const MIN_ADMIN_PASSWORD: usize = 12;
 
 impl Settings {
     /// Builds settings from `args` (flags and environment already merged by clap), the
@@ -283,13 +284,9 @@ impl Settings {
             (None, None) => None,
             (Some(email), Some(password)) => {
                 let email = Email::parse(&email).map_err(|e| bad("KEYGATE_BOOTSTRAP_ADMIN_EMAIL", e.0))?;
-                if password.chars().count() < MIN_ADMIN_PASSWORD {
-                    return Err(bad(
-                        "KEYGATE_BOOTSTRAP_ADMIN_PASSWORD",
-                        format!("must be at least {MIN_ADMIN_PASSWORD} characters"),
-                    ));
-                }
-                Some((email, SecretString::from(password)))
+                let password =
+                    AdminPassword::parse(&password).map_err(|e| bad("KEYGATE_BOOTSTRAP_ADMIN_PASSWORD", e.0))?;
+                Some((email, password))
             }
             (Some(_), None) => {
                 return Err(bad("KEYGATE_BOOTSTRAP_ADMIN_PASSWORD", "required with KEYGATE_BOOTSTRAP_ADMIN_EMAIL"));
@@ -472,5 +469,22 @@ mod tests {
             [("KEYGATE_BOOTSTRAP_ADMIN_EMAIL", "A@b.io"), ("KEYGATE_BOOTSTRAP_ADMIN_PASSWORD", "long enough pass")];
         let s = Settings::load(&args, env(Box::leak(Box::new(ok)))).unwrap();
         assert_eq!(s.bootstrap_admin.unwrap().0.as_str(), "a@b.io");
+    }
+
+    #[test]
+    fn bootstrap_password_follows_the_one_password_rule() {
+        let load = |password: String| {
+            Settings::load(&SettingsArgs::default(), move |k: &str| match k {
+                "KEYGATE_BOOTSTRAP_ADMIN_EMAIL" => Some("a@b.io".to_owned()),
+                "KEYGATE_BOOTSTRAP_ADMIN_PASSWORD" => Some(password.clone()),
+                _ => None,
+            })
+        };
+        // Each would be stored and then refused at every login.
+        for bad in ["x".repeat(1100), "é".repeat(600), " ".repeat(16)] {
+            let err = load(bad).unwrap_err();
+            assert_eq!(err.name, "KEYGATE_BOOTSTRAP_ADMIN_PASSWORD");
+        }
+        assert!(load("x".repeat(1024)).is_ok());
     }
 }

@@ -3,6 +3,7 @@
 
 use std::sync::{Arc, Mutex, RwLock};
 
+pub mod admins;
 mod attempt;
 pub mod audit;
 pub mod lockout;
@@ -16,7 +17,7 @@ use crate::{
         session::{self, SessionHash},
         signing::{AccessClaims, KeyRing, KeySealer, SigningError},
     },
-    domain::{AccountId, ApiKeyId, ApiPassword, ClientAddr, Email, KeyRef},
+    domain::{AccountId, AdminPassword, ApiKeyId, ApiPassword, ClientAddr, Email, KeyRef},
     store::{
         self, AdminId, AuditAction, AuditRecord, AuditScope, KeyRecord, KeySummary, SessionRecord, Store, StoreError,
     },
@@ -31,6 +32,9 @@ pub enum AuthError {
     InvalidCredentials,
     #[error("no valid admin session")]
     NoSession,
+    /// A signed-in admin's current password, given to change it, is wrong.
+    #[error("wrong current password")]
+    WrongPassword,
     #[error("not found")]
     NotFound,
     /// A bearer token that must not be honoured. The reason is for the debug log only:
@@ -100,9 +104,9 @@ pub struct GeneratedKey {
 /// Session activity is written back at most this often (or a quarter of the idle timeout,
 /// if shorter), so that browsing does not cost a database write per request.
 const TOUCH_INTERVAL: i64 = 60;
-/// Longer inputs are refused before any hashing: no legitimate secret is this long, and
-/// argon2 cost should not be chosen by the caller.
-const MAX_PASSWORD_LEN: usize = 1024;
+/// Longer inputs are refused before any hashing: no password that can be set is this
+/// long, and argon2 cost should not be chosen by the caller.
+const MAX_PASSWORD_LEN: usize = AdminPassword::MAX_BYTES;
 
 pub struct AuthService {
     store: Arc<dyn Store>,

@@ -26,6 +26,8 @@ const API_PASSWORD_HMAC_LABEL: &str = "keygate/api-password-hmac/v1";
 const SIGNING_KEY_SEAL_LABEL: &str = "keygate/signing-key-seal/v1";
 
 pub const INITIAL_PASSWORD_FILE: &str = "initial-admin-password";
+/// The embedded store's master key, in the data directory, without `KEYGATE_MASTER_KEY`.
+const MASTER_KEY_FILE: &str = "master.key";
 const DEFAULT_ADMIN_EMAIL: &str = "admin@localhost";
 const DEFAULT_ACCOUNT: &str = "default";
 
@@ -146,6 +148,28 @@ pub async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
     store::connect(&settings.database_url).await.context("cannot open the database")
 }
 
+/// Opens the store named by the settings only if it exists: for every command but `serve`,
+/// where a mistyped data directory or URL must be refused with its path, not silently become
+/// a fresh store (with a data directory and a master key of its own).
+pub async fn open_existing_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
+    store::open_existing(&settings.database_url).await.context("cannot open the database")
+}
+
+/// The master key for a command other than `serve`: never created here, since a new one
+/// would open nothing in the existing store.
+pub fn existing_master_key(settings: &Settings) -> anyhow::Result<MasterKey> {
+    if settings.master_key.is_none() && settings.is_embedded() {
+        let path = settings.data_dir.join(MASTER_KEY_FILE);
+        if !path.exists() {
+            anyhow::bail!(
+                "no master key at {}: set KEYGATE_MASTER_KEY, or KEYGATE_DATA_DIR to the servers' data directory",
+                path.display()
+            );
+        }
+    }
+    master_key(settings)
+}
+
 fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
     let mut builder = std::fs::DirBuilder::new();
     builder.recursive(true);
@@ -170,7 +194,7 @@ pub fn master_key(settings: &Settings) -> anyhow::Result<MasterKey> {
         Some(encoded) => MasterKey::from_base64(encoded.expose_secret()).context("invalid setting KEYGATE_MASTER_KEY"),
         None if settings.is_embedded() => {
             create_private_dir(&settings.data_dir)?;
-            let path = settings.data_dir.join("master.key");
+            let path = settings.data_dir.join(MASTER_KEY_FILE);
             // A key file found wrong is a setting error like a wrong variable (exit code 2).
             MasterKey::load_or_create(&path).map_err(|e| {
                 anyhow::Error::new(ConfigError {
@@ -207,7 +231,7 @@ async fn bootstrap_admin(store: &dyn Store, settings: &Settings, hasher: &AdminP
         return Ok(());
     }
     let (email, password, file) = match &settings.bootstrap_admin {
-        Some((email, password)) => (email.clone(), SecretString::from(password.expose_secret()), None),
+        Some((email, password)) => (email.clone(), SecretString::from(password.expose()), None),
         None => {
             // Reuse the API-password generator: 190 random bits, nothing to guess.
             let password = ApiPassword::generate().expose().to_owned();

@@ -9,3 +9,7 @@ ALTER TABLE login_failures ADD COLUMN in_flight_at BIGINT NOT NULL DEFAULT 0;
 -- Live revocations are counted per key (and, through api_keys, per account) before each new
 -- one, to bound what one tenant can put in every server's memory.
 CREATE INDEX revoked_tokens_by_key ON revoked_tokens (key_ref, expires_at);
+
+-- `keygate admin unlock` clears a counter from outside the server, whose cache mirrors the
+-- counters on the embedded store: the change log tells it which subject to read again.
+ALTER TABLE cache_events ADD COLUMN subject TEXT;

@@ -32,7 +32,7 @@ pub async fn run(args: AuditArgs, settings: &Settings) -> anyhow::Result<()> {
         }
         None => AuditScope::All,
     };
-    let store = startup::open_store(settings).await?;
+    let store = startup::open_existing_store(settings).await?;
     let records = store.audit_events(&scope, args.before, args.limit).await?;
     for record in &records {
         println!("{}", if args.json { json_line(record) } else { text_line(record) });
@@ -110,7 +110,7 @@ fn printable(text: &str) -> String {
 }
 
 /// RFC 3339 in UTC, from Unix seconds; the number itself if it is no representable date.
-fn utc(at: i64) -> String {
+pub(super) fn utc(at: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(at)
         .ok()
         .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())

@@ -28,8 +28,8 @@ pub enum SigningKeyCommand {
 }
 
 pub async fn run(command: SigningKeyCommand, settings: &Settings) -> anyhow::Result<()> {
-    let store = startup::open_store(settings).await?;
-    let sealer = startup::key_sealer(&startup::master_key(settings)?);
+    let store = startup::open_existing_store(settings).await?;
+    let sealer = startup::key_sealer(&startup::existing_master_key(settings)?);
     match command {
         SigningKeyCommand::Rotate { alg } => {
             let records = store.signing_keys().await?;

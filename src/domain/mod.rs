@@ -2,6 +2,7 @@
 //! nothing here does I/O or knows about HTTP.
 
 mod account;
+mod admin_password;
 mod api_key;
 mod client_addr;
 mod email;
@@ -9,6 +10,7 @@ mod key_ref;
 mod origin;
 
 pub use account::{AccountId, AccountName};
+pub use admin_password::AdminPassword;
 pub use api_key::{API_KEY_LEN, ApiKeyId, ApiPassword};
 pub use client_addr::{ClientAddr, TrustedProxies};
 pub use email::Email;

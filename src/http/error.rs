@@ -44,6 +44,9 @@ pub enum ApiError {
     /// A cookie-authenticated change requested from another site (CSRF).
     #[error("cross-site requests may not use the admin session")]
     CrossSite,
+    /// The session is valid, but the password it must confirm is wrong.
+    #[error("current_password is not this admin's password")]
+    WrongPassword,
     /// Locked out after too many failed logins. The detail is the same for every locked
     /// subject, so it does not say whether the email, the key or the address is locked.
     #[error("too many failed logins; try again later")]
@@ -70,7 +73,7 @@ impl ApiError {
                 StatusCode::UNAUTHORIZED
             }
             Self::NotFound => StatusCode::NOT_FOUND,
-            Self::CrossSite => StatusCode::FORBIDDEN,
+            Self::CrossSite | Self::WrongPassword => StatusCode::FORBIDDEN,
             Self::TooManyRequests { .. } | Self::TooManyRevocations { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -171,6 +174,7 @@ impl From<AuthError> for ApiError {
         match e {
             AuthError::InvalidCredentials => Self::InvalidCredentials,
             AuthError::NoSession => Self::NoSession,
+            AuthError::WrongPassword => Self::WrongPassword,
             AuthError::NotFound => Self::NotFound,
             AuthError::InvalidToken(_) => Self::InvalidToken,
             AuthError::Locked { retry_after } => Self::TooManyRequests { retry_after },

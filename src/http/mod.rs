@@ -23,6 +23,7 @@ mod extract;
 mod keys;
 mod meta;
 mod oauth;
+mod password;
 pub mod security;
 mod verify;
 
@@ -47,7 +48,7 @@ pub const MAX_BODY: usize = 64 * 1024;
 #[openapi(
     info(title = "keygate", description = "API keys in, signed JWTs out."),
     paths(
-        auth::login, auth::logout, keys::generate, keys::list, keys::delete,
+        auth::login, auth::logout, password::change, keys::generate, keys::list, keys::delete,
         meta::healthz, meta::readyz, meta::jwks, audit::list,
     ),
     modifiers(&SessionScheme, &MergeGatewayDoc),
@@ -83,6 +84,7 @@ pub fn app(state: AppState) -> App {
     let router = Router::new()
         .route("/auth/login", post(auth::login))
         .route("/auth/logout", post(auth::logout))
+        .route("/auth/password", post(password::change))
         .route("/auth/keys/generate", post(keys::generate))
         .route("/auth/keys/list", get(keys::list))
         .route("/auth/user/{api_key_ref}", delete(keys::delete))

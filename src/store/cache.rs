@@ -168,11 +168,16 @@ struct Counters {
     complete: bool,
     /// Whether a full load was tried since the last prune.
     loaded: bool,
+    /// Subjects changed behind our back (the change log says so): read again at next use.
+    stale: HashSet<String>,
 }
 
 impl Counters {
     /// What is known of `subject`: `None` when it must be read from the store.
     fn get(&self, subject: &str) -> Option<Option<FailureCounter>> {
+        if self.stale.contains(subject) {
+            return None;
+        }
         match self.map.get(subject) {
             Some(c) => Some(*c),
             None if self.complete => Some(None),
@@ -428,6 +433,11 @@ impl CachedStore {
                     Change::KeyDeleted { key_ref, api_key } => self.forget_key(*key_ref, Some(api_key), true),
                     Change::KeyChanged { key_ref, api_key } => self.forget_key(*key_ref, Some(api_key), false),
                     Change::TokenRevoked { jti, expires_at } => self.remember_revocation(jti, *expires_at),
+                    Change::FailuresCleared { subject } => {
+                        if self.serve_logins {
+                            self.counters.lock().await.stale.insert(subject.clone());
+                        }
+                    }
                     Change::Unreadable => self.forget_all_keys(),
                 }
                 cursor.seq = *seq;
@@ -626,6 +636,30 @@ impl AdminStore for CachedStore {
 }
 
 #[async_trait]
+impl AdminManagementStore for CachedStore {
+    async fn list_admins(&self, account: Option<&AccountName>) -> Result<Vec<AdminSummary>> {
+        self.inner.list_admins(account).await
+    }
+    async fn admin_by_id(&self, id: AdminId) -> Result<Option<AdminRecord>> {
+        self.inner.admin_by_id(id).await
+    }
+    async fn set_admin_password(
+        &self,
+        id: AdminId,
+        password_hash: &str,
+        keep: Option<&SessionHash>,
+    ) -> Result<Option<u64>> {
+        self.inner.set_admin_password(id, password_hash, keep).await
+    }
+    async fn delete_admin_sessions(&self, id: AdminId) -> Result<u64> {
+        self.inner.delete_admin_sessions(id).await
+    }
+    async fn delete_admin(&self, id: AdminId) -> Result<AdminDeletion> {
+        self.inner.delete_admin(id).await
+    }
+}
+
+#[async_trait]
 impl LockoutStore for CachedStore {
     async fn failure_counters(&self, subjects: &[String]) -> Result<Vec<(String, FailureCounter)>> {
         if !self.serve_logins {
@@ -725,7 +759,14 @@ impl CachedStore {
         let rows = self.inner.failure_counters(&missing).await?;
         for subject in missing {
             let found = rows.iter().find(|(s, _)| *s == subject).map(|(_, c)| without_attempts(*c));
-            counters.map.insert(subject, found.filter(|c| !c.is_empty()));
+            // Attempts in flight here stay counted: only we know of them.
+            let in_flight = counters.map.get(&subject).copied().flatten().map(|c| (c.in_flight, c.in_flight_at));
+            let (in_flight, in_flight_at) = in_flight.unwrap_or((0, 0));
+            let counter = found.map(|c| FailureCounter { in_flight, in_flight_at, ..c }).or_else(|| {
+                (in_flight > 0).then(|| FailureCounter { in_flight, in_flight_at, ..FailureCounter::default() })
+            });
+            counters.stale.remove(&subject);
+            counters.map.insert(subject, counter);
         }
         Ok(())
     }

@@ -17,6 +17,8 @@ pub enum Change {
     KeyChanged { key_ref: KeyRef, api_key: ApiKeyId },
     /// A token was revoked until `expires_at`.
     TokenRevoked { jti: String, expires_at: UnixTime },
+    /// A failed-login counter was cleared from outside the server (`keygate admin unlock`).
+    FailuresCleared { subject: String },
     /// A row this version cannot read (written by a newer one, or by hand). A cache that
     /// meets one forgets every key it holds, which is always safe.
     Unreadable,
@@ -47,7 +49,7 @@ pub trait ChangeSignal: Send {
     async fn changed(&mut self) -> Result<()>;
 }
 
-/// A log row (`seq, kind, key_ref, api_key, jti, expires_at`) as its number and `Change`;
+/// A log row (`seq, kind, key_ref, api_key, jti, expires_at, subject`) as its number and `Change`;
 /// `Unreadable` when the columns do not parse.
 pub(super) fn change_from_row(row: &impl Columns) -> Result<(i64, Change)> {
     let (key_ref, api_key) = (row.opt_text("key_ref")?, row.opt_text("api_key")?);
@@ -55,6 +57,9 @@ pub(super) fn change_from_row(row: &impl Columns) -> Result<(i64, Change)> {
     let change = match row.text("kind")?.as_str() {
         "key_deleted" => key().map_or(Change::Unreadable, |(key_ref, api_key)| Change::KeyDeleted { key_ref, api_key }),
         "key_changed" => key().map_or(Change::Unreadable, |(key_ref, api_key)| Change::KeyChanged { key_ref, api_key }),
+        "failures_cleared" => {
+            row.opt_text("subject")?.map_or(Change::Unreadable, |subject| Change::FailuresCleared { subject })
+        }
         "token_revoked" => match (row.opt_text("jti")?, row.opt_int("expires_at")?) {
             (Some(jti), Some(expires_at)) => Change::TokenRevoked { jti, expires_at },
             _ => Change::Unreadable,

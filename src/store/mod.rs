@@ -9,6 +9,7 @@ use crate::{
     domain::{AccountId, AccountName, ApiKeyId, Email, KeyRef},
 };
 
+mod admins;
 pub mod cache;
 mod changes;
 mod paging;
@@ -19,6 +20,7 @@ mod security;
 pub mod sqlite;
 mod transfer;
 
+pub use admins::{AdminDeletion, AdminManagementStore, AdminSummary};
 pub use cache::CachedStore;
 pub use changes::{Change, ChangeFeed, ChangeSignal};
 pub use paging::KeyPageStore;
@@ -54,6 +56,12 @@ pub enum StoreError {
     /// An import found rows already there; nothing was written.
     #[error("the target store is not empty")]
     NotEmpty,
+    /// Opening an existing store found none at this location (a path, or a database name).
+    #[error(
+        "no keygate store at {0}: start `keygate serve` with these settings once to create it, or point \
+         KEYGATE_DATA_DIR or KEYGATE_DATABASE_URL at the existing one"
+    )]
+    NoStore(String),
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -232,6 +240,7 @@ pub trait RevocationStore: Send + Sync {
 #[async_trait]
 pub trait Store:
     AdminStore
+    + AdminManagementStore
     + KeyStore
     + SessionStore
     + SigningKeyStore
@@ -280,13 +289,13 @@ pub async fn connect(url: &str) -> Result<std::sync::Arc<dyn Store>, ConnectErro
     }
 }
 
-/// Like `connect`, but refuses to create a store that is not there yet: for reading from
-/// one (`keygate migrate --from`), where a mistyped path must not become an empty store.
+/// Like `connect`, but refuses (with `StoreError::NoStore`) a location that holds no keygate
+/// store yet, rather than creating one: for every command but `serve`, where a mistyped path
+/// or URL must not become a fresh, empty store. An existing store is brought up to date.
 pub async fn open_existing(url: &str) -> Result<std::sync::Arc<dyn Store>, ConnectError> {
     match Backend::of(url) {
         Some(Backend::Sqlite) => Ok(std::sync::Arc::new(sqlite::SqliteStore::open(url, false).await?)),
-        // A PostgreSQL database is never created by connecting to it.
-        Some(Backend::Postgres) => Ok(std::sync::Arc::new(postgres::PgStore::connect(url).await?)),
+        Some(Backend::Postgres) => Ok(std::sync::Arc::new(postgres::PgStore::open(url, false).await?)),
         None => Err(ConnectError::UnsupportedScheme),
     }
 }

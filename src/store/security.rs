@@ -64,10 +64,17 @@ pub enum AuditAction {
     KeyDeleted,
     Lockout,
     SigningKeyRotated,
+    AdminPasswordChanged,
+    /// `POST /auth/password` with a wrong current password (counted like a failed login).
+    AdminPasswordChangeFailed,
+    AdminDeleted,
+    AdminSessionsRevoked,
+    /// An operator cleared an identity's failed-login counter (`keygate admin unlock`).
+    LockoutCleared,
 }
 
 impl AuditAction {
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 13] = [
         Self::AdminLogin,
         Self::AdminLoginFailed,
         Self::AdminLogout,
@@ -76,6 +83,11 @@ impl AuditAction {
         Self::KeyDeleted,
         Self::Lockout,
         Self::SigningKeyRotated,
+        Self::AdminPasswordChanged,
+        Self::AdminPasswordChangeFailed,
+        Self::AdminDeleted,
+        Self::AdminSessionsRevoked,
+        Self::LockoutCleared,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -88,6 +100,11 @@ impl AuditAction {
             Self::KeyDeleted => "key.deleted",
             Self::Lockout => "lockout",
             Self::SigningKeyRotated => "signing_key.rotated",
+            Self::AdminPasswordChanged => "admin.password_changed",
+            Self::AdminPasswordChangeFailed => "admin.password_change_failed",
+            Self::AdminDeleted => "admin.deleted",
+            Self::AdminSessionsRevoked => "admin.sessions_revoked",
+            Self::LockoutCleared => "lockout.cleared",
         }
     }
 }

@@ -20,7 +20,7 @@ impl ChangeFeed for PgStore {
 
     async fn changes_after(&self, after: i64, limit: u32) -> Result<Vec<(i64, Change)>> {
         let rows = sqlx::query(
-            "SELECT seq, kind, key_ref::text AS key_ref, api_key, jti, expires_at FROM cache_events \
+            "SELECT seq, kind, key_ref::text AS key_ref, api_key, jti, expires_at, subject FROM cache_events \
              WHERE seq > $1 ORDER BY seq LIMIT $2",
         )
         .bind(after)

@@ -23,6 +23,7 @@ use sqlx::{
 
 use super::{rows::*, *};
 
+mod admins;
 mod changes;
 mod gateway;
 mod paging;
@@ -53,6 +54,13 @@ const SIGNING_KEY_LOCK: i64 = 0x6b67_0002; // "kg" 2
 
 impl PgStore {
     pub async fn connect(url: &str) -> Result<Self> {
+        Self::open(url, true).await
+    }
+
+    /// Connects to the database at `url` and brings its schema up to date. Without
+    /// `create`, a database where keygate never ran (no migrations table) is `NoStore` and
+    /// left empty: connecting never creates a database, but migrating would fill one.
+    pub async fn open(url: &str, create: bool) -> Result<Self> {
         let mut options = PgConnectOptions::from_str(url)?;
         // Name our sessions in pg_stat_activity, unless the URL already does.
         if options.get_application_name().is_none() {
@@ -67,6 +75,16 @@ impl PgStore {
         let mut conn = tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options))
             .await
             .map_err(|_| StoreError::Unavailable(sqlx::Error::PoolTimedOut))??;
+        if !create {
+            let migrated: bool =
+                sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL").fetch_one(&mut conn).await?;
+            if !migrated {
+                conn.close().await?;
+                // The database's name only: the URL may carry a password.
+                let name = options.get_database().unwrap_or("(the user's default database)");
+                return Err(StoreError::NoStore(format!("PostgreSQL database {name}")));
+            }
+        }
         MIGRATOR.run(&mut conn).await?;
         conn.close().await?;
 

@@ -109,7 +109,16 @@ impl LockoutStore for PgStore {
     }
 
     async fn clear_failures(&self, subject: &str) -> Result<()> {
-        sqlx::query("DELETE FROM login_failures WHERE subject = $1").bind(subject).execute(&self.pool).await?;
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM login_failures WHERE subject = $1").bind(subject).execute(&mut *tx).await?;
+        sqlx::query(
+            "INSERT INTO cache_events (kind, subject, at) \
+             VALUES ('failures_cleared', $1, extract(epoch FROM now())::bigint)",
+        )
+        .bind(subject)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
         Ok(())
     }
 

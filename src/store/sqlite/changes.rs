@@ -15,7 +15,7 @@ impl ChangeFeed for SqliteStore {
 
     async fn changes_after(&self, after: i64, limit: u32) -> Result<Vec<(i64, Change)>> {
         let rows = sqlx::query(
-            "SELECT seq, kind, key_ref, api_key, jti, expires_at FROM cache_events WHERE seq > ? ORDER BY seq LIMIT ?",
+            "SELECT seq, kind, key_ref, api_key, jti, expires_at, subject FROM cache_events WHERE seq > ? ORDER BY seq LIMIT ?",
         )
         .bind(after)
         .bind(i64::from(limit))

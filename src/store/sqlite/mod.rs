@@ -11,6 +11,7 @@ use sqlx::{
 
 use super::{rows::*, *};
 
+mod admins;
 mod changes;
 mod gateway;
 mod paging;
@@ -30,9 +31,15 @@ impl SqliteStore {
         Self::open(url, true).await
     }
 
-    /// Opens the store at `url`, creating the file only if `create` says so.
+    /// Opens the store at `url`. Without `create`, a missing file, or one without keygate's
+    /// schema, is `NoStore` and left as it was.
     pub async fn open(url: &str, create: bool) -> Result<Self> {
-        let options = SqliteConnectOptions::from_str(url)?
+        let options = SqliteConnectOptions::from_str(url)?;
+        let path = options.get_filename().to_owned();
+        if !create && !path.exists() {
+            return Err(StoreError::NoStore(path.display().to_string()));
+        }
+        let options = options
             .create_if_missing(create)
             .journal_mode(SqliteJournalMode::Wal)
             // NORMAL is durable in WAL mode except for the last commits before a power cut.
@@ -41,7 +48,6 @@ impl SqliteStore {
             .busy_timeout(Duration::from_secs(5));
         // Before SQLite opens the file (it gives the -wal and -shm files it creates the
         // database file's mode, whatever the umask), and after, for the files it just made.
-        let path = options.get_filename().to_owned();
         keep_private(&path)?;
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
@@ -49,6 +55,16 @@ impl SqliteStore {
             .connect_with(options)
             .await?;
         keep_private(&path)?;
+        if !create {
+            let migrated: Option<i64> =
+                sqlx::query_scalar("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'")
+                    .fetch_optional(&pool)
+                    .await?;
+            if migrated.is_none() {
+                pool.close().await;
+                return Err(StoreError::NoStore(path.display().to_string()));
+            }
+        }
         MIGRATOR.run(&pool).await?;
         Ok(Self { pool })
     }

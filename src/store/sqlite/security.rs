@@ -101,7 +101,16 @@ impl LockoutStore for SqliteStore {
     }
 
     async fn clear_failures(&self, subject: &str) -> Result<()> {
-        sqlx::query("DELETE FROM login_failures WHERE subject = ?").bind(subject).execute(&self.pool).await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::query("DELETE FROM login_failures WHERE subject = ?").bind(subject).execute(&mut *tx).await?;
+        sqlx::query(
+            "INSERT INTO cache_events (kind, subject, at) \
+             VALUES ('failures_cleared', ?, CAST(strftime('%s', 'now') AS INTEGER))",
+        )
+        .bind(subject)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
         Ok(())
     }
 
