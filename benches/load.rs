@@ -473,6 +473,7 @@ async fn seed(dir: &Path, count: usize) -> anyhow::Result<Vec<(String, String)>>
             account_id: account,
             api_key: ApiKeyId::generate(),
             secret_hash: hasher.hash(&password).to_vec(),
+            scopes: Default::default(),
             created_at: store::now(),
         };
         store.insert_key(&record).await?;

@@ -17,7 +17,7 @@ use crate::{
         session::{self, SessionHash},
         signing::{AccessClaims, KeyRing, KeySealer, SigningError},
     },
-    domain::{AccountId, AdminPassword, ApiKeyId, ApiPassword, ClientAddr, Email, KeyRef},
+    domain::{AccountId, AdminPassword, ApiKeyId, ApiPassword, ClientAddr, Email, KeyRef, Scopes},
     store::{
         self, AdminId, AuditAction, AuditRecord, AuditScope, KeyRecord, KeySummary, SessionRecord, Store, StoreError,
     },
@@ -330,7 +330,7 @@ impl AuthService {
         Ok(())
     }
 
-    pub async fn generate_key(&self, session: &AdminSession) -> Result<GeneratedKey> {
+    pub async fn generate_key(&self, session: &AdminSession, scopes: Scopes) -> Result<GeneratedKey> {
         // A clash of 20-character keys (~2^103 space) is practically impossible, but a
         // retry costs nothing and turns "practically" into "certainly not a 500".
         for _ in 0..3 {
@@ -345,6 +345,7 @@ impl AuthService {
                 api_key: generated.api_key.clone(),
                 secret_hash: self.api_hasher.hash(&generated.password).to_vec(),
                 created_at: store::now(),
+                scopes: scopes.clone(),
             };
             match self.store.insert_key(&record).await {
                 Ok(()) => {

@@ -13,3 +13,7 @@ CREATE INDEX revoked_tokens_by_key ON revoked_tokens (key_ref, expires_at);
 -- `keygate admin unlock` clears a counter from outside the server, whose cache mirrors the
 -- counters on the embedded store: the change log tells it which subject to read again.
 ALTER TABLE cache_events ADD COLUMN subject TEXT;
+
+-- A key's scopes, space-separated RFC 6749 scope tokens ('' for none). A key holding
+-- `keygate:introspect` may introspect the tokens of its account's other keys.
+ALTER TABLE api_keys ADD COLUMN scopes TEXT NOT NULL DEFAULT '';

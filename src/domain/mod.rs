@@ -8,6 +8,7 @@ mod client_addr;
 mod email;
 mod key_ref;
 mod origin;
+mod scopes;
 
 pub use account::{AccountId, AccountName};
 pub use admin_password::AdminPassword;
@@ -16,6 +17,7 @@ pub use client_addr::{ClientAddr, TrustedProxies};
 pub use email::Email;
 pub use key_ref::KeyRef;
 pub use origin::Origin;
+pub use scopes::{INTROSPECT_SCOPE, Scopes};
 
 /// Why a value was refused. The text is safe to show to the caller: it never echoes the input.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

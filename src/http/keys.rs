@@ -14,7 +14,11 @@ use super::{
     error::{ApiError, Problem},
     extract::{Admin, Json},
 };
-use crate::{domain::KeyRef, service::MAX_PAGE, store::KeySummary};
+use crate::{
+    domain::{KeyRef, Scopes},
+    service::MAX_PAGE,
+    store::KeySummary,
+};
 
 #[derive(Serialize, ToSchema)]
 pub struct GeneratedKey {
@@ -36,21 +40,57 @@ pub struct KeyListItem {
     pub api_key: String,
 }
 
+/// Optional options for `POST /auth/keys/generate`; an empty body (the documented call)
+/// generates a key without scopes.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GenerateRequest {
+    /// Distinct RFC 6749 scope tokens, at most 50 of 1 to 128 characters each. A key with
+    /// `keygate:introspect` may introspect the tokens of its account's other keys: give it
+    /// to resource servers' keys.
+    #[schema(example = json!(["keygate:introspect"]))]
+    #[serde(default)]
+    pub scopes: Vec<String>,
+}
+
 #[utoipa::path(
     post,
     path = "/auth/keys/generate",
     operation_id = "generate_key",
     tag = "keys",
     security(("session" = [])),
+    request_body(content = Option<GenerateRequest>, content_type = "application/json", description = "Optional; an empty body generates a key without scopes"),
     responses(
         (status = 200, description = "A new key; the password is never shown again", body = GeneratedKey),
+        (status = 400, description = "The body is not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "A body that is not application/json", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "An option is wrong; the detail names it", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No valid session", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Sent by a browser from another origin (CSRF)", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Temporarily unavailable", body = Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn generate(State(state): State<AppState>, Admin(session): Admin) -> Result<Json<GeneratedKey>, ApiError> {
-    let key = state.auth.generate_key(&session).await?;
+pub async fn generate(
+    State(state): State<AppState>,
+    Admin(session): Admin,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<GeneratedKey>, ApiError> {
+    let request = if body.is_empty() {
+        GenerateRequest::default()
+    } else {
+        // As axum's own JSON extractor judges it: application/json, or a +json type.
+        let essence = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).and_then(|v| v.split(';').next());
+        let json = essence.map(|e| e.trim().to_ascii_lowercase()).is_some_and(|e| {
+            e == "application/json" || (e.starts_with("application/") && e.ends_with("+json"))
+        });
+        if !json {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        axum::Json::<GenerateRequest>::from_bytes(&body)?.0
+    };
+    let scopes = Scopes::parse(&request.scopes).map_err(|e| ApiError::Unprocessable(e.0.to_owned()))?;
+    let key = state.auth.generate_key(&session, scopes).await?;
     Ok(Json(GeneratedKey { api_key: key.api_key.to_string(), password: SecretString::from(key.password.expose()) }))
 }
 

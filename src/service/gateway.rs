@@ -15,7 +15,7 @@ use std::{
 use super::{AuthError, AuthService, Result};
 use crate::{
     crypto::signing::{AccessClaims, KeyRing, KeySealer, SealedKey, SigningError},
-    domain::{AccountId, KeyRef},
+    domain::{AccountId, INTROSPECT_SCOPE, KeyRef},
     store::{self, KeyRecord, Revocation, SigningKeyRecord, Store, UnixTime},
 };
 
@@ -147,13 +147,17 @@ impl AuthService {
     }
 
     /// RFC 7662 introspection by an authenticated client. `None` (inactive) for anything
-    /// `verify_token` refuses, and for tokens issued to any other key, of its account or
-    /// another: a client learns nothing about tokens it was not given itself. (Resource
-    /// servers that introspect their callers' tokens will need a key holding the scope
-    /// `keygate:introspect`, which keys cannot hold until they have scopes.)
+    /// `verify_token` refuses, for another account's tokens, and for tokens issued to
+    /// another key of its account unless the caller holds the scope `keygate:introspect`
+    /// (a resource server's key): a client learns nothing about tokens it was not given.
     pub async fn introspect(&self, caller: &KeyRecord, token: &str) -> Result<Option<Arc<VerifiedToken>>> {
         match self.verify_token(token).await {
-            Ok(t) if t.key_ref == caller.key_ref && t.account_id == caller.account_id => Ok(Some(t)),
+            // A key's own tokens; and its account's, when it is a resource server's key.
+            Ok(t) if t.account_id == caller.account_id
+                && (t.key_ref == caller.key_ref || caller.scopes.contains(INTROSPECT_SCOPE)) =>
+            {
+                Ok(Some(t))
+            }
             Ok(_) => {
                 tracing::debug!(caller = %caller.key_ref, "introspection of another key's token: inactive");
                 Ok(None)

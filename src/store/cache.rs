@@ -85,13 +85,14 @@ const MAX_TOMBSTONES: usize = 1 << 16;
 /// many accounts at their limit, not one tenant.
 const MAX_REVOCATIONS: usize = 1 << 18;
 
-/// What the cache keeps of a key for logins: the `KeyRecord` without the allocations.
-#[derive(Clone, Copy)]
+/// What the cache keeps of a key for logins: the `KeyRecord`, with the key and hash inline.
+#[derive(Clone)]
 struct Login {
     key_ref: KeyRef,
     account_id: AccountId,
     secret_hash: [u8; 32],
     created_at: UnixTime,
+    scopes: Scopes,
 }
 
 #[derive(Default)]
@@ -112,7 +113,13 @@ struct Keys {
 impl Keys {
     fn add(&mut self, key: &KeyRecord) {
         let Ok(secret_hash) = <[u8; 32]>::try_from(key.secret_hash.as_slice()) else { return };
-        let login = Login { key_ref: key.key_ref, account_id: key.account_id, secret_hash, created_at: key.created_at };
+        let login = Login {
+            key_ref: key.key_ref,
+            account_id: key.account_id,
+            secret_hash,
+            created_at: key.created_at,
+            scopes: key.scopes.clone(),
+        };
         self.logins.insert(key.api_key.to_bytes(), login);
     }
 
@@ -542,6 +549,7 @@ impl KeyStore for CachedStore {
                     api_key: api_key.clone(),
                     secret_hash: login.secret_hash.to_vec(),
                     created_at: login.created_at,
+                    scopes: login.scopes.clone(),
                 }));
             }
         }
@@ -913,6 +921,7 @@ mod tests {
             api_key: ApiKeyId::generate(),
             secret_hash: vec![7; 32],
             created_at: 0,
+            scopes: Scopes::default(),
         };
         store.insert_key(&key).await.unwrap();
         let cache = CachedStore::new(store.clone(), true);

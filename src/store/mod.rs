@@ -6,7 +6,7 @@ use uuid::Uuid;
 
 use crate::{
     crypto::{session::SessionHash, signing::SealedKey},
-    domain::{AccountId, AccountName, ApiKeyId, Email, KeyRef},
+    domain::{AccountId, AccountName, ApiKeyId, Email, KeyRef, Scopes},
 };
 
 mod admins;
@@ -133,6 +133,7 @@ pub struct KeyRecord {
     pub api_key: ApiKeyId,
     pub secret_hash: Vec<u8>,
     pub created_at: UnixTime,
+    pub scopes: Scopes,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

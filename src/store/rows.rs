@@ -12,7 +12,7 @@ use super::{
 };
 use crate::{
     crypto::signing::{SealedKey, SigningAlg},
-    domain::{AccountId, AccountName, ApiKeyId, Email, KeyRef},
+    domain::{AccountId, AccountName, ApiKeyId, Email, KeyRef, Scopes},
 };
 
 /// The column reads the decoders need, by name: what both backends' rows offer.
@@ -69,7 +69,7 @@ fn email(row: &impl Columns) -> Result<Email> {
     Email::parse(&row.text("email")?).map_err(corrupt("email"))
 }
 
-/// `key_ref, account_id, api_key, secret_hash, created_at`.
+/// `key_ref, account_id, api_key, secret_hash, created_at, scopes`.
 pub(super) fn key_record(row: &impl Columns) -> Result<KeyRecord> {
     Ok(KeyRecord {
         key_ref: key_ref(row)?,
@@ -77,6 +77,7 @@ pub(super) fn key_record(row: &impl Columns) -> Result<KeyRecord> {
         api_key: api_key(row)?,
         secret_hash: row.bytes("secret_hash")?,
         created_at: row.int("created_at")?,
+        scopes: Scopes::from_stored(&row.text("scopes")?).map_err(corrupt("key scopes"))?,
     })
 }
 

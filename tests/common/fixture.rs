@@ -85,6 +85,7 @@ pub fn key_record(account_id: AccountId, created_at: i64) -> KeyRecord {
         account_id,
         api_key: ApiKeyId::generate(),
         secret_hash: keygate::crypto::random_bytes::<32>().to_vec(),
+        scopes: Default::default(),
         created_at,
     }
 }

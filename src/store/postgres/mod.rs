@@ -129,7 +129,7 @@ async fn insert_account_admin(tx: &mut PgConnection, account: &AccountName, admi
         .await?;
     let account_id = AccountId::parse(&id).map_err(corrupt("account id"))?;
     sqlx::query(
-        "INSERT INTO admins (id, account_id, email, password_hash, created_at) VALUES ($1::uuid, $2::uuid, $3, $4, $5)",
+        "INSERT INTO admins (id, account_id, email, password_hash, created_at) VALUES ($1::uuid, $2::uuid, $3, $4, $5, $6)",
     )
     .bind(admin.id.0.to_string())
     .bind(account_id.to_string())
@@ -185,14 +185,15 @@ impl AdminStore for PgStore {
 impl KeyStore for PgStore {
     async fn insert_key(&self, key: &KeyRecord) -> Result<()> {
         sqlx::query(
-            "INSERT INTO api_keys (key_ref, account_id, api_key, secret_hash, created_at) \
-             VALUES ($1::uuid, $2::uuid, $3, $4, $5)",
+            "INSERT INTO api_keys (key_ref, account_id, api_key, secret_hash, created_at, scopes) \
+             VALUES ($1::uuid, $2::uuid, $3, $4, $5, $6)",
         )
         .bind(key.key_ref.to_string())
         .bind(key.account_id.to_string())
         .bind(key.api_key.as_str())
         .bind(&key.secret_hash)
         .bind(key.created_at)
+        .bind(key.scopes.as_str())
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -200,7 +201,7 @@ impl KeyStore for PgStore {
 
     async fn find_key(&self, api_key_id: &ApiKeyId) -> Result<Option<KeyRecord>> {
         let row = sqlx::query(
-            "SELECT key_ref::text AS key_ref, account_id::text AS account_id, api_key, secret_hash, created_at \
+            "SELECT key_ref::text AS key_ref, account_id::text AS account_id, api_key, secret_hash, created_at, scopes \
              FROM api_keys WHERE api_key = $1",
         )
         .bind(api_key_id.as_str())
@@ -211,7 +212,7 @@ impl KeyStore for PgStore {
 
     async fn all_keys(&self, limit: u32) -> Result<Vec<KeyRecord>> {
         let rows = sqlx::query(
-            "SELECT key_ref::text AS key_ref, account_id::text AS account_id, api_key, secret_hash, created_at \
+            "SELECT key_ref::text AS key_ref, account_id::text AS account_id, api_key, secret_hash, created_at, scopes \
              FROM api_keys ORDER BY key_ref LIMIT $1",
         )
         .bind(i64::from(limit))

@@ -30,7 +30,7 @@ impl TransferStore for PgStore {
         .map(admin_export)
         .collect::<Result<Vec<_>>>()?;
         let keys = sqlx::query(
-            "SELECT key_ref::text AS key_ref, account_id::text AS account_id, api_key, secret_hash, created_at \
+            "SELECT key_ref::text AS key_ref, account_id::text AS account_id, api_key, secret_hash, created_at, scopes \
              FROM api_keys ORDER BY created_at, key_ref",
         )
         .fetch_all(&mut *tx)
@@ -100,7 +100,7 @@ impl TransferStore for PgStore {
         for a in &snapshot.admins {
             sqlx::query(
                 "INSERT INTO admins (id, account_id, email, password_hash, created_at) \
-                 VALUES ($1::uuid, $2::uuid, $3, $4, $5)",
+                 VALUES ($1::uuid, $2::uuid, $3, $4, $5, $6)",
             )
             .bind(a.admin.id.0.to_string())
             .bind(a.account_id.to_string())
@@ -112,14 +112,15 @@ impl TransferStore for PgStore {
         }
         for k in &snapshot.keys {
             sqlx::query(
-                "INSERT INTO api_keys (key_ref, account_id, api_key, secret_hash, created_at) \
-                 VALUES ($1::uuid, $2::uuid, $3, $4, $5)",
+                "INSERT INTO api_keys (key_ref, account_id, api_key, secret_hash, created_at, scopes) \
+                 VALUES ($1::uuid, $2::uuid, $3, $4, $5, $6)",
             )
             .bind(k.key_ref.to_string())
             .bind(k.account_id.to_string())
             .bind(k.api_key.as_str())
             .bind(&k.secret_hash)
             .bind(k.created_at)
+            .bind(k.scopes.as_str())
             .execute(&mut *tx)
             .await?;
         }

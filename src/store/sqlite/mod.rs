@@ -179,13 +179,14 @@ impl AdminStore for SqliteStore {
 impl KeyStore for SqliteStore {
     async fn insert_key(&self, key: &KeyRecord) -> Result<()> {
         sqlx::query(
-            "INSERT INTO api_keys (key_ref, account_id, api_key, secret_hash, created_at) VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO api_keys (key_ref, account_id, api_key, secret_hash, created_at, scopes) VALUES (?, ?, ?, ?, ?, ?)",
         )
         .bind(key.key_ref.to_string())
         .bind(key.account_id.to_string())
         .bind(key.api_key.as_str())
         .bind(&key.secret_hash)
         .bind(key.created_at)
+        .bind(key.scopes.as_str())
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -193,7 +194,7 @@ impl KeyStore for SqliteStore {
 
     async fn find_key(&self, api_key_id: &ApiKeyId) -> Result<Option<KeyRecord>> {
         let row =
-            sqlx::query("SELECT key_ref, account_id, api_key, secret_hash, created_at FROM api_keys WHERE api_key = ?")
+            sqlx::query("SELECT key_ref, account_id, api_key, secret_hash, created_at, scopes FROM api_keys WHERE api_key = ?")
                 .bind(api_key_id.as_str())
                 .fetch_optional(&self.pool)
                 .await?;
@@ -202,7 +203,7 @@ impl KeyStore for SqliteStore {
 
     async fn all_keys(&self, limit: u32) -> Result<Vec<KeyRecord>> {
         let rows = sqlx::query(
-            "SELECT key_ref, account_id, api_key, secret_hash, created_at FROM api_keys ORDER BY key_ref LIMIT ?",
+            "SELECT key_ref, account_id, api_key, secret_hash, created_at, scopes FROM api_keys ORDER BY key_ref LIMIT ?",
         )
         .bind(i64::from(limit))
         .fetch_all(&self.pool)

@@ -29,7 +29,7 @@ impl TransferStore for SqliteStore {
                 .map(admin_export)
                 .collect::<Result<Vec<_>>>()?;
         let keys = sqlx::query(
-            "SELECT key_ref, account_id, api_key, secret_hash, created_at FROM api_keys ORDER BY created_at, key_ref",
+            "SELECT key_ref, account_id, api_key, secret_hash, created_at, scopes FROM api_keys ORDER BY created_at, key_ref",
         )
         .fetch_all(&mut *tx)
         .await?
@@ -97,13 +97,14 @@ impl TransferStore for SqliteStore {
         }
         for k in &snapshot.keys {
             sqlx::query(
-                "INSERT INTO api_keys (key_ref, account_id, api_key, secret_hash, created_at) VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO api_keys (key_ref, account_id, api_key, secret_hash, created_at, scopes) VALUES (?, ?, ?, ?, ?, ?)",
             )
             .bind(k.key_ref.to_string())
             .bind(k.account_id.to_string())
             .bind(k.api_key.as_str())
             .bind(&k.secret_hash)
             .bind(k.created_at)
+            .bind(k.scopes.as_str())
             .execute(&mut *tx)
             .await?;
         }
