@@ -522,6 +522,41 @@ async fn a_key_revokes_and_introspects_only_its_own_tokens(builder: Builder) {
     assert_eq!(app.verify(&b_token).await.status(), StatusCode::OK);
 }
 
+async fn a_resource_servers_key_with_keygate_introspect_sees_its_accounts_tokens(builder: Builder) {
+    let app = builder.spawn().await;
+    let (_, _, key_ref, token) = key_and_token(&app).await;
+    let generate = |body: Value| app.client.post(app.url("/auth/keys/generate")).json(&body).send();
+    let r = generate(json!({"scopes": ["keygate:introspect"]})).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let body: Value = r.json().await.unwrap();
+    let (rs_key, rs_password) = (body["api_key"].as_str().unwrap(), body["password"].as_str().unwrap());
+    let seen = introspect(&app, rs_key, rs_password, &token).await;
+    assert_eq!(seen["active"], true);
+    assert_eq!(seen["sub"], key_ref.as_str());
+    // Another account's token stays inactive for it.
+    let other = app.new_admin("other@example.com", "other").await;
+    let (o_key, o_password) = app.generate_key_with(&other).await;
+    let foreign = app.token(&o_key, &o_password).await;
+    assert_eq!(introspect(&app, rs_key, rs_password, &foreign).await, json!({"active": false}));
+
+    // Bad scopes are refused, naming the field, and create nothing.
+    let before = app.list_keys().await.len();
+    for bad in [
+        json!({"scopes": ["has space"]}),
+        json!({"scopes": ["a", "a"]}),
+        json!({"scopes": "keygate:introspect"}),
+        json!({"scopes": [""]}),
+        json!({"unknown": true}),
+    ] {
+        let body = assert_problem(generate(bad.clone()).await.unwrap(), StatusCode::UNPROCESSABLE_ENTITY).await;
+        let detail = body["detail"].as_str().unwrap();
+        assert!(detail.contains("scopes") || detail.contains("unknown"), "{bad}: {detail}");
+    }
+    let r = app.client.post(app.url("/auth/keys/generate")).header("content-type", "text/plain").body("x").send();
+    assert_problem(r.await.unwrap(), StatusCode::UNSUPPORTED_MEDIA_TYPE).await;
+    assert_eq!(app.list_keys().await.len(), before);
+}
+
 async fn the_high_s_twin_of_a_token_is_the_same_token(builder: Builder) {
     // ECDSA is malleable: (r, n − s) verifies wherever (r, s) does. keygate issues only the
     // low-S form and takes the other as the same token: same claims, same jti, so that

@@ -86,7 +86,9 @@ mod tests {
             assert!(Scopes::parse(&[bad]).is_err(), "{bad:?}");
         }
         assert!(Scopes::parse(&["a", "a"]).is_err());
-        assert!(Scopes::parse(&vec!["x"; 51].iter().enumerate().map(|(i, _)| format!("s{i}")).collect::<Vec<_>>()).is_err());
+        assert!(
+            Scopes::parse(&vec!["x"; 51].iter().enumerate().map(|(i, _)| format!("s{i}")).collect::<Vec<_>>()).is_err()
+        );
         assert!(Scopes::parse(&(0..50).map(|i| format!("s{i}")).collect::<Vec<_>>()).is_ok());
     }
 

@@ -81,9 +81,9 @@ pub async fn generate(
     } else {
         // As axum's own JSON extractor judges it: application/json, or a +json type.
         let essence = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).and_then(|v| v.split(';').next());
-        let json = essence.map(|e| e.trim().to_ascii_lowercase()).is_some_and(|e| {
-            e == "application/json" || (e.starts_with("application/") && e.ends_with("+json"))
-        });
+        let json = essence
+            .map(|e| e.trim().to_ascii_lowercase())
+            .is_some_and(|e| e == "application/json" || (e.starts_with("application/") && e.ends_with("+json")));
         if !json {
             return Err(ApiError::UnsupportedMediaType);
         }

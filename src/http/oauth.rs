@@ -408,12 +408,10 @@ impl From<Option<Arc<VerifiedToken>>> for IntrospectionResponse {
 
 /// Token introspection by the client a token was issued to.
 ///
-/// Active only for a live token issued to the calling key itself. Inactive for anything the
-/// forward-auth check refuses (expired, not yet valid, tampered, another issuer or key set,
-/// deleted key, revoked) and for tokens issued to any other key, of the same account or
-/// another. Resource servers introspecting their callers' tokens will need a key with the
-/// scope `keygate:introspect`; keys cannot hold scopes yet, so use forward-auth
-/// (`/auth/verify`) or the JWKS for that.
+/// Active only for a live token issued to the calling key itself, or, when the calling key
+/// holds the scope `keygate:introspect` (a resource server's key), to any key of its account.
+/// Inactive for anything the forward-auth check refuses (expired, not yet valid, tampered,
+/// another issuer or key set, deleted key, revoked) and for other accounts' tokens.
 #[utoipa::path(
     post,
     path = "/oauth/introspect",

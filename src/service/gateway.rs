@@ -153,8 +153,9 @@ impl AuthService {
     pub async fn introspect(&self, caller: &KeyRecord, token: &str) -> Result<Option<Arc<VerifiedToken>>> {
         match self.verify_token(token).await {
             // A key's own tokens; and its account's, when it is a resource server's key.
-            Ok(t) if t.account_id == caller.account_id
-                && (t.key_ref == caller.key_ref || caller.scopes.contains(INTROSPECT_SCOPE)) =>
+            Ok(t)
+                if t.account_id == caller.account_id
+                    && (t.key_ref == caller.key_ref || caller.scopes.contains(INTROSPECT_SCOPE)) =>
             {
                 Ok(Some(t))
             }

@@ -129,7 +129,7 @@ async fn insert_account_admin(tx: &mut PgConnection, account: &AccountName, admi
         .await?;
     let account_id = AccountId::parse(&id).map_err(corrupt("account id"))?;
     sqlx::query(
-        "INSERT INTO admins (id, account_id, email, password_hash, created_at) VALUES ($1::uuid, $2::uuid, $3, $4, $5, $6)",
+        "INSERT INTO admins (id, account_id, email, password_hash, created_at) VALUES ($1::uuid, $2::uuid, $3, $4, $5)",
     )
     .bind(admin.id.0.to_string())
     .bind(account_id.to_string())

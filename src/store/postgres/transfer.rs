@@ -100,7 +100,7 @@ impl TransferStore for PgStore {
         for a in &snapshot.admins {
             sqlx::query(
                 "INSERT INTO admins (id, account_id, email, password_hash, created_at) \
-                 VALUES ($1::uuid, $2::uuid, $3, $4, $5, $6)",
+                 VALUES ($1::uuid, $2::uuid, $3, $4, $5)",
             )
             .bind(a.admin.id.0.to_string())
             .bind(a.account_id.to_string())

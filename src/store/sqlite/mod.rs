@@ -193,11 +193,12 @@ impl KeyStore for SqliteStore {
     }
 
     async fn find_key(&self, api_key_id: &ApiKeyId) -> Result<Option<KeyRecord>> {
-        let row =
-            sqlx::query("SELECT key_ref, account_id, api_key, secret_hash, created_at, scopes FROM api_keys WHERE api_key = ?")
-                .bind(api_key_id.as_str())
-                .fetch_optional(&self.pool)
-                .await?;
+        let row = sqlx::query(
+            "SELECT key_ref, account_id, api_key, secret_hash, created_at, scopes FROM api_keys WHERE api_key = ?",
+        )
+        .bind(api_key_id.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
         row.as_ref().map(key_record).transpose()
     }
 
