@@ -108,10 +108,11 @@ impl LockoutPolicy {
         i64::try_from(self.base_lock.saturating_mul(1 << doublings)).unwrap_or(i64::MAX)
     }
 
-    /// The counter as it stands at `now`: failures past the window forgotten, and attempts
+    /// The counter as it stands at `now`: failures past the window forgotten (unless locked), and attempts
     /// in flight for longer than `IN_FLIGHT_TTL` no longer counted.
     fn current(&self, c: FailureCounter, now: UnixTime) -> FailureCounter {
-        let mut c = if now.saturating_sub(c.last_failure_at) <= self.window() {
+        // A lock in force is kept whatever the window says: only its end frees the subject.
+        let mut c = if now.saturating_sub(c.last_failure_at) <= self.window() || c.locked_until > now {
             c
         } else {
             FailureCounter { in_flight: c.in_flight, in_flight_at: c.in_flight_at, ..FailureCounter::default() }
