@@ -115,7 +115,7 @@ impl LockoutPolicy {
         let mut c = if now.saturating_sub(c.last_failure_at) <= self.window() || c.locked_until > now {
             c
         } else {
-            FailureCounter { in_flight: c.in_flight, in_flight_at: c.in_flight_at, ..FailureCounter::default() }
+            c.attempts_only()
         };
         if now.saturating_sub(c.in_flight_at) > IN_FLIGHT_TTL {
             c.in_flight = 0;
@@ -166,7 +166,7 @@ impl LockoutPolicy {
         if failed {
             self.after_failure(c, self.threshold(subject), now)
         } else if subject.is_identity() {
-            FailureCounter { in_flight: c.in_flight, in_flight_at: c.in_flight_at, ..FailureCounter::default() }
+            c.attempts_only()
         } else {
             c
         }
@@ -194,16 +194,6 @@ impl LockoutPolicy {
     }
 }
 
-/// Seconds until the latest lock among `counters` ends, if any is locked at `now`.
-pub fn retry_after(counters: &[(String, FailureCounter)], now: UnixTime) -> Option<u64> {
-    counters
-        .iter()
-        .map(|(_, c)| c.locked_until)
-        .filter(|&until| until > now)
-        .max()
-        .map(|until| u64::try_from(until - now).unwrap_or(1).max(1))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -225,7 +215,6 @@ mod tests {
         }
         let locked = p.after_failure(c, 3, now);
         assert_eq!(locked.locked_until, now + 60);
-        assert_eq!(retry_after(&[("s".into(), locked)], now), Some(60));
         // Failures during the lock change nothing.
         assert_eq!(p.after_failure(locked, 3, now + 10), locked);
         // After it, one failure locks again, twice as long; and so on up to 16x.

@@ -201,6 +201,16 @@ impl Counters {
         }
     }
 
+    /// Takes the store's counter for `subject` (`None`: it has none), keeping the attempts
+    /// in flight here, which only this process knows of.
+    fn take_stored(&mut self, subject: String, stored: Option<FailureCounter>) {
+        let here = self.map.get(&subject).copied().flatten().map(FailureCounter::attempts_only).unwrap_or_default();
+        let stored = stored.map(FailureCounter::without_attempts).unwrap_or_default();
+        let counter = FailureCounter { in_flight: here.in_flight, in_flight_at: here.in_flight_at, ..stored };
+        self.stale.remove(&subject);
+        self.set(&subject, Some(counter));
+    }
+
     /// Forgets everything but the attempts in flight, which only this process knows.
     fn keep_in_flight(&mut self) {
         self.map.retain(|_, c| c.is_some_and(|c| c.in_flight > 0));
@@ -693,8 +703,8 @@ impl LockoutStore for CachedStore {
         let next = update(&current);
         // The store keeps what outlives this process; attempts in flight do not, so admitting
         // and ending an attempt that changes nothing else costs no write.
-        let stored: Vec<FailureCounter> = next.iter().map(|c| without_attempts(*c)).collect();
-        if current.iter().zip(&stored).any(|(c, s)| without_attempts(*c) != *s) {
+        let stored: Vec<FailureCounter> = next.iter().map(|c| c.without_attempts()).collect();
+        if current.iter().zip(&stored).any(|(c, s)| c.without_attempts() != *s) {
             self.inner.update_counters(subjects, &|_| stored.clone()).await?;
         }
         for (subject, c) in subjects.iter().zip(&next) {
@@ -713,12 +723,7 @@ impl LockoutStore for CachedStore {
         let mut counters = self.counters.lock().await;
         self.inner.clear_failures(subject).await?;
         // Attempts in flight stay counted: they are still running.
-        let kept = counters.get(subject).flatten().map(|c| FailureCounter {
-            in_flight: c.in_flight,
-            in_flight_at: c.in_flight_at,
-            ..FailureCounter::default()
-        });
-        counters.set(subject, kept);
+        counters.take_stored(subject.to_owned(), None);
         Ok(())
     }
 
@@ -745,12 +750,7 @@ impl CachedStore {
             let all = self.inner.all_failure_counters(MAX_COUNTERS as u32 + 1).await?;
             if all.len() <= MAX_COUNTERS {
                 for (subject, c) in all {
-                    // An attempt in flight here has a place the store does not know of.
-                    let in_flight = counters.get(&subject).flatten().map(|c| (c.in_flight, c.in_flight_at));
-                    let (in_flight, in_flight_at) = in_flight.unwrap_or((0, 0));
-                    counters
-                        .map
-                        .insert(subject, Some(FailureCounter { in_flight, in_flight_at, ..without_attempts(c) }));
+                    counters.take_stored(subject, Some(c));
                 }
                 counters.complete = true;
             } else {
@@ -766,23 +766,11 @@ impl CachedStore {
         }
         let rows = self.inner.failure_counters(&missing).await?;
         for subject in missing {
-            let found = rows.iter().find(|(s, _)| *s == subject).map(|(_, c)| without_attempts(*c));
-            // Attempts in flight here stay counted: only we know of them.
-            let in_flight = counters.map.get(&subject).copied().flatten().map(|c| (c.in_flight, c.in_flight_at));
-            let (in_flight, in_flight_at) = in_flight.unwrap_or((0, 0));
-            let counter = found.map(|c| FailureCounter { in_flight, in_flight_at, ..c }).or_else(|| {
-                (in_flight > 0).then(|| FailureCounter { in_flight, in_flight_at, ..FailureCounter::default() })
-            });
-            counters.stale.remove(&subject);
-            counters.map.insert(subject, counter);
+            let found = rows.iter().find(|(s, _)| *s == subject).map(|(_, c)| *c);
+            counters.take_stored(subject, found);
         }
         Ok(())
     }
-}
-
-/// A counter as the embedded store keeps it: without the attempts in flight.
-fn without_attempts(c: FailureCounter) -> FailureCounter {
-    FailureCounter { in_flight: 0, in_flight_at: 0, ..c }
 }
 
 #[async_trait]

@@ -30,6 +30,16 @@ impl FailureCounter {
     pub fn is_empty(&self) -> bool {
         self.failures == 0 && self.strikes == 0 && self.in_flight == 0
     }
+
+    /// Only the attempts in flight: the counter with its failures and locks forgotten.
+    pub fn attempts_only(self) -> Self {
+        Self { in_flight: self.in_flight, in_flight_at: self.in_flight_at, ..Self::default() }
+    }
+
+    /// Without the attempts in flight: what outlives the process that runs them.
+    pub fn without_attempts(self) -> Self {
+        Self { in_flight: 0, in_flight_at: 0, ..self }
+    }
 }
 
 /// The next counters of a set of subjects given their current ones, in the same order.
