@@ -10,14 +10,14 @@ use crate::{
 };
 
 mod admins;
+mod audit;
 pub mod cache;
 mod changes;
+mod lockout;
 mod paging;
-pub mod postgres;
 mod retention;
 mod rows;
-mod security;
-pub mod sqlite;
+mod sql;
 mod transfer;
 
 pub use admins::{AdminDeletion, AdminManagementStore, AdminSummary};
@@ -27,9 +27,9 @@ pub use paging::KeyPageStore;
 pub use retention::RetentionStore;
 pub use transfer::{AccountRecord, AdminExport, Counts, SessionExport, Snapshot, TransferError, TransferStore, copy};
 
-pub use security::{
-    AuditAction, AuditEvent, AuditRecord, AuditScope, AuditStore, CounterUpdate, FailureCounter, LockoutStore,
-};
+pub use audit::{AuditAction, AuditEvent, AuditRecord, AuditScope, AuditStore};
+pub use lockout::{CounterUpdate, FailureCounter, LockoutStore};
+pub(crate) use sql::{postgres, sqlite};
 
 /// Seconds since the Unix epoch. Integers compare the same way in every backend.
 pub type UnixTime = i64;

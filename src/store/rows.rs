@@ -16,7 +16,7 @@ use crate::{
 };
 
 /// The column reads the decoders need, by name: what both backends' rows offer.
-pub(super) trait Columns {
+pub(crate) trait Columns {
     fn text(&self, col: &str) -> Result<String>;
     fn opt_text(&self, col: &str) -> Result<Option<String>>;
     fn int(&self, col: &str) -> Result<i64>;

@@ -2,17 +2,20 @@
 
 use async_trait::async_trait;
 
-use super::{SqliteStore, account_id};
+use super::{Dialect, SqlStore, sql};
 use crate::{
     domain::{AccountId, KeyRef},
-    store::{KeyLookupStore, Result, Revocation, RevocationStore, UnixTime},
+    store::{
+        KeyLookupStore, Result, Revocation, RevocationStore, UnixTime,
+        rows::{Columns, account_id},
+    },
 };
 
 #[async_trait]
-impl KeyLookupStore for SqliteStore {
+impl<D: Dialect> KeyLookupStore for SqlStore<D> {
     async fn key_account(&self, key_ref: KeyRef) -> Result<Option<AccountId>> {
         // `key_ref` is the primary key: one index probe per verified token.
-        let row = sqlx::query("SELECT account_id FROM api_keys WHERE key_ref = ?")
+        let row = D::query(sql!("SELECT account_id::text AS account_id FROM api_keys WHERE key_ref = $1::uuid"))
             .bind(key_ref.to_string())
             .fetch_optional(&self.pool)
             .await?;
@@ -21,13 +24,13 @@ impl KeyLookupStore for SqliteStore {
 }
 
 #[async_trait]
-impl RevocationStore for SqliteStore {
+impl<D: Dialect> RevocationStore for SqlStore<D> {
     async fn revoke_token(&self, r: &Revocation) -> Result<()> {
         // Idempotent, as RFC 7009 wants: a second revocation of the same token is a success.
-        sqlx::query(
-            "INSERT INTO revoked_tokens (jti, key_ref, expires_at, revoked_at) VALUES (?, ?, ?, ?) \
-             ON CONFLICT (jti) DO NOTHING",
-        )
+        D::query(sql!(
+            "INSERT INTO revoked_tokens (jti, key_ref, expires_at, revoked_at) VALUES ($1, $2::uuid, $3, $4) \
+             ON CONFLICT (jti) DO NOTHING"
+        ))
         .bind(&r.jti)
         .bind(r.key_ref.to_string())
         .bind(r.expires_at)
@@ -38,30 +41,24 @@ impl RevocationStore for SqliteStore {
     }
 
     async fn is_token_revoked(&self, jti: &str) -> Result<bool> {
-        let hit: Option<i64> = sqlx::query_scalar("SELECT 1 FROM revoked_tokens WHERE jti = ?")
-            .bind(jti)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(hit.is_some())
+        D::query(sql!("SELECT 1 FROM revoked_tokens WHERE jti = $1")).bind(jti).exists(&self.pool).await
     }
 
     async fn live_revocations_of(&self, key_ref: KeyRef, account: AccountId, now: UnixTime) -> Result<(u64, u64)> {
-        let (of_key, of_account): (i64, i64) = sqlx::query_as(
-            "SELECT (SELECT count(*) FROM revoked_tokens WHERE key_ref = ?1 AND expires_at > ?3), \
+        let row = D::query(sql!(
+            "SELECT (SELECT count(*) FROM revoked_tokens WHERE key_ref = $1::uuid AND expires_at > $3) AS of_key, \
              (SELECT count(*) FROM revoked_tokens r JOIN api_keys k ON k.key_ref = r.key_ref \
-              WHERE k.account_id = ?2 AND r.expires_at > ?3)",
-        )
+              WHERE k.account_id = $2::uuid AND r.expires_at > $3) AS of_account"
+        ))
         .bind(key_ref.to_string())
         .bind(account.to_string())
         .bind(now)
         .fetch_one(&self.pool)
         .await?;
-        Ok((of_key.max(0) as u64, of_account.max(0) as u64))
+        Ok((row.int("of_key")?.max(0) as u64, row.int("of_account")?.max(0) as u64))
     }
 
     async fn purge_revocations(&self, now: UnixTime) -> Result<u64> {
-        let done =
-            sqlx::query("DELETE FROM revoked_tokens WHERE expires_at <= ?").bind(now).execute(&self.pool).await?;
-        Ok(done.rows_affected())
+        D::query(sql!("DELETE FROM revoked_tokens WHERE expires_at <= $1")).bind(now).execute(&self.pool).await
     }
 }

@@ -1,0 +1,148 @@
+//! Whole-store export and import for `keygate migrate`.
+
+use async_trait::async_trait;
+
+use super::{
+    Dialect, SqlStore,
+    admins::insert_admin,
+    audit::insert_audit,
+    dialect::Lock,
+    keys::{KEY_COLUMNS, insert_key},
+    query::Exec,
+    sessions::insert_session,
+    sql,
+};
+use crate::store::{
+    Counts, Result, Snapshot, StoreError, TransferStore,
+    rows::{
+        COUNTS, account_record, admin_export, audit_record, counts as counts_row, key_record, revocation,
+        session_export, signing_key,
+    },
+};
+
+async fn counts<D: Dialect>(on: Exec<'_, D>) -> Result<Counts> {
+    counts_row(&D::query(sql!(COUNTS)).fetch_one(on).await?)
+}
+
+#[async_trait]
+impl<D: Dialect> TransferStore for SqlStore<D> {
+    async fn export(&self) -> Result<Snapshot> {
+        let mut tx = D::begin_snapshot(&self.pool).await?;
+        let accounts = D::query(sql!("SELECT id::text AS id, name, created_at FROM accounts ORDER BY created_at, id"))
+            .fetch_all(&mut tx)
+            .await?
+            .iter()
+            .map(account_record)
+            .collect::<Result<Vec<_>>>()?;
+        let admins = D::query(sql!(
+            "SELECT id::text AS id, account_id::text AS account_id, email, password_hash, created_at FROM admins \
+             ORDER BY created_at, id"
+        ))
+        .fetch_all(&mut tx)
+        .await?
+        .iter()
+        .map(admin_export)
+        .collect::<Result<Vec<_>>>()?;
+        let keys = D::query(sql!("SELECT ", KEY_COLUMNS, " FROM api_keys ORDER BY created_at, key_ref"))
+            .fetch_all(&mut tx)
+            .await?
+            .iter()
+            .map(key_record)
+            .collect::<Result<Vec<_>>>()?;
+        let sessions = D::query(sql!(
+            "SELECT id_hash, admin_id::text AS admin_id, account_id::text AS account_id, created_at, last_seen_at, \
+             expires_at FROM sessions ORDER BY created_at, id_hash"
+        ))
+        .fetch_all(&mut tx)
+        .await?
+        .iter()
+        .map(session_export)
+        .collect::<Result<Vec<_>>>()?;
+        let signing_keys = D::query(sql!(
+            "SELECT kid, alg, sealed_private, public_key, created_at, retired_at FROM signing_keys \
+             ORDER BY created_at, kid"
+        ))
+        .fetch_all(&mut tx)
+        .await?
+        .iter()
+        .map(signing_key)
+        .collect::<Result<Vec<_>>>()?;
+        let revocations = D::query(sql!(
+            "SELECT jti, key_ref::text AS key_ref, expires_at, revoked_at FROM revoked_tokens ORDER BY revoked_at, jti"
+        ))
+        .fetch_all(&mut tx)
+        .await?
+        .iter()
+        .map(revocation)
+        .collect::<Result<Vec<_>>>()?;
+        let audit = D::query(sql!(
+            "SELECT id, at, account_id::text AS account_id, action, actor, source, target FROM audit_log ORDER BY id"
+        ))
+        .fetch_all(&mut tx)
+        .await?
+        .iter()
+        .map(|row| audit_record(row).map(|r| r.event))
+        .collect::<Result<Vec<_>>>()?;
+        tx.commit().await?;
+        Ok(Snapshot { accounts, admins, keys, sessions, signing_keys, revocations, audit })
+    }
+
+    async fn import(&self, snapshot: &Snapshot) -> Result<()> {
+        let mut tx = D::begin_write(&self.pool).await?;
+        D::lock(&mut tx, Lock::Store).await?;
+        if counts::<D>((&mut tx).into()).await?.total() > 0 {
+            return Err(StoreError::NotEmpty);
+        }
+        for a in &snapshot.accounts {
+            D::query(sql!("INSERT INTO accounts (id, name, created_at) VALUES ($1::uuid, $2, $3)"))
+                .bind(a.id.to_string())
+                .bind(a.name.as_str())
+                .bind(a.created_at)
+                .execute(&mut tx)
+                .await?;
+        }
+        for a in &snapshot.admins {
+            insert_admin::<D>((&mut tx).into(), a.account_id, &a.admin).await?;
+        }
+        for k in &snapshot.keys {
+            insert_key::<D>((&mut tx).into(), k).await?;
+        }
+        for s in &snapshot.sessions {
+            insert_session::<D>((&mut tx).into(), &s.hash, &s.session).await?;
+        }
+        for k in &snapshot.signing_keys {
+            D::query(sql!(
+                "INSERT INTO signing_keys (kid, alg, sealed_private, public_key, created_at, retired_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6)"
+            ))
+            .bind(&k.key.kid)
+            .bind(k.key.alg.as_str())
+            .bind(&k.key.sealed_private)
+            .bind(&k.key.public_key)
+            .bind(k.created_at)
+            .bind(k.retired_at)
+            .execute(&mut tx)
+            .await?;
+        }
+        for r in &snapshot.revocations {
+            D::query(sql!(
+                "INSERT INTO revoked_tokens (jti, key_ref, expires_at, revoked_at) VALUES ($1, $2::uuid, $3, $4)"
+            ))
+            .bind(&r.jti)
+            .bind(r.key_ref.to_string())
+            .bind(r.expires_at)
+            .bind(r.revoked_at)
+            .execute(&mut tx)
+            .await?;
+        }
+        for e in &snapshot.audit {
+            insert_audit::<D>((&mut tx).into(), e).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn counts(&self) -> Result<Counts> {
+        counts::<D>((&self.pool).into()).await
+    }
+}
