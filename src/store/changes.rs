@@ -24,7 +24,7 @@ pub enum Change {
     Unreadable,
 }
 
-/// Reading the change log. One implementation per backend, like every store trait.
+/// Reading the change log.
 #[async_trait]
 pub trait ChangeFeed: Send + Sync {
     /// The number of the newest change, 0 if there is none.

@@ -1,5 +1,23 @@
-//! Persistence behind narrow traits, one implementation per backend, chosen once at
-//! start-up from the database URL. Query methods never branch on the backend.
+//! Persistence behind narrow traits (this module and one file per concern: `admins`,
+//! `audit`, `changes`, `lockout`, `paging`, `retention`, `transfer`), chosen once at start-up
+//! from the database URL. Query methods never branch on the backend.
+//!
+//! One implementation serves both backends: `sql::SqlStore<D>`, generic over a `Dialect`
+//! implemented for sqlx's `Sqlite` and `Postgres`, a file per concern in `sql/`. Each query
+//! is written once, in PostgreSQL's form, and `sql!` renders SQLite's at compile time (it
+//! drops the `::type` casts and `FOR UPDATE` clauses SQLite has no use for). What really
+//! differs sits behind `sql/dialect.rs`: pool setup and migrations, how a writing
+//! transaction begins and what it locks (`BEGIN IMMEDIATE`; advisory and table locks),
+//! arrays (`IN (…)`; `ANY($1)`) and the change-log wake-up (polling; LISTEN/NOTIFY). Rows
+//! are decoded once (`rows`). Adding a store method is one trait method and one
+//! implementation.
+//!
+//! Why this way: monomorphised per backend, every query still runs on sqlx's native
+//! driver and row type, so it costs what a hand-written backend's query does. sqlx's `Any`
+//! driver would have made one concrete type, but converts every row it returns (listings
+//! were measurably slower), has no uuid or array types and still needs the casts; a query
+//! builder would build each statement's text at run time, and neither would remove the
+//! dialect seam for locking.
 
 use async_trait::async_trait;
 use uuid::Uuid;

@@ -18,20 +18,16 @@ use std::{str::FromStr, time::Duration};
 use async_trait::async_trait;
 use sqlx::{
     Connection, PgConnection, Pool, Postgres, Transaction,
-    postgres::{PgConnectOptions, PgListener, PgPoolOptions, PgQueryResult},
+    postgres::{PgConnectOptions, PgListener, PgPoolOptions},
 };
 
 use super::{
     SqlStore,
     dialect::{Dialect, Lock},
     lockout::SELECT_COUNTERS,
-    query::{Exec, RowsAffected, Run, Sql, sql},
+    query::{Exec, Run, Sql, sql},
 };
 use crate::store::{ChangeSignal, Result, StoreError};
-
-pub type PgStore = SqlStore<Postgres>;
-
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
 /// How long a request may wait for a connection (including opening one) before it gets a
 /// 503. Short, because a load balancer or client retry does better than a queue of stuck
@@ -49,12 +45,6 @@ const SIGNING_KEY_LOCK: i64 = 0x6b67_0002; // "kg" 2
 
 /// The channel the `keygate_cache_event` trigger notifies (migrations/postgres/0004_perf.sql).
 const CHANNEL: &str = "keygate_cache";
-
-impl RowsAffected for PgQueryResult {
-    fn rows(&self) -> u64 {
-        self.rows_affected()
-    }
-}
 
 impl Dialect for Postgres {
     fn text(sql: &'static Sql) -> &'static str {
@@ -88,6 +78,7 @@ impl Dialect for Postgres {
         }
         // What `run` does on a connection, without its higher-ranked `Acquire` bound, through
         // which the compiler cannot see that this future is `Send`.
+        static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
         MIGRATOR.run_direct(&mut conn).await?;
         conn.close().await?;
 
@@ -187,3 +178,6 @@ impl ChangeSignal for Listener {
         Ok(())
     }
 }
+
+/// The store on this backend.
+pub type PgStore = SqlStore<Postgres>;

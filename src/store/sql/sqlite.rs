@@ -9,26 +9,16 @@ use std::{str::FromStr, time::Duration};
 
 use sqlx::{
     Pool, Sqlite, Transaction,
-    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteQueryResult, SqliteSynchronous},
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
 
 use super::{
     SqlStore,
     dialect::{Dialect, Lock},
     lockout::SELECT_COUNTERS,
-    query::{Exec, RowsAffected, Run, Sql, sql},
+    query::{Exec, Run, Sql, sql},
 };
 use crate::store::{ChangeSignal, Result, StoreError};
-
-pub type SqliteStore = SqlStore<Sqlite>;
-
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
-
-impl RowsAffected for SqliteQueryResult {
-    fn rows(&self) -> u64 {
-        self.rows_affected()
-    }
-}
 
 impl Dialect for Sqlite {
     fn text(sql: &'static Sql) -> &'static str {
@@ -67,6 +57,7 @@ impl Dialect for Sqlite {
                 return Err(StoreError::NoStore(path.display().to_string()));
             }
         }
+        static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
         MIGRATOR.run(&pool).await?;
         Ok(pool)
     }
@@ -142,3 +133,6 @@ fn private_error(path: &std::path::Path, e: std::io::Error) -> StoreError {
     let e = std::io::Error::new(e.kind(), format!("cannot make {} private (chmod 600): {e}", path.display()));
     StoreError::Other(sqlx::Error::Io(e))
 }
+
+/// The store on this backend.
+pub type SqliteStore = SqlStore<Sqlite>;

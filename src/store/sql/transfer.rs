@@ -1,6 +1,7 @@
 //! Whole-store export and import for `keygate migrate`.
 
 use async_trait::async_trait;
+use sqlx::Transaction;
 
 use super::{
     Dialect, SqlStore,
@@ -8,7 +9,7 @@ use super::{
     audit::insert_audit,
     dialect::Lock,
     keys::{KEY_COLUMNS, insert_key},
-    query::Exec,
+    query::{Exec, Sql},
     sessions::insert_session,
     sql,
 };
@@ -24,65 +25,67 @@ async fn counts<D: Dialect>(on: Exec<'_, D>) -> Result<Counts> {
     counts_row(&D::query(sql!(COUNTS)).fetch_one(on).await?)
 }
 
+/// Every row `sql` selects, decoded.
+async fn all<D: Dialect, T>(
+    tx: &mut Transaction<'static, D>,
+    sql: &'static Sql,
+    decode: impl Fn(&D::Row) -> Result<T> + Send,
+) -> Result<Vec<T>> {
+    D::query(sql).fetch_all(tx).await?.iter().map(decode).collect()
+}
+
 #[async_trait]
 impl<D: Dialect> TransferStore for SqlStore<D> {
     async fn export(&self) -> Result<Snapshot> {
         let mut tx = D::begin_snapshot(&self.pool).await?;
-        let accounts = D::query(sql!("SELECT id::text AS id, name, created_at FROM accounts ORDER BY created_at, id"))
-            .fetch_all(&mut tx)
-            .await?
-            .iter()
-            .map(account_record)
-            .collect::<Result<Vec<_>>>()?;
-        let admins = D::query(sql!(
-            "SELECT id::text AS id, account_id::text AS account_id, email, password_hash, created_at FROM admins \
-             ORDER BY created_at, id"
-        ))
-        .fetch_all(&mut tx)
-        .await?
-        .iter()
-        .map(admin_export)
-        .collect::<Result<Vec<_>>>()?;
-        let keys = D::query(sql!("SELECT ", KEY_COLUMNS, " FROM api_keys ORDER BY created_at, key_ref"))
-            .fetch_all(&mut tx)
-            .await?
-            .iter()
-            .map(key_record)
-            .collect::<Result<Vec<_>>>()?;
-        let sessions = D::query(sql!(
-            "SELECT id_hash, admin_id::text AS admin_id, account_id::text AS account_id, created_at, last_seen_at, \
-             expires_at FROM sessions ORDER BY created_at, id_hash"
-        ))
-        .fetch_all(&mut tx)
-        .await?
-        .iter()
-        .map(session_export)
-        .collect::<Result<Vec<_>>>()?;
-        let signing_keys = D::query(sql!(
-            "SELECT kid, alg, sealed_private, public_key, created_at, retired_at FROM signing_keys \
-             ORDER BY created_at, kid"
-        ))
-        .fetch_all(&mut tx)
-        .await?
-        .iter()
-        .map(signing_key)
-        .collect::<Result<Vec<_>>>()?;
-        let revocations = D::query(sql!(
-            "SELECT jti, key_ref::text AS key_ref, expires_at, revoked_at FROM revoked_tokens ORDER BY revoked_at, jti"
-        ))
-        .fetch_all(&mut tx)
-        .await?
-        .iter()
-        .map(revocation)
-        .collect::<Result<Vec<_>>>()?;
-        let audit = D::query(sql!(
-            "SELECT id, at, account_id::text AS account_id, action, actor, source, target FROM audit_log ORDER BY id"
-        ))
-        .fetch_all(&mut tx)
-        .await?
-        .iter()
-        .map(|row| audit_record(row).map(|r| r.event))
-        .collect::<Result<Vec<_>>>()?;
+        let accounts = all(
+            &mut tx,
+            sql!("SELECT id::text AS id, name, created_at FROM accounts ORDER BY created_at, id"),
+            account_record,
+        )
+        .await?;
+        let admins = all(
+            &mut tx,
+            sql!(
+                "SELECT id::text AS id, account_id::text AS account_id, email, password_hash, created_at FROM admins \
+                 ORDER BY created_at, id"
+            ),
+            admin_export,
+        )
+        .await?;
+        let keys =
+            all(&mut tx, sql!("SELECT ", KEY_COLUMNS, " FROM api_keys ORDER BY created_at, key_ref"), key_record)
+                .await?;
+        let sessions = all(
+            &mut tx,
+            sql!(
+                "SELECT id_hash, admin_id::text AS admin_id, account_id::text AS account_id, created_at, last_seen_at, \
+                 expires_at FROM sessions ORDER BY created_at, id_hash"
+            ),
+            session_export,
+        )
+        .await?;
+        let signing_keys = all(
+            &mut tx,
+            sql!(
+                "SELECT kid, alg, sealed_private, public_key, created_at, retired_at FROM signing_keys \
+                 ORDER BY created_at, kid"
+            ),
+            signing_key,
+        )
+        .await?;
+        let revocations = all(
+            &mut tx,
+            sql!("SELECT jti, key_ref::text AS key_ref, expires_at, revoked_at FROM revoked_tokens ORDER BY revoked_at, jti"),
+            revocation,
+        )
+        .await?;
+        let audit = all(
+            &mut tx,
+            sql!("SELECT id, at, account_id::text AS account_id, action, actor, source, target FROM audit_log ORDER BY id"),
+            |row| audit_record(row).map(|r| r.event),
+        )
+        .await?;
         tx.commit().await?;
         Ok(Snapshot { accounts, admins, keys, sessions, signing_keys, revocations, audit })
     }
