@@ -3,7 +3,7 @@
 
 use std::future::Future;
 
-use sqlx::{Database, Encode, Executor, IntoArguments, Pool, Transaction, Type, pool::PoolConnection};
+use sqlx::{Database, Encode, Executor, IntoArguments, Pool, Transaction, Type};
 
 use crate::store::{Result, rows::Columns};
 
@@ -176,11 +176,6 @@ impl<'c, DB: Database> From<&'c Pool<DB>> for Exec<'c, DB> {
 impl<'c, DB: Database> From<&'c mut Transaction<'static, DB>> for Exec<'c, DB> {
     fn from(tx: &'c mut Transaction<'static, DB>) -> Self {
         Self::Conn(tx)
-    }
-}
-impl<'c, DB: Database> From<&'c mut PoolConnection<DB>> for Exec<'c, DB> {
-    fn from(conn: &'c mut PoolConnection<DB>) -> Self {
-        Self::Conn(conn)
     }
 }
 
