@@ -65,7 +65,7 @@ fn main() -> anyhow::Result<()> {
 
         let verify_ns = best_of_seven(requests, app.clone(), verify).await?;
         let hello_ns = best_of_seven(requests, hello, hello_request).await?;
-        // Logins cost ~30× a verification: fewer of them make a pass as long.
+        // A login (a signature) costs many verifications: fewer of them make a pass as long.
         let logins = (requests / 20).max(1);
         let login_ns = best_of_seven(logins, app, login).await?;
         let sign_ns = es256_sign_ns(logins).await?;

@@ -63,12 +63,12 @@ struct Options {
     /// wrk stands in for clients on other machines but shares the cores with the server here,
     /// and under the default policy a wrk thread woken by an answer preempts the server on the
     /// spot. A login keeps a worker busy long enough (a signature) for that to follow most
-    /// answers: keygate paid a preemption and a resumption per login, twice the kernel time
-    /// (15–18 µs against 8), and wrk a sleep and a wake-up, 20–24 µs of CPU per login against
-    /// 8–10; a hello-world, answered faster, barely changed. A batch thread keeps its fair
-    /// share of the CPU but never preempts on waking. The other scenarios keep the default
-    /// policy: under the admin flood a batch wrk would wait for the scheduler tick behind the
-    /// hashing threads, a delay remote clients do not have either.
+    /// answers, so keygate would pay a preemption and a resumption per login, and wrk a sleep
+    /// and a wake-up, which remote clients never cause; a hello-world, answered faster, barely
+    /// notices. A batch thread keeps its fair share of the CPU but never preempts on waking.
+    /// The other scenarios keep the default policy: under the admin flood a batch wrk would
+    /// wait for the scheduler tick behind the hashing threads, a delay remote clients do not
+    /// have either.
     wrk_batch: bool,
 }
 
@@ -335,9 +335,9 @@ fn main() -> anyhow::Result<()> {
     // differences measured here. So everything that is judged by a ratio runs in rounds,
     // alternately in order and in reverse, each ratio is taken between the two runs of the
     // same round, and the median round's ratio is the one reported.
-    // First one short pass of each, not counted: in every run with oidc-provider the first
-    // round's first figure, the baseline's, came out 11–31 % below its later rounds (just
-    // after `npm ci` and node's start-up), which lifted that round's ratios.
+    // First one short pass of each, not counted: the first figures after the servers' start
+    // (`npm ci` and node's start-up just before) come out low, which would lift that round's
+    // ratios.
     for series in &compared {
         WrkRun::spawn(&series.url, series.script.as_deref(), c, 3, opts.wrk_batch)?.finish()?;
     }
@@ -403,9 +403,9 @@ fn main() -> anyhow::Result<()> {
     }
     if opts.runs("mixed") {
         // API-login latency alone, then with 32 admin logins running at once. In rounds too,
-        // the median round's ratio reported: the idle p99 alone varied 1.35–2.26 ms between
-        // runs of one session. Each round starts once the server is quiet, or the hashes
-        // still queued from the run before would count against the idle figure.
+        // the median round's ratio reported: the idle p99 alone varies from run to run by
+        // more than the target's margin. Each round starts once the server is quiet, or the
+        // hashes still queued from the run before would count against the idle figure.
         let url = format!("{base}/auth/login");
         let names =
             ["API login, 8 conns, idle", "API login, 8 conns, + 32 admin logins", "  (the 32 admin logins meanwhile)"];
