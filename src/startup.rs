@@ -79,7 +79,7 @@ impl Application {
         };
         let api_hasher = api_password_hasher(&master);
         // The hot paths' reads from memory. Logins too on the embedded store, whose keys
-        // only this process deletes; see store::cache for why not with PostgreSQL.
+        // only this process deletes; see store::cache::keys for why not with PostgreSQL.
         let cache = Arc::new(CachedStore::new(store.clone(), settings.is_embedded()));
         let auth =
             AuthService::new(store, policy, api_hasher, admin_hasher, ring, sealer).with_hot_path(cache.hot_path());
