@@ -19,7 +19,8 @@ use crate::{
     },
     domain::{AccountId, AdminPassword, ApiKeyId, ApiPassword, ClientAddr, Email, KeyRef, Scopes},
     store::{
-        self, AdminId, AuditAction, AuditRecord, AuditScope, KeyRecord, KeySummary, SessionRecord, Store, StoreError,
+        self, AdminId, AuditAction, AuditRecord, AuditScope, HotPath, KeyRecord, KeySummary, SessionRecord, Store,
+        StoreError,
     },
 };
 use attempt::Attempt;
@@ -110,6 +111,9 @@ const MAX_PASSWORD_LEN: usize = AdminPassword::MAX_BYTES;
 
 pub struct AuthService {
     store: Arc<dyn Store>,
+    /// What logins and verifications read (and the writes those reads must see): the cache
+    /// when the server has one, else `store`. Every other call goes to `store`.
+    hot: HotPath,
     policy: Policy,
     api_hasher: ApiPasswordHasher,
     admin_hasher: AdminPasswordHasher,
@@ -143,6 +147,7 @@ impl AuthService {
         sealer: KeySealer,
     ) -> Self {
         Self {
+            hot: HotPath::direct(&store),
             store,
             policy,
             api_hasher,
@@ -153,6 +158,12 @@ impl AuthService {
             verified_tokens: token_cache::TokenCache::new(),
             attempts_ended: Arc::default(),
         }
+    }
+
+    /// The hot paths answered by `hot` (a cache in front of this service's store) instead.
+    pub fn with_hot_path(mut self, hot: HotPath) -> Self {
+        self.hot = hot;
+        self
     }
 
     pub fn store(&self) -> &dyn Store {
@@ -188,7 +199,7 @@ impl AuthService {
         // Before the secret is checked: a burst gets no more checks than the lock allows.
         let attempt = self.admit(subjects, client).await?;
         let found = match (api_key, ApiPassword::parse(password)) {
-            (Some(api_key), Ok(password)) => match self.store.find_key(&api_key).await {
+            (Some(api_key), Ok(password)) => match self.hot.keys.find_key(&api_key).await {
                 Ok(Some(key)) => {
                     let ok = self.api_hasher.verify(&password, &key.secret_hash);
                     Ok((Some(key), ok))
@@ -214,7 +225,8 @@ impl AuthService {
     }
 
     async fn admit(&self, subjects: Vec<Subject>, client: ClientAddr) -> Result<Attempt> {
-        Attempt::admit(&self.store, &self.policy.lockout, &self.attempts_ended, subjects, client).await
+        Attempt::admit(&self.hot.lockout, &self.store, &self.policy.lockout, &self.attempts_ended, subjects, client)
+            .await
     }
 
     fn issue_token(&self, key: &KeyRecord) -> Result<IssuedToken> {
@@ -347,7 +359,7 @@ impl AuthService {
                 created_at: store::now(),
                 scopes: scopes.clone(),
             };
-            match self.store.insert_key(&record).await {
+            match self.hot.keys.insert_key(&record).await {
                 Ok(()) => {
                     tracing::info!(account = %session.account_id, key_ref = %generated.key_ref, "api key generated");
                     let target = Some(generated.key_ref.to_string());
@@ -368,7 +380,7 @@ impl AuthService {
     pub async fn delete_key(&self, session: &AdminSession, key_ref: &str) -> Result<()> {
         // A malformed ref cannot name a key of this account: the same 404 as an unknown one.
         let key_ref = KeyRef::parse(key_ref).map_err(|_| AuthError::NotFound)?;
-        if !self.store.delete_key(session.account_id, key_ref).await? {
+        if !self.hot.keys.delete_key(session.account_id, key_ref).await? {
             return Err(AuthError::NotFound);
         }
         tracing::info!(account = %session.account_id, key_ref = %key_ref, "api key deleted");

@@ -79,9 +79,11 @@ impl Application {
         };
         let api_hasher = api_password_hasher(&master);
         // The hot paths' reads from memory. Logins too on the embedded store, whose keys
-        // only this process deletes; see store::cache for why not with PostgreSQL.
-        let cache = Arc::new(CachedStore::new(store, settings.is_embedded()));
-        let auth = Arc::new(AuthService::new(cache.clone(), policy, api_hasher, admin_hasher, ring, sealer));
+        // only this process deletes; see store::cache::keys for why not with PostgreSQL.
+        let cache = Arc::new(CachedStore::new(store.clone(), settings.is_embedded()));
+        let auth =
+            AuthService::new(store, policy, api_hasher, admin_hasher, ring, sealer).with_hot_path(cache.hot_path());
+        let auth = Arc::new(auth);
         let state = AppState {
             auth: auth.clone(),
             cookie: SessionCookie::new(settings.cookie_secure, settings.session_lifetime),

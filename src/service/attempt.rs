@@ -15,7 +15,7 @@ use super::{
 };
 use crate::{
     domain::{AccountId, ClientAddr},
-    store::{self, AuditAction, FailureCounter, Store, StoreError},
+    store::{self, AuditAction, AuditStore, FailureCounter, LockoutStore, Store, StoreError},
 };
 
 /// An admitted attempt. End it with `succeeded`, `failed` or `abandon`; dropped without an
@@ -26,7 +26,8 @@ pub(super) struct Attempt {
 }
 
 struct Ending {
-    store: Arc<dyn Store>,
+    counters: Arc<dyn LockoutStore>,
+    audit: Arc<dyn AuditStore>,
     policy: LockoutPolicy,
     ended: Arc<Notify>,
     subjects: Vec<Subject>,
@@ -43,9 +44,11 @@ const MAX_PAUSE: Duration = Duration::from_millis(50);
 impl Attempt {
     /// Admits an attempt against `subjects`: at once when each has room, after waiting for
     /// a place when one is full of attempts in flight, and never while one is locked (then
-    /// `Locked`). `ended` is notified whenever an attempt of this process ends.
+    /// `Locked`). `ended` is notified whenever an attempt of this process ends. Counted in
+    /// `counters`; each lock it starts is audited in `audit`.
     pub(super) async fn admit(
-        store: &Arc<dyn Store>,
+        counters: &Arc<dyn LockoutStore>,
+        audit: &Arc<dyn Store>,
         policy: &LockoutPolicy,
         ended: &Arc<Notify>,
         subjects: Vec<Subject>,
@@ -59,10 +62,11 @@ impl Attempt {
             let notified = ended.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            match try_admit(store.as_ref(), policy, &subjects, &keys).await? {
+            match try_admit(counters.as_ref(), policy, &subjects, &keys).await? {
                 Ok(()) => {
                     let end = Ending {
-                        store: store.clone(),
+                        counters: counters.clone(),
+                        audit: audit.clone(),
                         policy: policy.clone(),
                         ended: ended.clone(),
                         subjects,
@@ -154,7 +158,7 @@ impl Ending {
                 })
                 .collect()
         };
-        let next = self.store.update_counters(&self.keys, &update).await?;
+        let next = self.counters.update_counters(&self.keys, &update).await?;
         self.ended.notify_waiters();
         let started = lock(&started).clone();
         let mut longest = None;
@@ -165,9 +169,8 @@ impl Ending {
             if started {
                 tracing::warn!(subject = %key, until = c.locked_until, "login lockout");
                 let account = if subject.is_identity() { account } else { None };
-                let store = self.store.as_ref();
                 audit::record(
-                    store,
+                    self.audit.as_ref(),
                     AuditAction::Lockout,
                     account,
                     audit::SYSTEM_ACTOR.to_owned(),
@@ -185,7 +188,7 @@ impl Ending {
         let update = |current: &[FailureCounter]| {
             current.iter().map(|c| FailureCounter { in_flight: c.in_flight.saturating_sub(1), ..*c }).collect()
         };
-        self.store.update_counters(&self.keys, &update).await?;
+        self.counters.update_counters(&self.keys, &update).await?;
         self.ended.notify_waiters();
         Ok(())
     }
@@ -196,7 +199,7 @@ impl Ending {
 /// attacker's usual case); only an admission needs the atomic update, which decides again
 /// on what it reads itself.
 async fn try_admit(
-    store: &dyn Store,
+    store: &dyn LockoutStore,
     policy: &LockoutPolicy,
     subjects: &[Subject],
     keys: &[String],

@@ -125,8 +125,10 @@ impl AuthService {
     /// revoked. Two point reads, run together, answered by the store's cache while its lease
     /// holds, which keeps "a deleted key's tokens fail within a second".
     async fn check_not_withdrawn(&self, token: &VerifiedToken) -> Result<()> {
-        let (account, revoked) =
-            tokio::try_join!(self.store.key_account(token.key_ref), self.store.is_token_revoked(&token.claims.jti),)?;
+        let (account, revoked) = tokio::try_join!(
+            self.hot.key_lookup.key_account(token.key_ref),
+            self.hot.revocations.is_token_revoked(&token.claims.jti)
+        )?;
         if account != Some(token.account_id) {
             return Err(AuthError::InvalidToken("key deleted"));
         }
@@ -205,7 +207,7 @@ impl AuthService {
             tracing::info!(caller = %caller.key_ref, of_key, of_account, "revocation refused: too many live revocations");
             return Err(AuthError::RevocationLimit { retry_after: REVOCATION_RETRY_AFTER });
         }
-        self.store.revoke_token(&revocation).await?;
+        self.hot.revocations.revoke_token(&revocation).await?;
         tracing::info!(caller = %caller.key_ref, key_ref = %verified.key_ref, jti = %revocation.jti, "token revoked");
         Ok(Revoked::Token)
     }
@@ -237,7 +239,7 @@ impl AuthService {
                 tracing::warn!(error = %e, "cannot reload the signing keys; keeping the current ones");
             }
             if Instant::now() >= next_purge {
-                match self.store.purge_revocations(store::now()).await {
+                match self.hot.revocations.purge_revocations(store::now()).await {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(purged = n, "expired revocations purged"),
                     Err(e) => tracing::warn!(error = %e, "cannot purge expired revocations"),

@@ -31,7 +31,7 @@ impl AuthService {
     /// One sweep, judged at `now`.
     pub async fn sweep(&self, now: UnixTime) -> Result<Swept> {
         let policy = &self.policy;
-        let counters = self.store.prune_failures(now - policy.lockout.window(), now).await?;
+        let counters = self.hot.lockout.prune_failures(now - policy.lockout.window(), now).await?;
         let idle_since = now.saturating_sub(i64::try_from(policy.session_idle_timeout).unwrap_or(i64::MAX));
         let sessions = in_batches(|| self.store.delete_ended_sessions(now, idle_since, BATCH)).await?;
         let audit = match policy.audit_retention {

@@ -39,7 +39,7 @@ mod sql;
 mod transfer;
 
 pub use admins::{AdminDeletion, AdminManagementStore, AdminSummary};
-pub use cache::CachedStore;
+pub use cache::{CachedStore, HotPath};
 pub use changes::{Change, ChangeFeed, ChangeSignal};
 pub use paging::KeyPageStore;
 pub use retention::RetentionStore;
