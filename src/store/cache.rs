@@ -52,7 +52,7 @@ use async_trait::async_trait;
 use sha2::{Digest, Sha256};
 
 use super::*;
-use crate::domain::API_KEY_LEN;
+use crate::{clock::Clock, domain::API_KEY_LEN};
 
 /// How often the change log is read when nothing wakes the reader earlier.
 const POLL_EVERY: Duration = Duration::from_millis(250);
@@ -163,6 +163,8 @@ pub struct CachedStore {
     /// flight, which only this process can have and so are kept here alone. Every update
     /// holds the lock from its read to its write, so updates of one subject never interleave.
     counters: tokio::sync::Mutex<Counters>,
+    /// The service's time, which revocations' expiries are written in.
+    clock: Clock,
 }
 
 /// The embedded store's failure counters, as this process knows them.
@@ -229,8 +231,8 @@ struct Cursor {
 }
 
 impl CachedStore {
-    /// Wraps `inner`. `serve_logins` only for a store no other process deletes keys from.
-    /// The cache answers nothing until `keep_in_sync` has loaded it.
+    /// Wraps `inner`, on the system clock. `serve_logins` only for a store no other process
+    /// deletes keys from. The cache answers nothing until `keep_in_sync` has loaded it.
     pub fn new(inner: Arc<dyn Store>, serve_logins: bool) -> Self {
         Self {
             inner,
@@ -243,7 +245,13 @@ impl CachedStore {
             cursor: tokio::sync::Mutex::default(),
             complained: AtomicBool::new(false),
             counters: tokio::sync::Mutex::default(),
+            clock: Clock::system(),
         }
+    }
+
+    /// The same, judging revocations' expiry by `clock`: the service's.
+    pub fn with_clock(self, clock: Clock) -> Self {
+        Self { clock, ..self }
     }
 
     fn now_ms(&self) -> u64 {
@@ -316,7 +324,7 @@ impl CachedStore {
         let key = jti_key(jti);
         let mut revoked = self.revoked_mut();
         if revoked.jtis.len() >= MAX_REVOCATIONS && !revoked.jtis.contains_key(&key) {
-            let now = now();
+            let now = self.clock.now();
             revoked.jtis.retain(|_, until| *until > now);
             if revoked.jtis.len() >= MAX_REVOCATIONS {
                 if revoked.complete {
@@ -400,8 +408,7 @@ impl CachedStore {
         // The position first: changes committed after it are read by the next catch-up,
         // even those the reload below already reflects (applying one twice is harmless).
         let seq = self.inner.last_change().await?;
-        let now = now();
-        let live = self.inner.live_revocations(now).await?;
+        let live = self.inner.live_revocations(self.clock.now()).await?;
         let epoch = self.epoch.load(Ordering::Acquire);
         let all = match self.serve_logins {
             true => Some(self.inner.all_keys(MAX_LOGINS as u32 + 1).await?),
@@ -431,7 +438,9 @@ impl CachedStore {
             revoked.complete = live.len() <= MAX_REVOCATIONS;
             revoked.jtis = live.iter().take(MAX_REVOCATIONS).map(|(jti, until)| (jti_key(jti), *until)).collect();
         }
-        if let Err(e) = self.inner.purge_changes(now - CHANGE_RETENTION).await {
+        // The change log's rows are stamped by the database's own clock (its triggers), so
+        // their age is told by the wall clock, whatever the service's says.
+        if let Err(e) = self.inner.purge_changes(Clock::system().now() - CHANGE_RETENTION).await {
             tracing::debug!(error = %e, "cannot purge old change-log rows; next time");
         }
         if cursor.loaded_at.is_none() {
