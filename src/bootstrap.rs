@@ -5,7 +5,7 @@
 use std::{io::IsTerminal, path::Path};
 
 use anyhow::Context;
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 use uuid::Uuid;
 
 use crate::{
@@ -99,7 +99,8 @@ pub async fn first_admin(admins: &AdminDirectory, settings: &Settings) -> anyhow
         create_private_dir(&settings.data_dir)?;
         write_secret_file(pending, password.expose())?;
     }
-    let shown = file.is_some().then(|| password.expose().to_owned());
+    // Kept to be shown once, if generated: `create_first` takes the password itself.
+    let shown = file.is_some().then(|| SecretString::from(password.expose()));
     let account = AccountName::parse(DEFAULT_ACCOUNT).map_err(|e| anyhow::anyhow!(e))?;
     let created = admins.create_first(&email, &account, password).await;
     if let (Some(pending), Some(path)) = (&pending, &file) {
@@ -115,7 +116,11 @@ pub async fn first_admin(admins: &AdminDirectory, settings: &Settings) -> anyhow
             tracing::info!(email = %email, file = %path.display(), "created the first admin; its password is in the file");
             // Told on the terminal only: stderr that is not a terminal is usually a log.
             if let Some(password) = shown.filter(|_| std::io::stderr().is_terminal()) {
-                eprintln!("\n  First admin: {email}\n  Password:    {password}\n  (also in {})\n", path.display());
+                eprintln!(
+                    "\n  First admin: {email}\n  Password:    {}\n  (also in {})\n",
+                    password.expose_secret(),
+                    path.display()
+                );
             }
         }
         (None, true) => {

@@ -163,7 +163,7 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Given<T> {
     }
 }
 
-/// The layers below the defaults: flags and environment (merged by clap, flags winning)
+/// What is given over the defaults: flags and environment (merged by clap, flags winning)
 /// over the file.
 struct Layers<'a> {
     flags: &'a SettingsArgs,
@@ -478,6 +478,18 @@ mod tests {
         let err = load(SettingsArgs { config: Some(path), ..Default::default() }).unwrap_err();
         assert_eq!(err.name, "KEYGATE_CONFIG");
         assert!(err.reason.contains("tokn_ttl"), "{}", err.reason);
+    }
+
+    #[test]
+    fn the_file_gives_typed_values_and_flags_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keygate.toml");
+        std::fs::write(&path, "cookie_secure = false\npin_workers = false\naudit_retention_days = 0\n").unwrap();
+        let args = SettingsArgs { config: Some(path), pin_workers: Some(" On ".into()), ..Default::default() };
+        let s = load(args).unwrap();
+        assert!(!s.cookie_secure);
+        assert!(s.pin_workers);
+        assert_eq!(s.audit_retention(), None);
     }
 
     #[test]

@@ -168,10 +168,6 @@ impl AuthService {
         &self.policy
     }
 
-    pub fn clock(&self) -> &Clock {
-        &self.clock
-    }
-
     pub fn key_ring(&self) -> Arc<KeyRing> {
         self.keys.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
     }
