@@ -23,10 +23,12 @@ use std::{
 
 use anyhow::{Context, bail};
 use keygate::{
+    bootstrap,
+    clock::Clock,
     config::{Settings, SettingsArgs},
     domain::{ApiKeyId, ApiPassword, Email, KeyRef},
     startup,
-    store::{self, KeyRecord},
+    store::KeyRecord,
 };
 
 // The hello-world runs in this process: the same allocator as keygate, so the baseline is
@@ -459,7 +461,7 @@ async fn seed(dir: &Path, count: usize) -> anyhow::Result<Vec<(String, String)>>
     let args = SettingsArgs { data_dir: Some(dir.join("data")), ..Default::default() };
     let settings = Settings::load(&args, |_| None)?;
     let store = startup::open_store(&settings).await?;
-    let hasher = startup::api_password_hasher(&startup::master_key(&settings)?);
+    let hasher = startup::api_password_hasher(&bootstrap::master_key(&settings)?);
     let account = store
         .find_admin(&Email::parse(ADMIN_EMAIL).map_err(|e| anyhow::anyhow!(e))?)
         .await?
@@ -474,7 +476,7 @@ async fn seed(dir: &Path, count: usize) -> anyhow::Result<Vec<(String, String)>>
             api_key: ApiKeyId::generate(),
             secret_hash: hasher.hash(&password).to_vec(),
             scopes: Default::default(),
-            created_at: store::now(),
+            created_at: Clock::system().now(),
         };
         store.insert_key(&record).await?;
         if i < HOT_KEYS {
@@ -618,7 +620,7 @@ fn hello_server(headers: Vec<String>) -> anyhow::Result<()> {
         std::future::ready(map)
     };
     // keygate's own runtime, workers pinned as keygate pins them by default, and its sockets.
-    keygate::startup::runtime(true)?.block_on(async {
+    keygate::runtime::build(true)?.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         println!("{}", listener.local_addr()?);
         let app = axum::Router::new().route("/", axum::routing::get(|| async { "Hello, World!" })).fallback(shaped);

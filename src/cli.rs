@@ -10,8 +10,10 @@ mod admin;
 mod audit;
 
 use crate::{
+    clock::Clock,
     config::{ConfigError, Settings, SettingsArgs},
-    startup::{self, Application},
+    runtime,
+    startup::Application,
     store, telemetry,
 };
 
@@ -70,14 +72,15 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match startup::runtime(settings.pin_workers) {
+    let runtime = match runtime::build(settings.pin_workers) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli.command, settings)) {
+    // The one place the commands' time comes from.
+    match runtime.block_on(run(cli.command, settings, Clock::system())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -88,18 +91,18 @@ pub fn main() -> ExitCode {
     }
 }
 
-async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
+async fn run(command: Command, settings: Settings, clock: Clock) -> anyhow::Result<()> {
     match command {
         Command::Serve => {
             let _log = telemetry::init(&settings.log_filter, settings.log_format);
-            let app = Application::build(&settings).await?;
+            let app = Application::build_with_clock(&settings, clock).await?;
             app.run_until(shutdown_signal()).await?;
             tracing::info!("stopped");
             Ok(())
         }
         Command::Audit(args) => audit::run(args, &settings).await,
-        Command::Admin(command) => admin::run(command, &settings).await,
-        Command::SigningKey(command) => signing_key::run(command, &settings).await,
+        Command::Admin(command) => admin::run(command, &settings, clock).await,
+        Command::SigningKey(command) => signing_key::run(command, &settings, clock).await,
         Command::Migrate { from, to } => migrate(&from, &to).await,
     }
 }

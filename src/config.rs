@@ -1,6 +1,11 @@
 //! Typed settings, validated once at start-up. Precedence: defaults < TOML file
 //! (`--config`) < environment (`KEYGATE_…`) < flags. Unknown file keys are an error, and a
 //! bad value stops start-up with one line naming the setting.
+//!
+//! Each setting is declared once, as a field of `SettingsArgs`: its flag, its variable, its
+//! file key and its help. clap fills one copy from the flags and the environment, serde
+//! another from the file; `Settings::load` takes each setting from the upper layer that
+//! gives it, judges it, and keeps it with its type in `Settings`.
 
 use std::{
     net::SocketAddr,
@@ -19,16 +24,19 @@ use crate::{
 };
 
 mod connections;
-mod security;
-pub use connections::{ConnectionArgs, ConnectionSettings};
-pub use security::{SecurityArgs, SecuritySettings};
+mod defences;
+pub use connections::ConnectionSettings;
+pub use defences::DefenceSettings;
 
-/// Settings given as flags or environment variables. Secrets are deliberately not flags:
-/// command lines are visible to every user of the machine (`ps`).
-#[derive(Debug, Default, Clone, Args)]
+/// Every setting that may be given as a flag, a variable or a file key. Secrets are
+/// deliberately none of these but variables alone (see `Settings::load`): command lines are
+/// visible to every user of the machine (`ps`), and files get copied around.
+#[derive(Debug, Default, Clone, Args, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SettingsArgs {
     /// TOML settings file.
     #[arg(long, env = "KEYGATE_CONFIG", global = true, value_name = "FILE")]
+    #[serde(skip)]
     pub config: Option<PathBuf>,
     /// Address to listen on (port 0 picks a free port) [default: 127.0.0.1:8080].
     #[arg(long, env = "KEYGATE_LISTEN", global = true, value_name = "ADDR")]
@@ -48,16 +56,16 @@ pub struct SettingsArgs {
     pub audience: Option<String>,
     /// Access-token lifetime in seconds, 60 to 86400 [default: 900].
     #[arg(long, env = "KEYGATE_TOKEN_TTL", global = true, value_name = "SECONDS")]
-    pub token_ttl: Option<String>,
+    pub token_ttl: Option<Given<u64>>,
     /// Mark the admin session cookie `Secure` [default: true].
     #[arg(long, env = "KEYGATE_COOKIE_SECURE", global = true, value_name = "BOOL")]
-    pub cookie_secure: Option<String>,
+    pub cookie_secure: Option<Given<bool>>,
     /// Admin sessions end after this many idle seconds [default: 1800].
     #[arg(long, env = "KEYGATE_SESSION_IDLE_TIMEOUT", global = true, value_name = "SECONDS")]
-    pub session_idle_timeout: Option<String>,
+    pub session_idle_timeout: Option<Given<u64>>,
     /// Admin sessions end this many seconds after login, however active [default: 43200].
     #[arg(long, env = "KEYGATE_SESSION_LIFETIME", global = true, value_name = "SECONDS")]
-    pub session_lifetime: Option<String>,
+    pub session_lifetime: Option<Given<u64>>,
     /// JWT signature algorithm of the first signing key, made on an empty store: ES256 or
     /// EdDSA. Later changes are `keygate signing-key rotate --alg` [default: ES256].
     #[arg(long, env = "KEYGATE_SIGNING_ALG", global = true, value_name = "ALG")]
@@ -65,61 +73,108 @@ pub struct SettingsArgs {
     /// How often a running server re-reads the signing keys from the store, to pick up a
     /// rotation made by the CLI or another replica; 1 to 60 [default: 10].
     #[arg(long, env = "KEYGATE_KEY_RELOAD_INTERVAL", global = true, value_name = "SECONDS")]
-    pub key_reload_interval: Option<String>,
+    pub key_reload_interval: Option<Given<u64>>,
     /// Audit entries are deleted this many days after they were recorded, 0 to 36500; 0
     /// keeps them all [default: 365].
     #[arg(long, env = "KEYGATE_AUDIT_RETENTION_DAYS", global = true, value_name = "DAYS")]
-    pub audit_retention_days: Option<String>,
+    pub audit_retention_days: Option<Given<u64>>,
     /// How often the store is swept of ended sessions, idle failed-login counters and audit
     /// entries past their retention; 1 to 86400 [default: 600].
     #[arg(long, env = "KEYGATE_SWEEP_INTERVAL", global = true, value_name = "SECONDS")]
-    pub sweep_interval: Option<String>,
+    pub sweep_interval: Option<Given<u64>>,
     /// Keep each async worker on a CPU of its own when the process has whole CPUs to
     /// itself [default: true].
     #[arg(long, env = "KEYGATE_PIN_WORKERS", global = true, value_name = "BOOL")]
-    pub pin_workers: Option<String>,
+    pub pin_workers: Option<Given<bool>>,
     /// Log filter, in tracing's EnvFilter syntax [default: info].
     #[arg(long, env = "KEYGATE_LOG", global = true, value_name = "FILTER")]
     pub log: Option<String>,
     /// Log format: text or json [default: text].
     #[arg(long, env = "KEYGATE_LOG_FORMAT", global = true, value_name = "FORMAT")]
     pub log_format: Option<String>,
-    #[command(flatten)]
-    pub security: SecurityArgs,
-    #[command(flatten)]
-    pub connections: ConnectionArgs,
+
+    // The abuse defences (`defences`).
+    /// Proxies whose X-Forwarded-For names the client: addresses or CIDR blocks,
+    /// comma-separated, e.g. 10.0.0.0/8,::1 [default: none, the header is ignored].
+    #[arg(long, env = "KEYGATE_TRUSTED_PROXIES", global = true, value_name = "CIDRS")]
+    pub trusted_proxies: Option<Given<Vec<String>>>,
+    /// The origin browsers use to reach keygate, e.g. https://auth.example.com; cookie
+    /// requests from any other origin are refused [default: the request's own Host].
+    #[arg(long, env = "KEYGATE_PUBLIC_ORIGIN", global = true, value_name = "ORIGIN")]
+    pub public_origin: Option<String>,
+    /// Failed logins per admin email or API key before a lockout, 1 to 1000 [default: 5].
+    #[arg(long, env = "KEYGATE_LOCKOUT_THRESHOLD", global = true, value_name = "N")]
+    pub lockout_threshold: Option<Given<u64>>,
+    /// Failed logins per client address before a lockout, 1 to 100000 [default: 50].
+    #[arg(long, env = "KEYGATE_LOCKOUT_ADDRESS_THRESHOLD", global = true, value_name = "N")]
+    pub lockout_address_threshold: Option<Given<u64>>,
+    /// Seconds the first lockout lasts, 1 to 3600; each further one doubles, up to 16
+    /// times this [default: 60].
+    #[arg(long, env = "KEYGATE_LOCKOUT_DURATION", global = true, value_name = "SECONDS")]
+    pub lockout_duration: Option<Given<u64>>,
+    /// Live (unexpired) revoked tokens one API key may hold, 1 to 100000; past it the key's
+    /// revocations are refused with 429 [default: 1000].
+    #[arg(long, env = "KEYGATE_REVOCATIONS_PER_KEY", global = true, value_name = "N")]
+    pub revocations_per_key: Option<Given<u64>>,
+    /// Live revoked tokens all keys of one account may hold, 1 to 100000 [default: 10000].
+    #[arg(long, env = "KEYGATE_REVOCATIONS_PER_ACCOUNT", global = true, value_name = "N")]
+    pub revocations_per_account: Option<Given<u64>>,
+
+    // Client connections (`connections`).
+    /// Seconds a client has to send a request's headers (from connecting for the first
+    /// request, from its first byte for later ones), and then its body; 1 to 300 [default: 10].
+    #[arg(long, env = "KEYGATE_HEADER_READ_TIMEOUT", global = true, value_name = "SECONDS")]
+    pub header_read_timeout: Option<Given<u64>>,
+    /// Seconds a keep-alive connection may sit idle between requests, and a request may go
+    /// without a byte moving either way; 1 to 3600 [default: 60].
+    #[arg(long, env = "KEYGATE_IDLE_TIMEOUT", global = true, value_name = "SECONDS")]
+    pub idle_timeout: Option<Given<u64>>,
+    /// Client connections open at once; further ones wait until one closes [default: the
+    /// open-file limit, raised to its maximum, less 256 kept for the store and logs].
+    #[arg(long, env = "KEYGATE_MAX_CONNECTIONS", global = true, value_name = "N")]
+    pub max_connections: Option<Given<u64>>,
 }
 
-/// The same settings in a TOML file, with their natural types.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileSettings {
-    listen: Option<String>,
-    data_dir: Option<PathBuf>,
-    database_url: Option<String>,
-    issuer: Option<String>,
-    audience: Option<String>,
-    token_ttl: Option<u64>,
-    cookie_secure: Option<bool>,
-    session_idle_timeout: Option<u64>,
-    session_lifetime: Option<u64>,
-    signing_alg: Option<String>,
-    key_reload_interval: Option<u64>,
-    audit_retention_days: Option<u64>,
-    sweep_interval: Option<u64>,
-    pin_workers: Option<bool>,
-    log: Option<String>,
-    log_format: Option<String>,
-    trusted_proxies: Option<Vec<String>>,
-    public_origin: Option<String>,
-    lockout_threshold: Option<u64>,
-    lockout_address_threshold: Option<u64>,
-    lockout_duration: Option<u64>,
-    revocations_per_key: Option<u64>,
-    revocations_per_account: Option<u64>,
-    header_read_timeout: Option<u64>,
-    idle_timeout: Option<u64>,
-    max_connections: Option<u64>,
+/// A setting's value as one layer gives it. A flag or a variable gives text, judged with
+/// the rest in `Settings::load` so that a bad value is reported naming its setting; the
+/// file gives a value of the setting's own TOML type, or is refused as a whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Given<T> {
+    Text(String),
+    Value(T),
+}
+
+// How clap makes one from a flag or a variable: as it is, judged later.
+impl<T> From<String> for Given<T> {
+    fn from(text: String) -> Self {
+        Self::Text(text)
+    }
+}
+
+impl<T> From<&str> for Given<T> {
+    fn from(text: &str) -> Self {
+        Self::Text(text.to_owned())
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Given<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        T::deserialize(deserializer).map(Self::Value)
+    }
+}
+
+/// What is given over the defaults: flags and environment (merged by clap, flags winning)
+/// over the file.
+struct Layers<'a> {
+    flags: &'a SettingsArgs,
+    file: SettingsArgs,
+}
+
+impl Layers<'_> {
+    /// The setting `field` from the uppermost layer that gives it.
+    fn get<T: Clone>(&self, field: impl Fn(&SettingsArgs) -> &Option<T>) -> Option<T> {
+        field(self.flags).clone().or_else(|| field(&self.file).clone())
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,6 +183,7 @@ pub enum LogFormat {
     Json,
 }
 
+/// The settings, judged and typed.
 #[derive(Debug)]
 pub struct Settings {
     pub listen: SocketAddr,
@@ -152,7 +208,7 @@ pub struct Settings {
     pub bootstrap_admin: Option<(Email, AdminPassword)>,
     pub log_filter: String,
     pub log_format: LogFormat,
-    pub security: SecuritySettings,
+    pub defences: DefenceSettings,
     pub connections: ConnectionSettings,
 }
 
@@ -173,54 +229,41 @@ impl Settings {
     pub fn load(args: &SettingsArgs, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let file = match &args.config {
             Some(path) => read_file(path)?,
-            None => FileSettings::default(),
+            None => SettingsArgs::default(),
         };
+        let layers = Layers { flags: args, file };
 
-        let listen_raw = args.listen.clone().or(file.listen).unwrap_or_else(|| "127.0.0.1:8080".into());
+        let listen_raw = layers.get(|s| &s.listen).unwrap_or_else(|| "127.0.0.1:8080".into());
         let listen = SocketAddr::from_str(&listen_raw)
             .map_err(|_| bad("KEYGATE_LISTEN", "expected IP:PORT, e.g. 127.0.0.1:8080"))?;
 
-        let data_dir = args.data_dir.clone().or(file.data_dir).unwrap_or_else(|| PathBuf::from("./data"));
-        let database_url = args
-            .database_url
-            .clone()
-            .or(file.database_url)
+        let data_dir = layers.get(|s| &s.data_dir).unwrap_or_else(|| PathBuf::from("./data"));
+        let database_url = layers
+            .get(|s| &s.database_url)
             .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("keygate.db").display()));
         if Backend::of(&database_url).is_none() {
             return Err(bad("KEYGATE_DATABASE_URL", "expected sqlite://… or postgres://…"));
         }
 
-        let issuer = args.issuer.clone().or(file.issuer);
+        let issuer = layers.get(|s| &s.issuer);
         if issuer.as_ref().is_some_and(|i| i.is_empty() || i.len() > 512) {
             return Err(bad("KEYGATE_ISSUER", "must be 1 to 512 characters"));
         }
-        let audience = args.audience.clone().or(file.audience).unwrap_or_else(|| "keygate".into());
+        let audience = layers.get(|s| &s.audience).unwrap_or_else(|| "keygate".into());
         if audience.is_empty() || audience.len() > 512 {
             return Err(bad("KEYGATE_AUDIENCE", "must be 1 to 512 characters"));
         }
 
-        let token_ttl = seconds("KEYGATE_TOKEN_TTL", args.token_ttl.as_deref(), file.token_ttl, 900, 60..=86_400)?;
-        let session_idle_timeout = seconds(
-            "KEYGATE_SESSION_IDLE_TIMEOUT",
-            args.session_idle_timeout.as_deref(),
-            file.session_idle_timeout,
-            1_800,
-            1..=604_800,
-        )?;
-        let session_lifetime = seconds(
-            "KEYGATE_SESSION_LIFETIME",
-            args.session_lifetime.as_deref(),
-            file.session_lifetime,
-            43_200,
-            1..=2_592_000,
-        )?;
+        let token_ttl = seconds("KEYGATE_TOKEN_TTL", layers.get(|s| &s.token_ttl), 900, 60..=86_400)?;
+        let session_idle_timeout =
+            seconds("KEYGATE_SESSION_IDLE_TIMEOUT", layers.get(|s| &s.session_idle_timeout), 1_800, 1..=604_800)?;
+        let session_lifetime =
+            seconds("KEYGATE_SESSION_LIFETIME", layers.get(|s| &s.session_lifetime), 43_200, 1..=2_592_000)?;
 
-        let cookie_secure = flag("KEYGATE_COOKIE_SECURE", args.cookie_secure.as_deref(), file.cookie_secure, true)?;
+        let cookie_secure = flag("KEYGATE_COOKIE_SECURE", layers.get(|s| &s.cookie_secure), true)?;
 
-        let signing_alg = args
-            .signing_alg
-            .clone()
-            .or(file.signing_alg)
+        let signing_alg = layers
+            .get(|s| &s.signing_alg)
             .map(|raw| SigningAlg::from_str(&raw))
             .transpose()
             .map_err(|_| bad("KEYGATE_SIGNING_ALG", "expected ES256 or EdDSA"))?
@@ -229,8 +272,7 @@ impl Settings {
         // Bounded above because retired keys verify only that much past their tokens' TTL.
         let key_reload_interval = seconds(
             "KEYGATE_KEY_RELOAD_INTERVAL",
-            args.key_reload_interval.as_deref(),
-            file.key_reload_interval,
+            layers.get(|s| &s.key_reload_interval),
             10,
             1..=crate::service::MAX_KEY_RELOAD_INTERVAL,
         )?;
@@ -238,46 +280,25 @@ impl Settings {
         let audit_retention_days = whole_number(
             "KEYGATE_AUDIT_RETENTION_DAYS",
             "days",
-            args.audit_retention_days.as_deref(),
-            file.audit_retention_days,
+            layers.get(|s| &s.audit_retention_days),
             365,
             0..=36_500,
         )?;
-        let sweep_interval =
-            seconds("KEYGATE_SWEEP_INTERVAL", args.sweep_interval.as_deref(), file.sweep_interval, 600, 1..=86_400)?;
+        let sweep_interval = seconds("KEYGATE_SWEEP_INTERVAL", layers.get(|s| &s.sweep_interval), 600, 1..=86_400)?;
 
-        let pin_workers = flag("KEYGATE_PIN_WORKERS", args.pin_workers.as_deref(), file.pin_workers, true)?;
+        let pin_workers = flag("KEYGATE_PIN_WORKERS", layers.get(|s| &s.pin_workers), true)?;
 
-        let log_filter = args.log.clone().or(file.log).unwrap_or_else(|| "info".into());
+        let log_filter = layers.get(|s| &s.log).unwrap_or_else(|| "info".into());
         tracing_subscriber::EnvFilter::try_new(&log_filter)
             .map_err(|_| bad("KEYGATE_LOG", "not a valid filter (e.g. info, keygate=debug)"))?;
-        let log_format = match args.log_format.clone().or(file.log_format).as_deref() {
+        let log_format = match layers.get(|s| &s.log_format).as_deref() {
             None | Some("text") => LogFormat::Text,
             Some("json") => LogFormat::Json,
             Some(_) => return Err(bad("KEYGATE_LOG_FORMAT", "expected text or json")),
         };
 
-        let security = security::load(
-            &args.security,
-            security::SecurityFile {
-                trusted_proxies: file.trusted_proxies,
-                public_origin: file.public_origin,
-                lockout_threshold: file.lockout_threshold,
-                lockout_address_threshold: file.lockout_address_threshold,
-                lockout_duration: file.lockout_duration,
-                revocations_per_key: file.revocations_per_key,
-                revocations_per_account: file.revocations_per_account,
-            },
-        )?;
-
-        let connections = connections::load(
-            &args.connections,
-            connections::ConnectionFile {
-                header_read_timeout: file.header_read_timeout,
-                idle_timeout: file.idle_timeout,
-                max_connections: file.max_connections,
-            },
-        )?;
+        let defences = defences::load(&layers)?;
+        let connections = connections::load(&layers)?;
 
         let master_key = env("KEYGATE_MASTER_KEY").filter(|s| !s.is_empty()).map(SecretString::from);
         let bootstrap_admin = match (env("KEYGATE_BOOTSTRAP_ADMIN_EMAIL"), env("KEYGATE_BOOTSTRAP_ADMIN_PASSWORD")) {
@@ -315,7 +336,7 @@ impl Settings {
             bootstrap_admin,
             log_filter,
             log_format,
-            security,
+            defences,
             connections,
         })
     }
@@ -331,40 +352,43 @@ impl Settings {
     }
 }
 
-fn read_file(path: &Path) -> Result<FileSettings, ConfigError> {
+fn read_file(path: &Path) -> Result<SettingsArgs, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| bad("KEYGATE_CONFIG", format!("{}: {e}", path.display())))?;
     toml::from_str(&text).map_err(|e| bad("KEYGATE_CONFIG", format!("{}: {}", path.display(), e.message())))
 }
 
 fn seconds(
     name: &'static str,
-    arg: Option<&str>,
-    file: Option<u64>,
+    given: Option<Given<u64>>,
     default: u64,
     range: std::ops::RangeInclusive<u64>,
 ) -> Result<u64, ConfigError> {
-    whole_number(name, "seconds", arg, file, default, range)
+    whole_number(name, "seconds", given, default, range)
 }
 
 fn whole_number(
     name: &'static str,
     unit: &str,
-    arg: Option<&str>,
-    file: Option<u64>,
+    given: Option<Given<u64>>,
     default: u64,
     range: std::ops::RangeInclusive<u64>,
 ) -> Result<u64, ConfigError> {
-    let value = match arg {
-        Some(raw) => raw.trim().parse::<u64>().ok(),
-        None => Some(file.unwrap_or(default)),
+    let value = match given {
+        Some(Given::Text(raw)) => raw.trim().parse::<u64>().ok(),
+        Some(Given::Value(value)) => Some(value),
+        None => Some(default),
     };
     value.filter(|v| range.contains(v)).ok_or_else(|| {
         bad(name, format!("expected a whole number of {unit} from {} to {}", range.start(), range.end()))
     })
 }
 
-fn flag(name: &'static str, arg: Option<&str>, file: Option<bool>, default: bool) -> Result<bool, ConfigError> {
-    let Some(raw) = arg else { return Ok(file.unwrap_or(default)) };
+fn flag(name: &'static str, given: Option<Given<bool>>, default: bool) -> Result<bool, ConfigError> {
+    let raw = match given {
+        Some(Given::Text(raw)) => raw,
+        Some(Given::Value(value)) => return Ok(value),
+        None => return Ok(default),
+    };
     match raw.trim().to_ascii_lowercase().as_str() {
         "true" | "1" | "yes" | "on" => Ok(true),
         "false" | "0" | "no" | "off" => Ok(false),
@@ -454,6 +478,18 @@ mod tests {
         let err = load(SettingsArgs { config: Some(path), ..Default::default() }).unwrap_err();
         assert_eq!(err.name, "KEYGATE_CONFIG");
         assert!(err.reason.contains("tokn_ttl"), "{}", err.reason);
+    }
+
+    #[test]
+    fn the_file_gives_typed_values_and_flags_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keygate.toml");
+        std::fs::write(&path, "cookie_secure = false\npin_workers = false\naudit_retention_days = 0\n").unwrap();
+        let args = SettingsArgs { config: Some(path), pin_workers: Some(" On ".into()), ..Default::default() };
+        let s = load(args).unwrap();
+        assert!(!s.cookie_secure);
+        assert!(s.pin_workers);
+        assert_eq!(s.audit_retention(), None);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use axum::{
 use tower::ServiceExt;
 
 use crate::{
-    config::{SecurityArgs, Settings, SettingsArgs},
+    config::{Settings, SettingsArgs},
     crypto::signing::{AccessClaims, KeyRing, KeySealer, SigningAlg},
     domain::{ApiKeyId, ApiPassword, Email, KeyRef, Origin, TrustedProxies},
     http::{SessionCookie, security},
@@ -21,6 +21,8 @@ use crate::{
 
 const ADMIN_EMAIL: &str = "fuzz@example.com";
 const ADMIN_PASSWORD: &str = "fuzzing password 0123";
+/// When the fuzzed tokens are issued and verified.
+const TOKENS_AT: u64 = 1_750_000_000;
 
 /// Every parser that takes a string from outside, fed the same bytes. None may panic.
 pub fn parsers(data: &[u8]) {
@@ -43,7 +45,7 @@ pub fn parsers(data: &[u8]) {
     let _ = security::check_same_origin(&Method::POST, &headers, &security::SecurityPolicy::default());
 }
 
-/// A key ring and the claims it expects, for token fuzzing.
+/// A key ring and the claims it expects, for token fuzzing, all at one fixed time.
 pub struct Tokens {
     ring: KeyRing,
     pub valid: String,
@@ -56,14 +58,13 @@ impl Tokens {
         let key = sealer.generate(SigningAlg::Es256).expect("key generation");
         #[allow(clippy::expect_used)]
         let ring = KeyRing::new(&sealer, &key, &[]).expect("key ring");
-        let now = crate::store::now() as u64;
         let claims = AccessClaims {
             iss: "https://issuer".into(),
             sub: KeyRef::generate().to_string(),
             aud: "keygate".into(),
-            iat: now,
-            nbf: now,
-            exp: now + 900,
+            iat: TOKENS_AT,
+            nbf: TOKENS_AT,
+            exp: TOKENS_AT + 900,
             jti: "fuzz".into(),
             acc: "acc".into(),
             api_key: "46SQZ49LT100U2QWQ3SI".into(),
@@ -76,7 +77,7 @@ impl Tokens {
     /// Verifies `token`: must never panic, and must refuse anything that is not a token we
     /// signed (the fuzzer cannot forge an ES256 signature).
     pub fn verify(&self, token: &str) -> bool {
-        self.ring.verify(token, "https://issuer", "keygate", 0).is_some()
+        self.ring.verify(token, "https://issuer", "keygate", 0, TOKENS_AT).is_some()
     }
 }
 
@@ -112,12 +113,9 @@ impl App {
             data_dir: Some(dir.clone()),
             cookie_secure: Some("false".into()),
             log: Some("off".into()),
-            security: SecurityArgs {
-                // Fuzzed logins fail by the thousand; the harness is about decoding, not lockout.
-                lockout_threshold: Some("1000".into()),
-                lockout_address_threshold: Some("100000".into()),
-                ..Default::default()
-            },
+            // Fuzzed logins fail by the thousand; the harness is about decoding, not lockout.
+            lockout_threshold: Some("1000".into()),
+            lockout_address_threshold: Some("100000".into()),
             ..Default::default()
         };
         let settings = Settings::load(&args, |name| match name {

@@ -1,21 +1,25 @@
 //! keygate: API keys in, signed JWTs out, and gateways that can trust them.
 //!
-//! - `config`: typed settings; `telemetry`: logging
+//! - `config`: typed settings; `telemetry`: logging; `clock`: the time, as a parameter
 //! - `domain`: parsed value types, no I/O
 //! - `crypto`: hashing, secrets, signing keys; no HTTP, no storage
 //! - `store`: persistence traits and their backends
 //! - `service`: what keygate does, in domain terms
 //! - `http`: routes, errors, middleware; `listener`: connections, their limits and timeouts
-//! - `startup`: wiring it all together
+//! - `startup`: wiring it all together; `bootstrap`: what a first start creates;
+//!   `runtime`: the async runtime the server runs on
 //! - `cli`: the command line
 
+pub mod bootstrap;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod crypto;
 pub mod domain;
 pub mod fuzzing;
 pub mod http;
 pub mod listener;
+pub mod runtime;
 pub mod service;
 pub mod startup;
 pub mod store;

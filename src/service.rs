@@ -12,6 +12,7 @@ pub mod sweep;
 use secrecy::SecretString;
 
 use crate::{
+    clock::Clock,
     crypto::{
         self, AdminPasswordHasher, ApiPasswordHasher, HashPoolError,
         session::{self, SessionHash},
@@ -19,8 +20,7 @@ use crate::{
     },
     domain::{AccountId, AdminPassword, ApiKeyId, ApiPassword, ClientAddr, Email, KeyRef, Scopes},
     store::{
-        self, AdminId, AuditAction, AuditRecord, AuditScope, HotPath, KeyRecord, KeySummary, SessionRecord, Store,
-        StoreError,
+        AdminId, AuditAction, AuditRecord, AuditScope, HotPath, KeyRecord, KeySummary, SessionRecord, Store, StoreError,
     },
 };
 use attempt::Attempt;
@@ -115,6 +115,8 @@ pub struct AuthService {
     /// when the server has one, else `store`. Every other call goes to `store`.
     hot: HotPath,
     policy: Policy,
+    /// What every expiry, lock and key window is judged by.
+    clock: Clock,
     api_hasher: ApiPasswordHasher,
     admin_hasher: AdminPasswordHasher,
     keys: RwLock<Arc<KeyRing>>,
@@ -130,6 +132,8 @@ pub struct AuthService {
 
 mod gateway;
 mod paging;
+#[cfg(test)]
+mod testing;
 mod token_cache;
 pub use gateway::{
     CLOCK_LEEWAY, MAX_KEY_RELOAD_INTERVAL, MAX_TOKEN_LEN, RevocationLimits, Revoked, VerifiedToken, read_key_ring,
@@ -141,6 +145,7 @@ impl AuthService {
     pub fn new(
         store: Arc<dyn Store>,
         policy: Policy,
+        clock: Clock,
         api_hasher: ApiPasswordHasher,
         admin_hasher: AdminPasswordHasher,
         keys: KeyRing,
@@ -150,6 +155,7 @@ impl AuthService {
             hot: HotPath::direct(&store),
             store,
             policy,
+            clock,
             api_hasher,
             admin_hasher,
             keys: RwLock::new(Arc::new(keys)),
@@ -225,12 +231,20 @@ impl AuthService {
     }
 
     async fn admit(&self, subjects: Vec<Subject>, client: ClientAddr) -> Result<Attempt> {
-        Attempt::admit(&self.hot.lockout, &self.store, &self.policy.lockout, &self.attempts_ended, subjects, client)
-            .await
+        Attempt::admit(
+            &self.hot.lockout,
+            &self.store,
+            &self.policy.lockout,
+            &self.clock,
+            &self.attempts_ended,
+            subjects,
+            client,
+        )
+        .await
     }
 
     fn issue_token(&self, key: &KeyRecord) -> Result<IssuedToken> {
-        let now = store::now().max(0) as u64;
+        let now = self.clock.now().max(0) as u64;
         let claims = AccessClaims {
             iss: self.policy.issuer.clone(),
             sub: key.key_ref.to_string(),
@@ -285,7 +299,9 @@ impl AuthService {
             // The attempted email only if it is one: people type passwords into the email
             // field, and the audit log must never hold a password.
             let actor = email.as_ref().map_or_else(|| "(not an email)".to_owned(), |e| e.to_string());
-            audit::record(self.store.as_ref(), AuditAction::AdminLoginFailed, account, actor, Some(client), None).await;
+            let at = self.clock.now();
+            audit::record(self.store.as_ref(), at, AuditAction::AdminLoginFailed, account, actor, Some(client), None)
+                .await;
             return Err(attempt.failed(account).await);
         };
         attempt.succeeded().await?;
@@ -295,7 +311,7 @@ impl AuthService {
             self.store.delete_session(&session::hash_session(previous)).await?;
         }
         let (token, hash) = session::new_session();
-        let now = store::now();
+        let now = self.clock.now();
         let record = SessionRecord {
             admin_id: admin.id,
             account_id: admin.account_id,
@@ -307,6 +323,7 @@ impl AuthService {
         tracing::info!(account = %admin.account_id, admin = %admin.id.0, "admin login");
         audit::record(
             self.store.as_ref(),
+            now,
             AuditAction::AdminLogin,
             Some(admin.account_id),
             audit::admin_actor(admin.id),
@@ -324,7 +341,7 @@ impl AuthService {
         }
         let hash = session::hash_session(token);
         let record = self.store.find_session(&hash).await?.ok_or(AuthError::NoSession)?;
-        let now = store::now();
+        let now = self.clock.now();
         if now >= record.expires_at || now - record.last_seen_at >= self.policy.session_idle_timeout as i64 {
             self.store.delete_session(&hash).await?;
             return Err(AuthError::NoSession);
@@ -356,7 +373,7 @@ impl AuthService {
                 account_id: session.account_id,
                 api_key: generated.api_key.clone(),
                 secret_hash: self.api_hasher.hash(&generated.password).to_vec(),
-                created_at: store::now(),
+                created_at: self.clock.now(),
                 scopes: scopes.clone(),
             };
             match self.hot.keys.insert_key(&record).await {
@@ -390,7 +407,8 @@ impl AuthService {
 
     async fn audit_admin_action(&self, session: &AdminSession, action: AuditAction, target: Option<String>) {
         let actor = audit::admin_actor(session.admin_id);
-        audit::record(self.store.as_ref(), action, Some(session.account_id), actor, Some(session.client), target).await;
+        let (at, account, client) = (self.clock.now(), Some(session.account_id), Some(session.client));
+        audit::record(self.store.as_ref(), at, action, account, actor, client, target).await;
     }
 
     /// The session's account's audit log, newest first: entries with an id below `before`,
@@ -405,4 +423,69 @@ impl AuthService {
 /// client address, always.
 fn login_subjects(identity: Option<Subject>, client: ClientAddr) -> Vec<Subject> {
     identity.into_iter().chain(std::iter::once(Subject::Address(client))).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use secrecy::ExposeSecret;
+
+    use super::{
+        testing::{ADMIN_EMAIL, ADMIN_PASSWORD, TestService, client, policy},
+        *,
+    };
+
+    async fn signed_in(policy: Policy) -> (TestService, String) {
+        let t = TestService::new(policy).await;
+        t.admin().await;
+        let login = t.auth.admin_login(ADMIN_EMAIL, ADMIN_PASSWORD, None, client()).await.unwrap();
+        let token = login.token.expose_secret().to_owned();
+        (t, token)
+    }
+
+    fn is_live(session: Result<AdminSession>) -> bool {
+        match session {
+            Ok(_) => true,
+            Err(AuthError::NoSession) => false,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_session_ends_once_idle_for_the_timeout_and_each_use_restarts_the_wait() {
+        let (t, token) = signed_in(Policy { session_idle_timeout: 600, ..policy() }).await;
+        for _ in 0..3 {
+            t.clock.advance(Duration::from_secs(599));
+            assert!(is_live(t.auth.session(&token, client()).await));
+        }
+        t.clock.advance(Duration::from_secs(600));
+        assert!(!is_live(t.auth.session(&token, client()).await));
+        // Ended for good: the row is gone, not merely judged idle.
+        t.clock.set(testing::START);
+        assert!(!is_live(t.auth.session(&token, client()).await));
+    }
+
+    #[tokio::test]
+    async fn a_session_ends_at_its_lifetime_however_active() {
+        let (t, token) = signed_in(Policy { session_idle_timeout: 600, session_lifetime: 3_600, ..policy() }).await;
+        for _ in 0..7 {
+            t.clock.advance(Duration::from_secs(500));
+            assert!(is_live(t.auth.session(&token, client()).await));
+        }
+        t.clock.advance(Duration::from_secs(100));
+        assert!(!is_live(t.auth.session(&token, client()).await));
+    }
+
+    #[tokio::test]
+    async fn a_token_verifies_until_its_expiry_plus_the_leeway() {
+        let t = TestService::new(Policy { token_ttl: 900, ..policy() }).await;
+        let (key, password) = t.api_key().await;
+        let issued = t.auth.api_login(key.as_str(), password.expose(), client()).await.unwrap();
+        assert_eq!(issued.claims.exp, testing::START as u64 + 900);
+        t.clock.advance(Duration::from_secs(900 + CLOCK_LEEWAY));
+        assert!(t.auth.verify_token(&issued.token).await.is_ok());
+        t.clock.advance(Duration::from_secs(1));
+        assert!(matches!(t.auth.verify_token(&issued.token).await, Err(AuthError::InvalidToken(_))));
+    }
 }

@@ -100,7 +100,7 @@ async fn keys_are_found_listed_and_deleted_within_their_account(fx: Fixture) {
     let store = fx.open().await;
     let acme = store.create_admin(&account("acme"), &new_admin("a@example.com")).await.unwrap();
     let other = store.create_admin(&account("other"), &new_admin("o@example.com")).await.unwrap();
-    let now = store::now();
+    let now = keygate::clock::Clock::system().now();
     let k1 = key_record(acme, now);
     let k2 = key_record(acme, now + 1);
     let k3 = key_record(other, now);
@@ -138,7 +138,7 @@ async fn sessions_are_found_touched_and_deleted(fx: Fixture) {
     let store = fx.open().await;
     let admin = new_admin("a@example.com");
     let acme = store.create_admin(&account("acme"), &admin).await.unwrap();
-    let now = store::now();
+    let now = keygate::clock::Clock::system().now();
     let (_, hash) = new_session();
     let record = session_record(&admin, acme, now);
     store.insert_session(&hash, &record).await.unwrap();
@@ -160,7 +160,7 @@ async fn concurrent_first_signing_keys_leave_exactly_one_active(fx: Fixture) {
     for _ in 0..4 {
         stores.push(fx.open().await);
     }
-    let now = store::now();
+    let now = keygate::clock::Clock::system().now();
     let tasks: Vec<_> = stores
         .iter()
         .map(|s| {
@@ -198,7 +198,7 @@ async fn concurrent_first_signing_keys_leave_exactly_one_active(fx: Fixture) {
 async fn key_lookups_by_ref_see_deletions_at_once(fx: Fixture) {
     let store = fx.open().await;
     let acme = store.create_admin(&account("acme"), &new_admin("a@example.com")).await.unwrap();
-    let key = key_record(acme, store::now());
+    let key = key_record(acme, keygate::clock::Clock::system().now());
     store.insert_key(&key).await.unwrap();
     assert_eq!(store.key_account(key.key_ref).await.unwrap(), Some(acme));
     assert_eq!(store.key_account(KeyRef::generate()).await.unwrap(), None);
@@ -233,7 +233,7 @@ async fn copy_from_sqlite_keeps_every_row_and_refuses_a_non_empty_target(fx: Fix
     let admin = new_admin("a@example.com");
     let acme = source.create_admin(&account("acme"), &admin).await.unwrap();
     let other = source.create_admin(&account("other"), &new_admin("o@example.com")).await.unwrap();
-    let now = store::now();
+    let now = keygate::clock::Clock::system().now();
     let keys = [key_record(acme, now), key_record(acme, now + 1), key_record(other, now)];
     for k in &keys {
         source.insert_key(k).await.unwrap();
@@ -306,7 +306,7 @@ async fn a_store_with_only_a_signing_key_is_not_empty(fx: Fixture) {
     // A server that started once on the target leaves a signing key (and an admin): the
     // import must refuse it too, not only stores with keys.
     let target = fx.open().await;
-    target.insert_first_signing_key(&signing_key(), store::now()).await.unwrap();
+    target.insert_first_signing_key(&signing_key(), keygate::clock::Clock::system().now()).await.unwrap();
     let source_fx = Fixture::sqlite();
     let source = source_fx.open().await;
     source.create_admin(&account("acme"), &new_admin("a@example.com")).await.unwrap();
@@ -335,7 +335,7 @@ async fn postgres_outage_is_unavailable_then_recovers() {
     let db = fx.db.as_ref().unwrap();
 
     db.take_down().await;
-    let key = key_record(acme, store::now());
+    let key = key_record(acme, keygate::clock::Clock::system().now());
     // Generous bounds: the point is "fails instead of hanging", not a latency figure.
     let during = tokio::time::timeout(Duration::from_secs(30), store.insert_key(&key)).await.expect("hung");
     assert!(matches!(during, Err(StoreError::Unavailable(_))), "{during:?}");

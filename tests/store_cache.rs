@@ -25,7 +25,7 @@ async fn new_key(store: &dyn Store, account_id: AccountId, created_at: i64) -> K
 }
 
 fn revocation(key: &KeyRecord, jti: &str, expires_at: i64) -> Revocation {
-    Revocation { jti: jti.into(), key_ref: key.key_ref, expires_at, revoked_at: store::now() }
+    Revocation { jti: jti.into(), key_ref: key.key_ref, expires_at, revoked_at: keygate::clock::Clock::system().now() }
 }
 
 /// A cache over its own pool, loaded and trusted.
@@ -46,7 +46,7 @@ async fn the_change_log_records_deletions_and_revocations_in_order(fx: Fixture) 
     assert!(store.changes_after(start, 100).await.unwrap().is_empty(), "creating keys is no change to hear of");
 
     assert!(store.delete_key(acme, first.key_ref).await.unwrap());
-    let future = store::now() + 600;
+    let future = keygate::clock::Clock::system().now() + 600;
     store.revoke_token(&revocation(&second, "0123456789abcdef0123456789abcdef", future)).await.unwrap();
     // Revoking again changes nothing, so it logs nothing.
     store.revoke_token(&revocation(&second, "0123456789abcdef0123456789abcdef", future)).await.unwrap();
@@ -71,11 +71,11 @@ async fn the_change_log_records_deletions_and_revocations_in_order(fx: Fixture) 
     assert_eq!(store.changes_after(one[0].0, 100).await.unwrap(), changes[1..]);
 
     // Live revocations only; purging the log keeps recent rows.
-    store.revoke_token(&revocation(&second, "ffffffffffffffffffffffffffffffff", store::now() - 1)).await.unwrap();
-    let live = store.live_revocations(store::now()).await.unwrap();
+    store.revoke_token(&revocation(&second, "ffffffffffffffffffffffffffffffff", keygate::clock::Clock::system().now() - 1)).await.unwrap();
+    let live = store.live_revocations(keygate::clock::Clock::system().now()).await.unwrap();
     assert_eq!(live, vec![("0123456789abcdef0123456789abcdef".to_owned(), future)]);
-    assert_eq!(store.purge_changes(store::now() - 60).await.unwrap(), 0);
-    assert_eq!(store.purge_changes(store::now() + 60).await.unwrap(), 3);
+    assert_eq!(store.purge_changes(keygate::clock::Clock::system().now() - 60).await.unwrap(), 0);
+    assert_eq!(store.purge_changes(keygate::clock::Clock::system().now() + 60).await.unwrap(), 3);
     assert!(store.changes_after(start, 100).await.unwrap().is_empty());
 }
 
@@ -120,7 +120,7 @@ async fn the_cache_follows_changes_made_through_another_pool(fx: Fixture) {
     // Changed behind its back: the cache still answers from memory (this is the window
     // the change log closes)...
     assert!(other.delete_key(acme, key.key_ref).await.unwrap());
-    other.revoke_token(&revocation(&kept, "0123456789abcdef0123456789abcdef", store::now() + 600)).await.unwrap();
+    other.revoke_token(&revocation(&kept, "0123456789abcdef0123456789abcdef", keygate::clock::Clock::system().now() + 600)).await.unwrap();
     let stale = cache.key_account(key.key_ref).await.unwrap();
     // (Unless this machine stalled for a whole lease since the load: then the store
     // answered, correctly, and there is no window to see.)

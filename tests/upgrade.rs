@@ -17,7 +17,6 @@ use keygate::{
     },
     domain::{AccountId, ApiKeyId, ApiPassword, KeyRef},
     startup::{api_password_hasher, key_sealer},
-    store,
 };
 use reqwest::{Client, StatusCode, header};
 use secrecy::SecretString;
@@ -111,7 +110,7 @@ struct Release {
 async fn write_release_rows(old: &mut Old) -> Release {
     let master_key = random_master_key();
     let master = MasterKey::from_base64(&master_key).unwrap();
-    let now = store::now();
+    let now = keygate::clock::Clock::system().now();
     let account = AccountId::generate();
     let admin = uuid::Uuid::new_v4();
     let (admin_email, admin_password) = ("old-admin@example.com", "a password from the last release");
@@ -236,7 +235,7 @@ async fn write_release_rows(old: &mut Old) -> Release {
 /// A token for the release's key, signed as the release signed them, by `key`.
 fn release_token(release: &Release, key: &SealedKey, jti: &str) -> String {
     let master = MasterKey::from_base64(&release.master_key).unwrap();
-    let now = store::now() as u64;
+    let now = keygate::clock::Clock::system().now() as u64;
     let claims = AccessClaims {
         iss: "https://keygate.test".into(),
         sub: release.key_ref.to_string(),

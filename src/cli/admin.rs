@@ -8,8 +8,8 @@ use clap::{Args, Subcommand};
 
 use super::InputError;
 use crate::{
+    clock::Clock,
     config::Settings,
-    crypto::AdminPasswordHasher,
     domain::{AccountName, AdminPassword, ApiKeyId, Email},
     service::{admins::AdminDirectory, lockout::Subject},
     startup,
@@ -75,21 +75,21 @@ pub struct UnlockArgs {
     api_key: Option<String>,
 }
 
-pub async fn run(command: AdminCommand, settings: &Settings) -> anyhow::Result<()> {
+pub async fn run(command: AdminCommand, settings: &Settings, clock: Clock) -> anyhow::Result<()> {
     // Every argument is checked before the store is opened, and the store before a
     // password is asked for.
     match command {
         AdminCommand::Create { email, account, password_stdin } => {
             let email = email_arg(&email)?;
             let account = account_arg(&account)?;
-            let admins = directory(settings).await?;
+            let admins = directory(settings, clock).await?;
             let password = new_password(password_stdin)?;
             let account_id = admins.create(&email, &account, password).await?;
             println!("created admin {email} in account {} ({account_id})", account.as_str());
         }
         AdminCommand::List { account } => {
             let account = account.as_deref().map(account_arg).transpose()?;
-            let admins = directory(settings).await?;
+            let admins = directory(settings, clock).await?;
             println!("EMAIL\tACCOUNT\tCREATED");
             for admin in admins.list(account.as_ref()).await? {
                 println!("{}\t{}\t{}", admin.email, admin.account.as_str(), super::audit::utc(admin.created_at));
@@ -97,19 +97,19 @@ pub async fn run(command: AdminCommand, settings: &Settings) -> anyhow::Result<(
         }
         AdminCommand::Passwd { email, password_stdin } => {
             let email = email_arg(&email)?;
-            let admins = directory(settings).await?;
+            let admins = directory(settings, clock).await?;
             let password = new_password(password_stdin)?;
             let ended = admins.set_password(&email, password).await?;
             println!("changed the password of {email}; ended {ended} session(s)");
         }
         AdminCommand::Delete { email } => {
             let email = email_arg(&email)?;
-            directory(settings).await?.delete(&email).await?;
+            directory(settings, clock).await?.delete(&email).await?;
             println!("deleted admin {email} and their sessions");
         }
         AdminCommand::Sessions(SessionsCommand::Revoke { email }) => {
             let email = email_arg(&email)?;
-            let ended = directory(settings).await?.revoke_sessions(&email).await?;
+            let ended = directory(settings, clock).await?.revoke_sessions(&email).await?;
             println!("ended {ended} session(s) of {email}");
         }
         AdminCommand::Unlock(UnlockArgs { email, api_key }) => {
@@ -122,7 +122,7 @@ pub async fn run(command: AdminCommand, settings: &Settings) -> anyhow::Result<(
                 (None, None) => return Err(InputError("give --email or --api-key".into()).into()),
             };
             let key = subject.key();
-            if !directory(settings).await?.unlock(&subject).await? {
+            if !directory(settings, clock).await?.unlock(&subject).await? {
                 println!("no failed logins recorded for {key}; nothing to clear");
             } else {
                 println!("cleared the failed logins of {key}; it can log in again");
@@ -132,10 +132,8 @@ pub async fn run(command: AdminCommand, settings: &Settings) -> anyhow::Result<(
     Ok(())
 }
 
-async fn directory(settings: &Settings) -> anyhow::Result<AdminDirectory> {
-    let store = startup::open_existing_store(settings).await?;
-    // One hashing thread: the CLI hashes at most one password.
-    Ok(AdminDirectory::new(store, AdminPasswordHasher::new(1, 0)))
+async fn directory(settings: &Settings, clock: Clock) -> anyhow::Result<AdminDirectory> {
+    Ok(AdminDirectory::for_command(startup::open_existing_store(settings).await?, clock))
 }
 
 fn email_arg(raw: &str) -> Result<Email, InputError> {

@@ -6,10 +6,12 @@ use anyhow::Context;
 use clap::Subcommand;
 
 use crate::{
+    bootstrap,
+    clock::Clock,
     config::Settings,
     crypto::signing::SigningAlg,
     service, startup,
-    store::{self, SigningKeyRecord},
+    store::{SigningKeyRecord, UnixTime},
 };
 
 #[derive(Debug, Subcommand)]
@@ -27,9 +29,10 @@ pub enum SigningKeyCommand {
     List,
 }
 
-pub async fn run(command: SigningKeyCommand, settings: &Settings) -> anyhow::Result<()> {
+pub async fn run(command: SigningKeyCommand, settings: &Settings, clock: Clock) -> anyhow::Result<()> {
     let store = startup::open_existing_store(settings).await?;
-    let sealer = startup::key_sealer(&startup::existing_master_key(settings)?);
+    let sealer = startup::key_sealer(&bootstrap::existing_master_key(settings)?);
+    let now = clock.now();
     match command {
         SigningKeyCommand::Rotate { alg } => {
             let records = store.signing_keys().await?;
@@ -37,7 +40,7 @@ pub async fn run(command: SigningKeyCommand, settings: &Settings) -> anyhow::Res
             // sign after its next reload, and unable to start. Proving that this master key
             // opens the current key first makes that mistake impossible.
             if !records.is_empty() {
-                service::read_key_ring(store.as_ref(), &sealer, settings.token_ttl).await.context(
+                service::read_key_ring(store.as_ref(), &sealer, settings.token_ttl, now).await.context(
                     "the master key does not open the current signing key: run with the servers' \
                      KEYGATE_MASTER_KEY (or data directory)",
                 )?;
@@ -48,9 +51,9 @@ pub async fn run(command: SigningKeyCommand, settings: &Settings) -> anyhow::Res
             // settings file must not change the algorithm by accident.
             let alg = alg.or(active.map(|k| k.alg)).unwrap_or(settings.signing_alg);
             let key = sealer.generate(alg)?;
-            let now = store::now();
             store.rotate_signing_key(&key, now).await.context("cannot store the new signing key")?;
-            service::audit::record_signing_key_rotation(store.as_ref(), previous.as_deref(), &key.kid, key.alg).await;
+            let (old, new) = (previous.as_deref(), key.kid.as_str());
+            service::audit::record_signing_key_rotation(store.as_ref(), now, old, new, key.alg).await;
             println!("active signing key: {} ({})", key.kid, key.alg);
             if let Some(previous) = previous {
                 println!(
@@ -61,7 +64,6 @@ pub async fn run(command: SigningKeyCommand, settings: &Settings) -> anyhow::Res
             Ok(())
         }
         SigningKeyCommand::List => {
-            let now = store::now();
             for record in store.signing_keys().await? {
                 if let Some(line) = describe(&record, now, settings.token_ttl) {
                     println!("{line}");
@@ -77,7 +79,7 @@ fn parse_alg(raw: &str) -> Result<SigningAlg, String> {
 }
 
 /// One line per key that still matters; `None` for keys past their verification window.
-fn describe(record: &SigningKeyRecord, now: store::UnixTime, token_ttl: u64) -> Option<String> {
+fn describe(record: &SigningKeyRecord, now: UnixTime, token_ttl: u64) -> Option<String> {
     let key = &record.key;
     match record.retired_at {
         None => Some(format!("{}  {}  active   created {}", key.kid, key.alg, record.created_at)),

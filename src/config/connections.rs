@@ -2,33 +2,7 @@
 
 use std::time::Duration;
 
-use clap::Args;
-
-use super::{ConfigError, bad, seconds};
-
-#[derive(Debug, Default, Clone, Args)]
-pub struct ConnectionArgs {
-    /// Seconds a client has to send a request's headers (from connecting for the first
-    /// request, from its first byte for later ones), and then its body; 1 to 300 [default: 10].
-    #[arg(long, env = "KEYGATE_HEADER_READ_TIMEOUT", global = true, value_name = "SECONDS")]
-    pub header_read_timeout: Option<String>,
-    /// Seconds a keep-alive connection may sit idle between requests, and a request may go
-    /// without a byte moving either way; 1 to 3600 [default: 60].
-    #[arg(long, env = "KEYGATE_IDLE_TIMEOUT", global = true, value_name = "SECONDS")]
-    pub idle_timeout: Option<String>,
-    /// Client connections open at once; further ones wait until one closes [default: the
-    /// open-file limit, raised to its maximum, less 256 kept for the store and logs].
-    #[arg(long, env = "KEYGATE_MAX_CONNECTIONS", global = true, value_name = "N")]
-    pub max_connections: Option<String>,
-}
-
-/// The same settings as they come from the TOML file.
-#[derive(Debug, Default)]
-pub(super) struct ConnectionFile {
-    pub header_read_timeout: Option<u64>,
-    pub idle_timeout: Option<u64>,
-    pub max_connections: Option<u64>,
-}
+use super::{ConfigError, Layers, bad, seconds};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnectionSettings {
@@ -38,22 +12,17 @@ pub struct ConnectionSettings {
     pub max_connections: Option<u64>,
 }
 
-pub(super) fn load(args: &ConnectionArgs, file: ConnectionFile) -> Result<ConnectionSettings, ConfigError> {
-    let header_read_timeout = seconds(
-        "KEYGATE_HEADER_READ_TIMEOUT",
-        args.header_read_timeout.as_deref(),
-        file.header_read_timeout,
-        10,
-        1..=300,
-    )?;
-    let idle_timeout = seconds("KEYGATE_IDLE_TIMEOUT", args.idle_timeout.as_deref(), file.idle_timeout, 60, 1..=3_600)?;
-    let max_connections = match (args.max_connections.as_deref(), file.max_connections) {
-        (None, None) => None,
-        (arg, file) => Some(
-            seconds("KEYGATE_MAX_CONNECTIONS", arg, file, 0, 1..=10_000_000)
-                .map_err(|_| bad("KEYGATE_MAX_CONNECTIONS", "expected a whole number from 1 to 10000000"))?,
-        ),
-    };
+pub(super) fn load(layers: &Layers) -> Result<ConnectionSettings, ConfigError> {
+    let header_read_timeout =
+        seconds("KEYGATE_HEADER_READ_TIMEOUT", layers.get(|s| &s.header_read_timeout), 10, 1..=300)?;
+    let idle_timeout = seconds("KEYGATE_IDLE_TIMEOUT", layers.get(|s| &s.idle_timeout), 60, 1..=3_600)?;
+    let max_connections = layers
+        .get(|s| &s.max_connections)
+        .map(|given| {
+            seconds("KEYGATE_MAX_CONNECTIONS", Some(given), 0, 1..=10_000_000)
+                .map_err(|_| bad("KEYGATE_MAX_CONNECTIONS", "expected a whole number from 1 to 10000000"))
+        })
+        .transpose()?;
     Ok(ConnectionSettings {
         header_read_timeout: Duration::from_secs(header_read_timeout),
         idle_timeout: Duration::from_secs(idle_timeout),
@@ -66,13 +35,13 @@ mod tests {
     use super::*;
     use crate::config::{Settings, SettingsArgs};
 
-    fn load(connections: ConnectionArgs) -> Result<ConnectionSettings, ConfigError> {
-        Settings::load(&SettingsArgs { connections, ..Default::default() }, |_| None).map(|s| s.connections)
+    fn load(args: SettingsArgs) -> Result<ConnectionSettings, ConfigError> {
+        Settings::load(&args, |_| None).map(|s| s.connections)
     }
 
     #[test]
     fn defaults_and_good_values() {
-        let s = load(ConnectionArgs::default()).unwrap();
+        let s = load(SettingsArgs::default()).unwrap();
         assert_eq!(
             s,
             ConnectionSettings {
@@ -81,10 +50,11 @@ mod tests {
                 max_connections: None
             }
         );
-        let s = load(ConnectionArgs {
+        let s = load(SettingsArgs {
             header_read_timeout: Some("2".into()),
             idle_timeout: Some("5".into()),
             max_connections: Some("20".into()),
+            ..Default::default()
         })
         .unwrap();
         assert_eq!(s.header_read_timeout, Duration::from_secs(2));
@@ -96,16 +66,16 @@ mod tests {
     fn bad_values_name_the_setting() {
         let cases = [
             (
-                ConnectionArgs { header_read_timeout: Some("0".into()), ..Default::default() },
+                SettingsArgs { header_read_timeout: Some("0".into()), ..Default::default() },
                 "KEYGATE_HEADER_READ_TIMEOUT",
             ),
             (
-                ConnectionArgs { header_read_timeout: Some("301".into()), ..Default::default() },
+                SettingsArgs { header_read_timeout: Some("301".into()), ..Default::default() },
                 "KEYGATE_HEADER_READ_TIMEOUT",
             ),
-            (ConnectionArgs { idle_timeout: Some("soon".into()), ..Default::default() }, "KEYGATE_IDLE_TIMEOUT"),
-            (ConnectionArgs { max_connections: Some("0".into()), ..Default::default() }, "KEYGATE_MAX_CONNECTIONS"),
-            (ConnectionArgs { max_connections: Some("-1".into()), ..Default::default() }, "KEYGATE_MAX_CONNECTIONS"),
+            (SettingsArgs { idle_timeout: Some("soon".into()), ..Default::default() }, "KEYGATE_IDLE_TIMEOUT"),
+            (SettingsArgs { max_connections: Some("0".into()), ..Default::default() }, "KEYGATE_MAX_CONNECTIONS"),
+            (SettingsArgs { max_connections: Some("-1".into()), ..Default::default() }, "KEYGATE_MAX_CONNECTIONS"),
         ];
         for (args, name) in cases {
             let err = load(args).unwrap_err();

@@ -299,28 +299,33 @@ impl KeyRing {
         Ok(token)
     }
 
-    /// Verifies signature, algorithm, `iss`, `aud`, `exp` and `nbf` (with `leeway` seconds).
-    /// The algorithm comes from our key, never from the token's header, so `none` and
-    /// HS256-with-the-public-key tokens fail.
+    /// Verifies signature, algorithm, `iss`, `aud`, and `exp` and `nbf` at `now` (with
+    /// `leeway` seconds). The algorithm comes from our key, never from the token's header, so
+    /// `none` and HS256-with-the-public-key tokens fail.
     ///
     /// ECDSA is malleable: the high-S twin (r, n − s) of a signature verifies as well as
     /// (r, s). Both are taken as the one token they sign (same claims, same `jti`), so
     /// revocation and expiry hold for either string. Refusing the twin would refuse half the
     /// tokens signed before keygate made only low-S signatures, for a whole token lifetime
     /// after an upgrade.
-    pub fn verify(&self, token: &str, issuer: &str, audience: &str, leeway: u64) -> Option<AccessClaims> {
+    pub fn verify(&self, token: &str, issuer: &str, audience: &str, leeway: u64, now: u64) -> Option<AccessClaims> {
         let header = jsonwebtoken::decode_header(token).ok()?;
         let verifier = self.verifiers.get(header.kid.as_deref()?)?;
         if header.alg != verifier.alg.jwt() {
             return None;
         }
         let mut validation = Validation::new(verifier.alg.jwt());
-        validation.leeway = leeway;
-        validation.validate_nbf = true;
+        // jsonwebtoken would judge `exp` and `nbf` by the system clock: they are judged below,
+        // at `now`, by the same rules (both claims still required).
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
         validation.set_issuer(&[issuer]);
         validation.set_audience(&[audience]);
         validation.set_required_spec_claims(&["exp", "nbf", "iat", "iss", "aud", "sub"]);
-        jsonwebtoken::decode::<AccessClaims>(token, &verifier.key, &validation).ok().map(|t| t.claims)
+        let claims = jsonwebtoken::decode::<AccessClaims>(token, &verifier.key, &validation).ok()?.claims;
+        let expired = claims.exp < now.saturating_sub(leeway);
+        let early = claims.nbf > now.saturating_add(leeway);
+        (!expired && !early).then_some(claims)
     }
 
     /// Whether `token` names, in a well-formed header, a key this ring does not hold: the one
@@ -373,9 +378,7 @@ mod tests {
         }
     }
 
-    fn now() -> u64 {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
-    }
+    const NOW: u64 = 1_750_000_000;
 
     #[test]
     fn sign_and_verify_each_algorithm() {
@@ -383,14 +386,28 @@ mod tests {
         for alg in [SigningAlg::Es256, SigningAlg::EdDsa] {
             let key = sealer.generate(alg).unwrap();
             let ring = KeyRing::new(&sealer, &key, &[]).unwrap();
-            let token = ring.sign(&claims(now())).unwrap();
-            assert_eq!(ring.verify(&token, "https://issuer", "api", 0), Some(claims_of(&token)));
-            assert!(ring.verify(&token, "https://other", "api", 0).is_none());
-            assert!(ring.verify(&token, "https://issuer", "other", 0).is_none());
+            let token = ring.sign(&claims(NOW)).unwrap();
+            assert_eq!(ring.verify(&token, "https://issuer", "api", 0, NOW), Some(claims_of(&token)));
+            assert!(ring.verify(&token, "https://other", "api", 0, NOW).is_none());
+            assert!(ring.verify(&token, "https://issuer", "other", 0, NOW).is_none());
             let header = jsonwebtoken::decode_header(&token).unwrap();
             assert_eq!(header.kid.as_deref(), Some(key.kid.as_str()));
             assert_eq!(header.alg, alg.jwt());
         }
+    }
+
+    #[test]
+    fn expiry_and_not_before_are_judged_at_the_time_given_with_the_leeway() {
+        let sealer = KeySealer::new([8; 32]);
+        let ring = KeyRing::new(&sealer, &sealer.generate(SigningAlg::Es256).unwrap(), &[]).unwrap();
+        // Valid from NOW (nbf) to NOW + 60 (exp) inclusive.
+        let token = ring.sign(&claims(NOW)).unwrap();
+        let at = |now: u64, leeway: u64| ring.verify(&token, "https://issuer", "api", leeway, now).is_some();
+        assert!(at(NOW, 0) && at(NOW + 60, 0));
+        assert!(!at(NOW + 61, 0), "expired");
+        assert!(!at(NOW - 1, 0), "not yet valid");
+        assert!(at(NOW + 70, 10) && !at(NOW + 71, 10));
+        assert!(at(NOW - 10, 10) && !at(NOW - 11, 10));
     }
 
     fn claims_of(token: &str) -> AccessClaims {
@@ -416,18 +433,18 @@ mod tests {
         let public = UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, &key.public_key);
         // aws-lc draws s high about half the time: 64 signatures all low by chance is 2^-64.
         for _ in 0..64 {
-            let token = ring.sign(&claims(now())).unwrap();
+            let token = ring.sign(&claims(NOW)).unwrap();
             let signature = URL_SAFE_NO_PAD.decode(token.rsplit('.').next().unwrap()).unwrap();
             let parsed = p256::ecdsa::Signature::from_slice(&signature).unwrap();
             assert!(parsed.normalize_s().is_none(), "a high-S signature was issued");
-            let claims = ring.verify(&token, "https://issuer", "api", 0).unwrap();
+            let claims = ring.verify(&token, "https://issuer", "api", 0, NOW).unwrap();
 
             let twin = twin(&token);
             let (signed, twin_signature) = twin.rsplit_once('.').unwrap();
             // A genuine signature of the same claims, which any verifier accepts, and we take
             // as the same token.
             public.verify(signed.as_bytes(), &URL_SAFE_NO_PAD.decode(twin_signature).unwrap()).unwrap();
-            assert_eq!(ring.verify(&twin, "https://issuer", "api", 0).unwrap().jti, claims.jti);
+            assert_eq!(ring.verify(&twin, "https://issuer", "api", 0, NOW).unwrap().jti, claims.jti);
         }
     }
 
@@ -448,7 +465,7 @@ mod tests {
         let new = sealer.generate(SigningAlg::Es256).unwrap();
         let old_ring = KeyRing::new(&sealer, &old, &[]).unwrap();
         let new_ring = KeyRing::new(&sealer, &new, std::slice::from_ref(&old)).unwrap();
-        let token = new_ring.sign(&claims(now())).unwrap();
+        let token = new_ring.sign(&claims(NOW)).unwrap();
         assert!(old_ring.is_unknown_kid(&token));
         assert!(!new_ring.is_unknown_kid(&token));
         assert!(!old_ring.is_unknown_kid("not a token"));

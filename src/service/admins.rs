@@ -1,5 +1,6 @@
-//! Managing admins: creating them, recovering from a lost password or a stolen session, and
-//! removing them. `AdminDirectory` is what the operator's CLI calls; a signed-in admin's own
+//! Managing admins: creating them (the first one too, at a first start), recovering from a
+//! lost password or a stolen session, and removing them. `AdminDirectory` is what the
+//! operator's CLI and start-up call; a signed-in admin's own
 //! password change (`POST /auth/password`) is `AuthService::change_password`, because it is
 //! checked and counted like a login.
 
@@ -10,9 +11,10 @@ use uuid::Uuid;
 
 use super::{AdminSession, AuthError, AuthService, MAX_PASSWORD_LEN, Result, audit, lockout::Subject, login_subjects};
 use crate::{
+    clock::Clock,
     crypto::{AdminPasswordHasher, HashPoolError},
     domain::{AccountId, AccountName, AdminPassword, Email},
-    store::{self, AdminDeletion, AdminId, AdminRecord, AdminSummary, AuditAction, NewAdmin, Store, StoreError},
+    store::{AdminDeletion, AdminId, AdminRecord, AdminSummary, AuditAction, NewAdmin, Store, StoreError},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -34,11 +36,22 @@ pub enum AdminError {
 pub struct AdminDirectory {
     store: Arc<dyn Store>,
     hasher: AdminPasswordHasher,
+    clock: Clock,
 }
 
 impl AdminDirectory {
-    pub fn new(store: Arc<dyn Store>, hasher: AdminPasswordHasher) -> Self {
-        Self { store, hasher }
+    pub fn new(store: Arc<dyn Store>, hasher: AdminPasswordHasher, clock: Clock) -> Self {
+        Self { store, hasher, clock }
+    }
+
+    /// For one operator command, which hashes at most one password: one hashing thread.
+    pub fn for_command(store: Arc<dyn Store>, clock: Clock) -> Self {
+        Self::new(store, AdminPasswordHasher::new(1, 0), clock)
+    }
+
+    /// Whether the store has any admin at all.
+    pub async fn any(&self) -> Result<bool, AdminError> {
+        Ok(self.store.any_admin().await?)
     }
 
     /// Adds an admin to the named account, creating the account if it is new.
@@ -48,12 +61,7 @@ impl AdminDirectory {
         account: &AccountName,
         password: AdminPassword,
     ) -> Result<AccountId, AdminError> {
-        let admin = NewAdmin {
-            id: AdminId(Uuid::new_v4()),
-            email: email.clone(),
-            password_hash: self.hasher.hash(password.into_secret()).await?,
-            created_at: store::now(),
-        };
+        let admin = self.new_admin(email, password).await?;
         let account_id = match self.store.create_admin(account, &admin).await {
             Ok(id) => id,
             Err(StoreError::Conflict) => return Err(AdminError::Exists(email.clone())),
@@ -61,6 +69,28 @@ impl AdminDirectory {
         };
         self.audit(AuditAction::AdminCreated, Some(account_id), email.to_string()).await;
         Ok(account_id)
+    }
+
+    /// The first admin, in a new account: created only if the store has no admin at all,
+    /// atomically, so that of several replicas starting at once exactly one does. Returns
+    /// whether this call created it. Not audited: there is nobody yet to have done it.
+    pub async fn create_first(
+        &self,
+        email: &Email,
+        account: &AccountName,
+        password: AdminPassword,
+    ) -> Result<bool, AdminError> {
+        let admin = self.new_admin(email, password).await?;
+        Ok(self.store.bootstrap_admin(account, &admin).await?)
+    }
+
+    async fn new_admin(&self, email: &Email, password: AdminPassword) -> Result<NewAdmin, AdminError> {
+        Ok(NewAdmin {
+            id: AdminId(Uuid::new_v4()),
+            email: email.clone(),
+            password_hash: self.hasher.hash(password.into_secret()).await?,
+            created_at: self.clock.now(),
+        })
     }
 
     pub async fn list(&self, account: Option<&AccountName>) -> Result<Vec<AdminSummary>, AdminError> {
@@ -121,7 +151,8 @@ impl AdminDirectory {
     }
 
     async fn audit(&self, action: AuditAction, account: Option<AccountId>, target: String) {
-        audit::record(self.store.as_ref(), action, account, audit::CLI_ACTOR.to_owned(), None, Some(target)).await;
+        let at = self.clock.now();
+        audit::record(self.store.as_ref(), at, action, account, audit::CLI_ACTOR.to_owned(), None, Some(target)).await;
     }
 }
 

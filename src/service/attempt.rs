@@ -14,8 +14,9 @@ use super::{
     lockout::{BUSY_RETRY_AFTER, LockoutPolicy, Refusal, Subject},
 };
 use crate::{
+    clock::Clock,
     domain::{AccountId, ClientAddr},
-    store::{self, AuditAction, AuditStore, FailureCounter, LockoutStore, Store, StoreError},
+    store::{AuditAction, AuditStore, FailureCounter, LockoutStore, Store, StoreError, UnixTime},
 };
 
 /// An admitted attempt. End it with `succeeded`, `failed` or `abandon`; dropped without an
@@ -29,6 +30,7 @@ struct Ending {
     counters: Arc<dyn LockoutStore>,
     audit: Arc<dyn AuditStore>,
     policy: LockoutPolicy,
+    clock: Clock,
     ended: Arc<Notify>,
     subjects: Vec<Subject>,
     keys: Vec<String>,
@@ -50,6 +52,7 @@ impl Attempt {
         counters: &Arc<dyn LockoutStore>,
         audit: &Arc<dyn Store>,
         policy: &LockoutPolicy,
+        clock: &Clock,
         ended: &Arc<Notify>,
         subjects: Vec<Subject>,
         client: ClientAddr,
@@ -62,12 +65,13 @@ impl Attempt {
             let notified = ended.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            match try_admit(counters.as_ref(), policy, &subjects, &keys).await? {
+            match try_admit(counters.as_ref(), policy, clock.now(), &subjects, &keys).await? {
                 Ok(()) => {
                     let end = Ending {
                         counters: counters.clone(),
                         audit: audit.clone(),
                         policy: policy.clone(),
+                        clock: clock.clone(),
                         ended: ended.clone(),
                         subjects,
                         keys,
@@ -141,7 +145,7 @@ impl Ending {
     async fn finish(self, failed: bool, account: Option<AccountId>) -> Result<Option<u64>> {
         // One clock reading for the whole attempt, so the Retry-After we answer is exactly
         // the lock we stored.
-        let now = store::now();
+        let now = self.clock.now();
         // Which subjects this failure locked, judged on the rows as the store's transaction
         // saw them, so that of two replicas exactly one audits a lock.
         let started = Mutex::new(vec![false; self.subjects.len()]);
@@ -171,6 +175,7 @@ impl Ending {
                 let account = if subject.is_identity() { account } else { None };
                 audit::record(
                     self.audit.as_ref(),
+                    now,
                     AuditAction::Lockout,
                     account,
                     audit::SYSTEM_ACTOR.to_owned(),
@@ -194,17 +199,17 @@ impl Ending {
     }
 }
 
-/// One look: admitted (a place taken in every subject's count), or why not. A plain read
-/// first: a subject locked or full now is refused at the cost of that read alone (an
+/// One look, at `now`: admitted (a place taken in every subject's count), or why not. A
+/// plain read first: a subject locked or full is refused at the cost of that read alone (an
 /// attacker's usual case); only an admission needs the atomic update, which decides again
 /// on what it reads itself.
 async fn try_admit(
     store: &dyn LockoutStore,
     policy: &LockoutPolicy,
+    now: UnixTime,
     subjects: &[Subject],
     keys: &[String],
 ) -> Result<Result<(), Refusal>> {
-    let now = store::now();
     let stored = store.failure_counters(keys).await?;
     let current: Vec<FailureCounter> =
         keys.iter().map(|k| stored.iter().find(|(s, _)| s == k).map(|(_, c)| *c).unwrap_or_default()).collect();
@@ -228,4 +233,49 @@ async fn try_admit(
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::{
+        domain::ApiPassword,
+        service::{
+            AuthError, Policy,
+            lockout::LockoutPolicy,
+            testing::{TestService, client, policy},
+        },
+    };
+
+    #[tokio::test]
+    async fn a_lock_ends_when_its_time_is_up_and_the_next_lasts_twice_as_long() {
+        let lockout = LockoutPolicy { identity_threshold: 3, address_threshold: 1_000, base_lock: 60 };
+        let t = TestService::new(Policy { lockout, ..policy() }).await;
+        let (key, password) = t.api_key().await;
+        let other = ApiPassword::generate();
+        let wrong = other.expose();
+        // `None` for a success, else how long the answer says to wait (0: not locked).
+        let login = async |password: &str| match t.auth.authenticate_key(key.as_str(), password, client()).await {
+            Ok(_) => None,
+            Err(AuthError::InvalidCredentials) => Some(0),
+            Err(AuthError::Locked { retry_after }) => Some(retry_after),
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(login(wrong).await, Some(0));
+        assert_eq!(login(wrong).await, Some(0));
+        assert_eq!(login(wrong).await, Some(60), "the third failure locks");
+        // While locked even the right password is refused, for what is left of the lock.
+        t.clock.advance(Duration::from_secs(59));
+        assert_eq!(login(password.expose()).await, Some(1));
+        t.clock.advance(Duration::from_secs(1));
+        // Over: the next failure locks again at once, for twice as long.
+        assert_eq!(login(wrong).await, Some(120));
+        t.clock.advance(Duration::from_secs(119));
+        assert_eq!(login(password.expose()).await, Some(1));
+        t.clock.advance(Duration::from_secs(1));
+        assert_eq!(login(password.expose()).await, None);
+        // A success clears the key's count: failing again starts from the beginning.
+        assert_eq!(login(wrong).await, Some(0));
+    }
 }

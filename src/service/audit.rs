@@ -10,7 +10,7 @@
 use crate::{
     crypto::signing::SigningAlg,
     domain::{AccountId, ClientAddr},
-    store::{self, AdminId, AuditAction, AuditEvent, AuditStore},
+    store::{AdminId, AuditAction, AuditEvent, AuditStore, UnixTime},
 };
 
 /// Who did it, as the audit log names them.
@@ -23,25 +23,26 @@ pub const CLI_ACTOR: &str = "cli";
 /// The actor for what keygate does by itself (a lockout).
 pub const SYSTEM_ACTOR: &str = "keygate";
 
-/// Appends one event, logging (never returning) a failure.
+/// Appends one event, which happened `at`, logging (never returning) a failure.
 pub async fn record(
     store: &dyn AuditStore,
+    at: UnixTime,
     action: AuditAction,
     account_id: Option<AccountId>,
     actor: String,
     source: Option<ClientAddr>,
     target: Option<String>,
 ) {
-    let event =
-        AuditEvent { at: store::now(), account_id, action, actor, source: source.map(|s| s.to_string()), target };
+    let event = AuditEvent { at, account_id, action, actor, source: source.map(|s| s.to_string()), target };
     if let Err(e) = store.append_audit(&event).await {
         tracing::error!(error = %e, action = %action, "cannot write the audit log");
     }
 }
 
-/// For `keygate signing-key rotate`: records that `new_kid`, of `alg`, replaced `old_kid`.
+/// For `keygate signing-key rotate`: records that `new_kid`, of `alg`, replaced `old_kid` `at`.
 pub async fn record_signing_key_rotation(
     store: &dyn AuditStore,
+    at: UnixTime,
     old_kid: Option<&str>,
     new_kid: &str,
     alg: SigningAlg,
@@ -50,5 +51,5 @@ pub async fn record_signing_key_rotation(
         Some(old) => format!("{old} -> {new_kid} ({alg})"),
         None => format!("{new_kid} ({alg})"),
     };
-    record(store, AuditAction::SigningKeyRotated, None, CLI_ACTOR.to_owned(), None, Some(target)).await;
+    record(store, at, AuditAction::SigningKeyRotated, None, CLI_ACTOR.to_owned(), None, Some(target)).await;
 }

@@ -16,7 +16,7 @@ use super::{AuthError, AuthService, Result};
 use crate::{
     crypto::signing::{AccessClaims, KeyRing, KeySealer, SealedKey, SigningError},
     domain::{AccountId, INTROSPECT_SCOPE, KeyRef},
-    store::{self, KeyRecord, Revocation, SigningKeyRecord, Store, UnixTime},
+    store::{KeyRecord, Revocation, SigningKeyRecord, Store, UnixTime},
 };
 
 /// Seconds of clock difference tolerated on `exp` and `nbf`: servers running NTP agree far
@@ -80,12 +80,12 @@ impl AuthService {
     /// The full check behind forward-auth and introspection. Every refusal is
     /// `AuthError::InvalidToken`; a store failure is an error of its own (503), never a pass.
     pub async fn verify_token(&self, token: &str) -> Result<Arc<VerifiedToken>> {
-        let now = store::now().max(0) as u64;
+        let now = self.clock.now().max(0) as u64;
         // A token seen before skips the signature check; what can change since (expiry,
         // revocation, deletion) is checked below and on every call.
         let (verified, remembered) = match self.verified_tokens.get(token, now) {
             Some(verified) => (verified, true),
-            None => (Arc::new(self.check_signature(token).await?), false),
+            None => (Arc::new(self.check_signature(token, now).await?), false),
         };
         match self.check_not_withdrawn(&verified).await {
             Err(e) if remembered => {
@@ -102,8 +102,8 @@ impl AuthService {
         }
     }
 
-    /// Signature and claims, with no store access unless the kid is new to us.
-    async fn check_signature(&self, token: &str) -> Result<VerifiedToken> {
+    /// Signature and claims at `now`, with no store access unless the kid is new to us.
+    async fn check_signature(&self, token: &str, now: u64) -> Result<VerifiedToken> {
         if token.is_empty() || token.len() > MAX_TOKEN_LEN {
             return Err(AuthError::InvalidToken("length"));
         }
@@ -116,7 +116,7 @@ impl AuthService {
             ring = self.key_ring();
         }
         let claims = ring
-            .verify(token, &self.policy.issuer, &self.policy.audience, CLOCK_LEEWAY)
+            .verify(token, &self.policy.issuer, &self.policy.audience, CLOCK_LEEWAY, now)
             .ok_or(AuthError::InvalidToken("signature, algorithm, kid or claims"))?;
         parse_claims(claims)
     }
@@ -179,7 +179,8 @@ impl AuthService {
     /// token validity; a valid token issued to another key is refused (§2.1), and nothing
     /// is revoked.
     pub async fn revoke_token(&self, caller: &KeyRecord, token: &str) -> Result<Revoked> {
-        let verified = match self.check_signature(token).await {
+        let now = self.clock.now();
+        let verified = match self.check_signature(token, now.max(0) as u64).await {
             Ok(v) => v,
             Err(AuthError::InvalidToken(reason)) => {
                 tracing::debug!(reason, "revocation of an invalid token: nothing to do");
@@ -192,12 +193,8 @@ impl AuthService {
             return Ok(Revoked::NotIssuedToCaller);
         }
         let expires_at = i64::try_from(verified.claims.exp).unwrap_or(i64::MAX).saturating_add(CLOCK_LEEWAY as i64);
-        let revocation = Revocation {
-            jti: verified.claims.jti.clone(),
-            key_ref: verified.key_ref,
-            expires_at,
-            revoked_at: store::now(),
-        };
+        let revocation =
+            Revocation { jti: verified.claims.jti.clone(), key_ref: verified.key_ref, expires_at, revoked_at: now };
         // Each live revocation costs memory on every replica's fast path until its token
         // expires: bounded per key and per account, no tenant can push the others off it.
         let limits = self.policy.revocations;
@@ -215,7 +212,7 @@ impl AuthService {
     /// Rebuilds the key ring from the store: picks up rotations made by the CLI or another
     /// replica, and drops retired keys whose tokens have all expired.
     pub async fn reload_keys(&self) -> Result<()> {
-        let ring = read_key_ring(self.store.as_ref(), &self.sealer, self.policy.token_ttl).await?;
+        let ring = read_key_ring(self.store.as_ref(), &self.sealer, self.policy.token_ttl, self.clock.now()).await?;
         let mut slot = self.keys.write().unwrap_or_else(|poisoned| poisoned.into_inner());
         if slot.active_kid() != ring.active_kid() || slot.kids() != ring.kids() {
             tracing::info!(active = ring.active_kid(), verifying = ?ring.kids(), "signing keys changed");
@@ -239,7 +236,7 @@ impl AuthService {
                 tracing::warn!(error = %e, "cannot reload the signing keys; keeping the current ones");
             }
             if Instant::now() >= next_purge {
-                match self.hot.revocations.purge_revocations(store::now()).await {
+                match self.hot.revocations.purge_revocations(self.clock.now()).await {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(purged = n, "expired revocations purged"),
                     Err(e) => tracing::warn!(error = %e, "cannot purge expired revocations"),
@@ -261,11 +258,12 @@ fn parse_claims(claims: AccessClaims) -> Result<VerifiedToken> {
     Ok(VerifiedToken { claims, key_ref, account_id })
 }
 
-/// The key ring as the store has it now. Reads only: creating or rotating keys is for
-/// start-up and the CLI, so servers with different settings never fight over the active key.
-pub async fn read_key_ring(store: &dyn Store, sealer: &KeySealer, token_ttl: u64) -> Result<KeyRing> {
+/// The key ring as the store has it, at `now`: the active key, and the retired keys whose
+/// tokens may still be live. Reads only: creating or rotating keys is for start-up and the
+/// CLI, so servers with different settings never fight over the active key.
+pub async fn read_key_ring(store: &dyn Store, sealer: &KeySealer, token_ttl: u64, now: UnixTime) -> Result<KeyRing> {
     let records = store.signing_keys().await?;
-    let (active, verifying) = select_keys(&records, store::now(), token_ttl).ok_or(SigningError::NoActiveKey)?;
+    let (active, verifying) = select_keys(&records, now, token_ttl).ok_or(SigningError::NoActiveKey)?;
     Ok(KeyRing::new(sealer, active, &verifying)?)
 }
 
@@ -288,7 +286,13 @@ pub fn verifies_until(retired_at: UnixTime, token_ttl: u64) -> UnixTime {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crypto::signing::SigningAlg;
+    use crate::{
+        crypto::signing::SigningAlg,
+        service::{
+            Policy,
+            testing::{START, TestService, client, policy},
+        },
+    };
 
     fn record(sealer: &KeySealer, retired_at: Option<UnixTime>) -> SigningKeyRecord {
         SigningKeyRecord { key: sealer.generate(SigningAlg::Es256).unwrap(), created_at: 0, retired_at }
@@ -316,6 +320,39 @@ mod tests {
         assert_eq!(verifying.len(), 1);
         let (_, verifying) = select_keys(&records, last_exp, ttl).unwrap();
         assert!(verifying.is_empty());
+    }
+
+    /// A rotation as `keygate signing-key rotate` makes it: the retired key stays in the JWKS
+    /// and verifies until the last token it can have signed has expired, then leaves.
+    #[tokio::test]
+    async fn a_retired_key_verifies_until_its_window_closes_then_leaves_the_ring() {
+        let t = TestService::new(Policy { token_ttl: 900, ..policy() }).await;
+        let (key, password) = t.api_key().await;
+        let login = || t.auth.api_login(key.as_str(), password.expose(), client());
+        let old = t.auth.key_ring().active_kid().to_owned();
+        let jwks = || t.auth.key_ring().jwks().keys.into_iter().filter_map(|k| k.common.key_id).collect::<Vec<_>>();
+
+        let new = t.auth.sealer.generate(SigningAlg::Es256).unwrap();
+        t.auth.store().rotate_signing_key(&new, START).await.unwrap();
+        // The latest a server that has not reloaded yet still signs with the old key.
+        t.clock.advance(Duration::from_secs(MAX_KEY_RELOAD_INTERVAL));
+        let late = login().await.unwrap().token;
+        t.auth.reload_keys().await.unwrap();
+        assert_eq!(t.auth.key_ring().active_kid(), new.kid);
+        assert!(jwks().contains(&old));
+
+        let until = verifies_until(START, 900);
+        t.clock.set(until - 1);
+        t.auth.reload_keys().await.unwrap();
+        assert_eq!(jwks().len(), 2);
+        assert!(t.auth.verify_token(&late).await.is_ok(), "the old key's last token, in its last second");
+
+        t.clock.set(until);
+        t.auth.reload_keys().await.unwrap();
+        assert_eq!(jwks(), std::slice::from_ref(&new.kid));
+        assert!(matches!(t.auth.verify_token(&late).await, Err(AuthError::InvalidToken(_))));
+        let fresh = login().await.unwrap().token;
+        assert!(t.auth.verify_token(&fresh).await.is_ok());
     }
 
     #[test]

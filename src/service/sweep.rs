@@ -8,10 +8,10 @@
 //! counted again. (On PostgreSQL sessions and audit entries are claimed with SKIP LOCKED,
 //! so two sweeps split them instead of waiting on each other.)
 
-use std::{future::Future, time::Duration};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use super::{AuthService, Result};
-use crate::store::{self, UnixTime};
+use crate::store;
 
 /// Rows deleted per statement: a batch holds SQLite's single write lock, or PostgreSQL's
 /// row locks, only briefly, however many rows are due.
@@ -28,8 +28,9 @@ pub struct Swept {
 }
 
 impl AuthService {
-    /// One sweep, judged at `now`.
-    pub async fn sweep(&self, now: UnixTime) -> Result<Swept> {
+    /// One sweep, judged at the clock's time.
+    pub async fn sweep(&self) -> Result<Swept> {
+        let now = self.clock.now();
         let policy = &self.policy;
         let counters = self.hot.lockout.prune_failures(now - policy.lockout.window(), now).await?;
         let idle_since = now.saturating_sub(i64::try_from(policy.session_idle_timeout).unwrap_or(i64::MAX));
@@ -42,6 +43,24 @@ impl AuthService {
             None => 0,
         };
         Ok(Swept { counters, sessions, audit })
+    }
+
+    /// Sweeps every `every`, from the start on, so that counters, sessions and the audit log
+    /// hold only what is still of use however long the server runs. Errors are logged and
+    /// the sweep tried again next time.
+    pub async fn keep_swept(self: Arc<Self>, every: Duration) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            match self.sweep().await {
+                Ok(swept) if swept.audit > 0 => {
+                    tracing::info!(audit = swept.audit, sessions = swept.sessions, counters = swept.counters, "swept")
+                }
+                Ok(swept) => tracing::debug!(sessions = swept.sessions, counters = swept.counters, "swept"),
+                Err(e) => tracing::warn!(error = %e, "cannot sweep expired rows; retrying at the next sweep"),
+            }
+        }
     }
 }
 
@@ -64,34 +83,17 @@ where
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
     use crate::{
-        crypto::{
-            AdminPasswordHasher, ApiPasswordHasher,
-            signing::{KeyRing, KeySealer, SigningAlg},
+        service::{
+            AuthError,
+            testing::{ADMIN_EMAIL, ADMIN_PASSWORD, TestService, client, policy},
         },
-        service::{Policy, lockout::LockoutPolicy},
-        store::{AuditAction, AuditEvent, AuditScope, sqlite::SqliteStore},
+        store::{AuditAction, AuditEvent, AuditScope, UnixTime},
     };
 
-    async fn service(dir: &tempfile::TempDir, audit_retention: Option<Duration>) -> AuthService {
-        let url = format!("sqlite://{}", dir.path().join("k.db").display());
-        let store = Arc::new(SqliteStore::connect(&url).await.unwrap());
-        let sealer = KeySealer::new([2; 32]);
-        let ring = KeyRing::new(&sealer, &sealer.generate(SigningAlg::Es256).unwrap(), &[]).unwrap();
-        let policy = Policy {
-            issuer: "https://keygate.test".into(),
-            audience: "keygate".into(),
-            token_ttl: 900,
-            session_idle_timeout: 1_800,
-            session_lifetime: 43_200,
-            lockout: LockoutPolicy::default(),
-            revocations: Default::default(),
-            audit_retention,
-        };
-        AuthService::new(store, policy, ApiPasswordHasher::new([1; 32]), AdminPasswordHasher::new(1, 0), ring, sealer)
+    async fn service(audit_retention: Option<Duration>) -> TestService {
+        TestService::new(super::super::Policy { audit_retention, ..policy() }).await
     }
 
     async fn audit_at(auth: &AuthService, at: UnixTime, n: u32) {
@@ -115,24 +117,38 @@ mod tests {
 
     #[tokio::test]
     async fn one_sweep_deletes_every_expired_audit_entry_batch_after_batch() {
-        let dir = tempfile::tempdir().unwrap();
         let day = Duration::from_secs(86_400);
-        let auth = service(&dir, Some(30 * day)).await;
+        let t = service(Some(30 * day)).await;
         let now = 100 * 86_400;
         let cutoff = now - 30 * 86_400;
-        audit_at(&auth, cutoff - 1, 2 * BATCH + 7).await;
-        audit_at(&auth, cutoff, 3).await;
-        let swept = auth.sweep(now).await.unwrap();
+        audit_at(&t.auth, cutoff - 1, 2 * BATCH + 7).await;
+        audit_at(&t.auth, cutoff, 3).await;
+        t.clock.set(now);
+        let swept = t.auth.sweep().await.unwrap();
         assert_eq!(swept.audit, u64::from(2 * BATCH + 7));
-        assert_eq!(audit_ats(&auth).await, [cutoff; 3]);
+        assert_eq!(audit_ats(&t.auth).await, [cutoff; 3]);
     }
 
     #[tokio::test]
     async fn without_a_retention_the_audit_log_stays_whole() {
-        let dir = tempfile::tempdir().unwrap();
-        let auth = service(&dir, None).await;
-        audit_at(&auth, 0, 5).await;
-        assert_eq!(auth.sweep(100 * 86_400).await.unwrap(), Swept::default());
-        assert_eq!(audit_ats(&auth).await.len(), 5);
+        let t = service(None).await;
+        audit_at(&t.auth, 0, 5).await;
+        t.clock.set(100 * 86_400);
+        assert_eq!(t.auth.sweep().await.unwrap(), Swept::default());
+        assert_eq!(audit_ats(&t.auth).await.len(), 5);
+    }
+
+    #[tokio::test]
+    async fn a_session_is_swept_once_idle_for_the_timeout_and_not_before() {
+        let t = service(None).await;
+        t.admin().await;
+        let login = t.auth.admin_login(ADMIN_EMAIL, ADMIN_PASSWORD, None, client()).await.unwrap();
+        let idle = t.auth.policy().session_idle_timeout;
+        t.clock.advance(Duration::from_secs(idle - 1));
+        assert_eq!(t.auth.sweep().await.unwrap().sessions, 0);
+        t.clock.advance(Duration::from_secs(1));
+        assert_eq!(t.auth.sweep().await.unwrap().sessions, 1);
+        let token = secrecy::ExposeSecret::expose_secret(&login.token).to_owned();
+        assert!(matches!(t.auth.session(&token, client()).await, Err(AuthError::NoSession)));
     }
 }

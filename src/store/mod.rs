@@ -49,12 +49,8 @@ pub use audit::{AuditAction, AuditEvent, AuditRecord, AuditScope, AuditStore};
 pub use lockout::{CounterUpdate, FailureCounter, LockoutStore};
 pub(crate) use sql::{postgres, sqlite};
 
-/// Seconds since the Unix epoch. Integers compare the same way in every backend.
-pub type UnixTime = i64;
-
-pub fn now() -> UnixTime {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
-}
+/// The stored times' type; the time itself comes from the caller's `Clock`.
+pub use crate::clock::UnixTime;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

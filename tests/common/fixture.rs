@@ -75,7 +75,7 @@ pub fn new_admin(email: &str) -> NewAdmin {
         id: AdminId(Uuid::new_v4()),
         email: Email::parse(email).unwrap(),
         password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA".into(),
-        created_at: store::now(),
+        created_at: keygate::clock::Clock::system().now(),
     }
 }
 

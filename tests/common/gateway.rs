@@ -18,7 +18,7 @@ use serde_json::Value;
 use super::{TestApp, keygate_command};
 
 pub fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+    keygate::clock::Clock::system().now() as u64
 }
 
 /// The JSON of one base64url JWT segment.
@@ -49,7 +49,7 @@ impl TestApp {
     pub async fn key_ring(&self) -> KeyRing {
         let store = store::connect(&self.database_url()).await.unwrap();
         let sealer = startup::key_sealer(&self.master_key());
-        service::read_key_ring(store.as_ref(), &sealer, 86_400).await.unwrap()
+        service::read_key_ring(store.as_ref(), &sealer, 86_400, keygate::clock::Clock::system().now()).await.unwrap()
     }
 
     /// A token signed by the server's active key with `claims`, whatever they say.

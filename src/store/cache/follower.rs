@@ -17,7 +17,10 @@ use std::{
 };
 
 use super::{CachedStore, keys::MAX_LOGINS};
-use crate::store::{Change, ChangeFeed, ChangeSignal, Result, now};
+use crate::{
+    clock::Clock,
+    store::{Change, ChangeFeed, ChangeSignal, Result},
+};
 
 /// How often the change log is read when nothing wakes the reader earlier.
 const POLL_EVERY: Duration = Duration::from_millis(250);
@@ -148,14 +151,15 @@ impl CachedStore {
         // The position first: changes committed after it are read by the next catch-up,
         // even those the reload below already reflects (applying one twice is harmless).
         let seq = feed.last_change().await?;
-        let now = now();
-        let live = feed.live_revocations(now).await?;
+        let live = feed.live_revocations(self.clock.now()).await?;
         let keys = self.keys.load().await?;
         if self.keys.reload(keys) && cursor.loaded_at.is_none() {
             tracing::warn!(max = MAX_LOGINS, "too many keys to keep in memory; logins read the store");
         }
         self.revocations.reload(&live);
-        if let Err(e) = feed.purge_changes(now - CHANGE_RETENTION).await {
+        // The change log's rows are stamped by the database's own clock (its triggers), so
+        // their age is told by the wall clock, whatever the service's says.
+        if let Err(e) = feed.purge_changes(Clock::system().now() - CHANGE_RETENTION).await {
             tracing::debug!(error = %e, "cannot purge old change-log rows; next time");
         }
         if cursor.loaded_at.is_none() {
@@ -173,7 +177,9 @@ impl CachedStore {
                 match change {
                     Change::KeyDeleted { key_ref, api_key } => self.keys.forget_key(*key_ref, Some(api_key), true),
                     Change::KeyChanged { key_ref, api_key } => self.keys.forget_key(*key_ref, Some(api_key), false),
-                    Change::TokenRevoked { jti, expires_at } => self.revocations.remember(jti, *expires_at),
+                    Change::TokenRevoked { jti, expires_at } => {
+                        self.revocations.remember(jti, *expires_at, self.clock.now())
+                    }
                     Change::FailuresCleared { subject } => self.counters.changed_elsewhere(subject).await,
                     Change::Unreadable => self.keys.forget_all(),
                 }

@@ -13,6 +13,7 @@
 use std::sync::Arc;
 
 use super::{KeyLookupStore, KeyStore, LockoutStore, RevocationStore, Store};
+use crate::clock::Clock;
 
 mod counters;
 mod follower;
@@ -48,10 +49,12 @@ pub struct CachedStore {
     revocations: revocations::RevocationSet,
     counters: counters::FailureCounters,
     follower: follower::Follower,
+    /// The service's time, which revocations' expiries are written in.
+    clock: Clock,
 }
 
 impl CachedStore {
-    /// In front of `store`. `serve_logins` only for a store no other process writes keys or
+    /// In front of `store`, on the system clock. `serve_logins` only for a store no other process writes keys or
     /// counters to (the embedded one). Nothing is answered from memory until `keep_in_sync`
     /// (or `sync_once`) has loaded the cache.
     pub fn new(store: Arc<dyn Store>, serve_logins: bool) -> Self {
@@ -60,7 +63,13 @@ impl CachedStore {
             revocations: revocations::RevocationSet::new(store.clone()),
             counters: counters::FailureCounters::new(store.clone(), serve_logins),
             follower: follower::Follower::new(store),
+            clock: Clock::system(),
         }
+    }
+
+    /// The same, judging revocations' expiry by `clock`: the service's.
+    pub fn with_clock(self, clock: Clock) -> Self {
+        Self { clock, ..self }
     }
 
     /// The hot paths, answered by this cache.

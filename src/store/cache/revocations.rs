@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use super::CachedStore;
 use crate::{
     domain::{AccountId, KeyRef},
-    store::{Result, Revocation, RevocationStore, UnixTime, now},
+    store::{Result, Revocation, RevocationStore, UnixTime},
 };
 
 /// At most this many live revocations in memory (about 35 bytes each); beyond, the store
@@ -57,11 +57,11 @@ impl RevocationSet {
         revoked.jtis = live.iter().take(MAX_REVOCATIONS).map(|(jti, until)| (jti_key(jti), *until)).collect();
     }
 
-    pub(super) fn remember(&self, jti: &str, expires_at: UnixTime) {
+    /// `now` tells which remembered revocations have lapsed, to make room.
+    pub(super) fn remember(&self, jti: &str, expires_at: UnixTime, now: UnixTime) {
         let key = jti_key(jti);
         let mut revoked = self.revoked_mut();
         if revoked.jtis.len() >= MAX_REVOCATIONS && !revoked.jtis.contains_key(&key) {
-            let now = now();
             revoked.jtis.retain(|_, until| *until > now);
             if revoked.jtis.len() >= MAX_REVOCATIONS {
                 if revoked.complete {
@@ -84,7 +84,7 @@ impl RevocationStore for CachedStore {
         let stored = self.revocations.store.revoke_token(revocation).await;
         // Remembered whatever the answer: the caller asked for it, and on an error it may
         // have been stored anyway. Refusing a token someone wanted dead is the safe side.
-        self.revocations.remember(&revocation.jti, revocation.expires_at);
+        self.revocations.remember(&revocation.jti, revocation.expires_at, self.clock.now());
         stored
     }
 

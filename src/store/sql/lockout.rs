@@ -3,7 +3,10 @@
 use async_trait::async_trait;
 
 use super::{Dialect, SqlStore, dialect::Lock, sql};
-use crate::store::{CounterUpdate, FailureCounter, LockoutStore, Result, UnixTime, corrupt, now, rows::Columns};
+use crate::{
+    clock::Clock,
+    store::{CounterUpdate, FailureCounter, LockoutStore, Result, UnixTime, corrupt, rows::Columns},
+};
 
 /// The counters' query, without its condition. PostgreSQL keeps the counts as INTEGER:
 /// widened here, so that one decoder reads both backends' rows.
@@ -89,7 +92,8 @@ impl<D: Dialect> LockoutStore for SqlStore<D> {
         D::query(sql!("DELETE FROM login_failures WHERE subject = $1")).bind(subject).execute(&mut tx).await?;
         D::query(sql!("INSERT INTO cache_events (kind, subject, at) VALUES ('failures_cleared', $1, $2)"))
             .bind(subject)
-            .bind(now())
+            // Stamped by the wall clock, like the rows the triggers write: only their purge reads it.
+            .bind(Clock::system().now())
             .execute(&mut tx)
             .await?;
         tx.commit().await?;
