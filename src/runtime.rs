@@ -7,7 +7,7 @@
 /// node), each worker keeps to a CPU of its own. Unpinned, the kernel now and then stacks
 /// two busy workers on one CPU while the other runs only a background thread (argon2), and
 /// balances them apart only a tick or more later, which shows in the tail latency of API
-/// logins while admin logins hash (docs/benchmarks.md).
+/// logins while admin logins hash.
 pub fn build(pin_workers: bool) -> std::io::Result<tokio::runtime::Runtime> {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();

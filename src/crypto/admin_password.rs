@@ -28,16 +28,16 @@ pub enum HashPoolError {
 }
 
 /// Hashes and checks admin passwords on a fixed set of dedicated threads, never on the
-/// async workers: each argon2 call is ~20 ms of CPU over 19 MiB of memory, which would
+/// async workers: each argon2 call takes tens of milliseconds of CPU over 19 MiB, which would
 /// stall every other request on the worker that ran it. The thread count bounds how many
 /// run at once and an admission limit bounds how many wait, so a login flood is refused at
 /// once past the limit, and what it costs in memory is fixed.
 ///
-/// Each thread allocates its 19 MiB of argon2 memory at its first job and reuses it. Hashing on
-/// tokio's blocking pool with a fresh buffer per call (as argon2's convenience API does)
-/// measured ~380 MiB resident after a 200-login flood with only two hashes running at a
-/// time: that pool grows a thread whenever none is idle at the instant of a spawn, and the
-/// allocator keeps freed 19 MiB buffers per thread. Now it is at most workers × 19 MiB, for good.
+/// Each thread allocates its 19 MiB of argon2 memory at its first job and reuses it, so
+/// hashing memory is at most workers × 19 MiB. Not tokio's blocking pool with a fresh buffer
+/// per call (as argon2's convenience API does): that pool grows a thread whenever none is
+/// idle at the instant of a spawn, and the allocator keeps freed 19 MiB buffers per thread,
+/// so a login flood would leave hundreds of MiB resident.
 #[derive(Clone)]
 pub struct AdminPasswordHasher {
     jobs: mpsc::SyncSender<Job>,
@@ -47,9 +47,8 @@ pub struct AdminPasswordHasher {
 
 /// What an unknown email's password is checked against, so that it costs exactly what a
 /// wrong password costs: argon2id with `params()`, of 32 random bytes that were thrown away.
-/// A constant rather than a hash made at each start, which held start-up for one argon2 run
-/// and the first touch of its 19 MiB: measured, start-up took 58–194 ms with it, 21–31 ms
-/// without.
+/// A constant rather than a hash made at each start, which would hold start-up for one
+/// argon2 run and the first touch of its 19 MiB.
 const DUMMY_HASH: &str =
     "$argon2id$v=19$m=19456,t=2,p=1$o63G+PxsXWlumyIR4HxGzQ$Khy/bdy5o51o5FcUI57Yxo//ZuRInjtEzKWNDJJPvYk";
 
@@ -120,12 +119,10 @@ const HASHING_NICE: i32 = 10;
 fn work(receiver: &Mutex<mpsc::Receiver<Job>>) {
     // Hashing yields to the async workers when both want a core (an admin-login flood must
     // not stretch API-login latency) and still gets every idle cycle, and a share of a busy
-    // one. How large a share is the trade: measured with API logins saturating both cores
-    // (wrk -t2 -c8) while 32 admin logins ran, nice 19 (or SCHED_IDLE, which got none done
-    // at all) let 1–3 admin logins a second through, some after 10 s; nice 10 (weight 110
-    // against 1024) 8–9 a second, each within 4.3 s, for an API-login p99 of 1.9–2.1× its
-    // idle value instead of 1.0–1.8×. On Linux this sets the calling thread's nice value
-    // only; where it is refused, hashing runs at the default priority.
+    // one. How large a share is the trade: at nice 10 (a weight of about a tenth of the
+    // workers') admin logins still finish within seconds while API logins saturate the
+    // machine; nice 19 or SCHED_IDLE all but starve them. On Linux this sets the calling
+    // thread's nice value only; where it is refused, hashing runs at the default priority.
     #[cfg(target_os = "linux")]
     let _ = rustix::process::nice(HASHING_NICE);
     let mut memory = Vec::new();

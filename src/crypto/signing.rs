@@ -225,9 +225,8 @@ struct Verifier {
 }
 
 /// The active private key, parsed once. jsonwebtoken's `EncodingKey` keeps the PKCS#8
-/// bytes and parses them on every signature, which measured ~19 µs of the ~46 µs an ES256
-/// token cost (and ~13 of ~31 µs for EdDSA); holding aws-lc-rs's key object saves that on
-/// every login.
+/// bytes and parses them again on every signature, a large share of a token's cost;
+/// holding aws-lc-rs's key object saves that on every login.
 enum Signer {
     Es256(EcdsaKeyPair),
     EdDsa(Ed25519KeyPair),

@@ -1,17 +1,14 @@
 //! Tokens whose signature and claims have been checked, so a gateway presenting the same
-//! token again costs a map look-up and a comparison instead of an ECDSA verification
-//! (~70 µs, the dominant cost of `/auth/verify`) and the decoding of its claims (~1 µs,
-//! measurable next to the ~12 µs of CPU a cached verification costs over HTTP).
+//! token again costs a map look-up and a comparison instead of a signature verification
+//! (by far the largest cost of `/auth/verify`) and the decoding of its claims.
 //!
 //! The map is keyed by the token's signature and holds the rest of it, which a hit must
 //! match byte for byte (compared in constant time): a hit means these exact bytes were
-//! verified before. Nothing is hashed but the ~86-byte key, by the map's keyed SipHash:
-//! BLAKE3 of the whole ~550-byte token, the key before, took ~0.47 µs, the largest single
-//! cost of a cached verification in process (docs/benchmarks.md). The map remembers the
-//! parsed token until the end of its validity. A hit skips only what cannot have changed
-//! since: the signature, `iss`, `aud`, `nbf`. The checks that can change (expiry,
-//! revocation, key deletion) run on every request, and the whole cache is dropped whenever
-//! the key ring changes.
+//! verified before. Only the short signature is hashed, by the map's keyed SipHash, not
+//! the whole token. The map remembers the parsed token until the end of its validity. A
+//! hit skips only what cannot have changed since: the signature, `iss`, `aud`, `nbf`. The
+//! checks that can change (expiry, revocation, key deletion) run on every request, and the
+//! whole cache is dropped whenever the key ring changes.
 
 use std::{
     collections::HashMap,
