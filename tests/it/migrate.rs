@@ -1,10 +1,7 @@
 //! `keygate migrate`: the way out of the embedded store. Everything copied works unchanged
 //! on PostgreSQL: keys and their passwords, admins and theirs, sessions, signing keys.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use reqwest::{Client, StatusCode, header};
 use serde_json::{Value, json};
 

@@ -1,13 +1,10 @@
 //! Several `keygate serve` replicas on one PostgreSQL database agree on everything: the
 //! first admin, the signing key, API keys, tokens and sessions. PostgreSQL only: SQLite is
 //! the single-server store.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{cache::*, *};
+use crate::common::{cache::*, *};
 use reqwest::{Client, StatusCode, header};
 use serde_json::{Value, json};
 
