@@ -101,14 +101,22 @@ impl Builder {
         TestApp::builder()
     }
 
-    /// A fresh, uniquely named PostgreSQL database, or `None` (with a notice) when
-    /// `KEYGATE_TEST_POSTGRES` is unset.
+    /// A fresh, uniquely named PostgreSQL database that holds keygate's schema, or `None`
+    /// (with a notice) when `KEYGATE_TEST_POSTGRES` is unset.
     pub async fn postgres() -> Option<Self> {
-        let db = PgDatabase::create().await?;
+        Some(Self::on_postgres(PgDatabase::create_migrated().await?))
+    }
+
+    /// As `postgres`, on an empty database: for tests of the first start on one.
+    pub async fn postgres_empty() -> Option<Self> {
+        Some(Self::on_postgres(PgDatabase::create().await?))
+    }
+
+    fn on_postgres(db: PgDatabase) -> Self {
         let mut builder =
             TestApp::builder().env("KEYGATE_DATABASE_URL", &db.url).env("KEYGATE_MASTER_KEY", &random_master_key());
         builder.db = Some(Arc::new(db));
-        Some(builder)
+        builder
     }
 
     /// The PostgreSQL database this builder's apps use, if any.
