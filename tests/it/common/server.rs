@@ -196,10 +196,10 @@ impl Process {
         logs: &Logs,
         command: impl Fn(&[(String, String)]) -> Command,
     ) -> (String, Process) {
-        // The port is free when picked, but another process may bind it before keygate does:
-        // then keygate stops at once, and another port is tried.
+        // The port is free when picked, but something may bind it before keygate does: then
+        // keygate stops at once, and another port is tried.
         for _ in 0..5 {
-            let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            let port = unclaimed_port();
             let mut env = env.to_vec();
             env.retain(|(k, _)| k != "KEYGATE_LISTEN");
             env.push(("KEYGATE_LISTEN".into(), format!("127.0.0.1:{port}")));
@@ -288,6 +288,25 @@ impl Process {
 impl Drop for Process {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A free port below the kernel's range for port 0 and outgoing connections: not one that
+/// this run's other servers (all on port 0) or clients can be given meanwhile, and so not
+/// one where another server could answer in place of the one started for it.
+fn unclaimed_port() -> u16 {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+    let low = range.split_whitespace().next().and_then(|p| p.parse::<u16>().ok()).unwrap_or(32_768);
+    let (first, count) = (10_000, low.saturating_sub(10_000));
+    if count < 1_000 {
+        return std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    }
+    loop {
+        let pick = u16::from_le_bytes(keygate::crypto::random_bytes::<2>()) % count;
+        let port = first + pick;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
     }
 }
 
