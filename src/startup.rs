@@ -110,6 +110,12 @@ impl Application {
         self.listener.local_addr()
     }
 
+    /// The caches in front of the store: tests of their coherence wait until they are
+    /// loaded, or the store would answer in their place.
+    pub fn cache(&self) -> Arc<CachedStore> {
+        self.cache.clone()
+    }
+
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         tracing::info!("listening on http://{}", self.local_addr()?);
         // Picks up signing-key rotations made elsewhere (CLI, other replicas) while we run.

@@ -1,11 +1,8 @@
 //! The active signing key is shared by every server on a store: a server whose
 //! `KEYGATE_SIGNING_ALG` differs serves it as it is and warns, and only
 //! `keygate signing-key rotate [--alg]` (audited) changes it.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use common::{gateway::segment, *};
+use crate::common::{gateway::segment, *};
 use serde_json::Value;
 
 /// A fresh key's (api_key, password) and one token for it.

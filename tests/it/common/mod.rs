@@ -1,12 +1,12 @@
-//! Black-box harness: each test starts the real `keygate` binary on port 0 against a fresh
-//! store, and talks to it over HTTP like any client would.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+//! The harness: each test starts keygate on port 0 against a fresh store (a temporary
+//! directory, or a PostgreSQL database of its own) and talks to it over HTTP like any client
+//! would. See `server` for how a server runs: in this process, or as the real binary.
 
 use std::{
-    io::{BufRead, BufReader, Write},
+    io::Write,
     path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
-    sync::{Arc, Mutex, mpsc},
+    process::{Command, Output, Stdio},
+    sync::Arc,
     time::Duration,
 };
 
@@ -14,8 +14,15 @@ use reqwest::{Client, Response, StatusCode};
 use serde_json::{Value, json};
 
 pub mod cache;
+#[macro_use]
 pub mod fixture;
 pub mod gateway;
+mod postgres;
+mod server;
+
+pub use postgres::PgDatabase;
+use server::{InProcess, Turn};
+pub use server::{Logs, Process};
 
 pub const ADMIN_EMAIL: &str = "admin@example.com";
 pub const ADMIN_PASSWORD: &str = "correct horse battery staple";
@@ -26,10 +33,16 @@ pub struct TestApp {
     pub client: Client,
     pub dir: Arc<tempfile::TempDir>,
     env: Vec<(String, String)>,
-    child: Child,
-    logs: Arc<Mutex<String>>,
+    server: Server,
+    logs: Logs,
     /// The PostgreSQL database, dropped when the last app (or builder) using it is gone.
     db: Option<Arc<PgDatabase>>,
+    turn: Arc<Turn>,
+}
+
+enum Server {
+    InProcess(InProcess),
+    Process(Process),
 }
 
 #[derive(Clone)]
@@ -38,6 +51,8 @@ pub struct Builder {
     dir: Option<Arc<tempfile::TempDir>>,
     bootstrap: bool,
     db: Option<Arc<PgDatabase>>,
+    process: bool,
+    alone: bool,
 }
 
 /// A client that presents `cookie` (`name=value`) on every request, as a browser holding
@@ -86,14 +101,22 @@ impl Builder {
         TestApp::builder()
     }
 
-    /// A fresh, uniquely named PostgreSQL database, or `None` (with a notice) when
-    /// `KEYGATE_TEST_POSTGRES` is unset.
+    /// A fresh, uniquely named PostgreSQL database that holds keygate's schema, or `None`
+    /// (with a notice) when `KEYGATE_TEST_POSTGRES` is unset.
     pub async fn postgres() -> Option<Self> {
-        let db = PgDatabase::create().await?;
+        Some(Self::on_postgres(PgDatabase::create_migrated().await?))
+    }
+
+    /// As `postgres`, on an empty database: for tests of the first start on one.
+    pub async fn postgres_empty() -> Option<Self> {
+        Some(Self::on_postgres(PgDatabase::create().await?))
+    }
+
+    fn on_postgres(db: PgDatabase) -> Self {
         let mut builder =
             TestApp::builder().env("KEYGATE_DATABASE_URL", &db.url).env("KEYGATE_MASTER_KEY", &random_master_key());
         builder.db = Some(Arc::new(db));
-        Some(builder)
+        builder
     }
 
     /// The PostgreSQL database this builder's apps use, if any.
@@ -106,125 +129,6 @@ impl Builder {
 pub fn random_master_key() -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(keygate::crypto::random_bytes::<32>())
-}
-
-/// Prints the notice `.ci/run` looks for. Written to the stderr handle directly, because
-/// libtest captures `eprintln!` of passing tests and the notice must be seen.
-pub fn skip_postgres_notice() {
-    let _ = writeln!(
-        std::io::stderr(),
-        "SKIPPED-POSTGRES: set KEYGATE_TEST_POSTGRES=postgres://user@host:port to run the PostgreSQL half"
-    );
-}
-
-/// A uniquely named database on the server named by `KEYGATE_TEST_POSTGRES`, created for
-/// one test and dropped (with any connections still open) when this is dropped. Tests run
-/// concurrently on one server, so each touches only its own database.
-pub struct PgDatabase {
-    /// The server, without a database (connects to the user's default one).
-    server: String,
-    pub name: String,
-    /// The database URL to give keygate.
-    pub url: String,
-}
-
-impl PgDatabase {
-    /// `None`, after printing the skip notice, when `KEYGATE_TEST_POSTGRES` is unset.
-    pub async fn create() -> Option<Self> {
-        let Ok(server) = std::env::var("KEYGATE_TEST_POSTGRES") else {
-            skip_postgres_notice();
-            return None;
-        };
-        let server = server_url(&server);
-        let name = format!("keygate_test_{}", uuid::Uuid::new_v4().simple());
-        let url = format!("{server}/{name}");
-        let db = PgDatabase { server, name, url };
-        let mut admin = db.admin().await;
-        sqlx::query(&format!("CREATE DATABASE {}", db.name)).execute(&mut admin).await.expect("create test database");
-        Some(db)
-    }
-
-    /// A connection to the server's default database, for CREATE/ALTER/DROP DATABASE.
-    pub async fn admin(&self) -> sqlx::PgConnection {
-        use sqlx::Connection;
-        sqlx::PgConnection::connect(&self.server).await.expect("connect to KEYGATE_TEST_POSTGRES")
-    }
-
-    /// A connection to this test's database, to look at what keygate wrote.
-    pub async fn connect(&self) -> sqlx::PgConnection {
-        use sqlx::Connection;
-        sqlx::PgConnection::connect(&self.url).await.expect("connect to the test database")
-    }
-
-    /// Everything keygate stored, as `pg_dump` writes it.
-    pub fn dump(&self) -> Vec<u8> {
-        let out = Command::new("pg_dump").args(["--data-only", "--no-owner", &self.url]).output().expect("run pg_dump");
-        assert!(out.status.success(), "pg_dump failed: {}", String::from_utf8_lossy(&out.stderr));
-        out.stdout
-    }
-
-    /// `SELECT count(*) FROM <from_where>` in this database, e.g. `count("admins")`.
-    pub async fn count(&self, from_where: &str) -> i64 {
-        use sqlx::Connection;
-        let mut conn = self.connect().await;
-        let n = sqlx::query_scalar(&format!("SELECT count(*) FROM {from_where}")).fetch_one(&mut conn).await.unwrap();
-        conn.close().await.ok();
-        n
-    }
-
-    /// Simulates an outage of this database only: refuses new connections and ends the
-    /// open ones. The server itself stays up, since other tests run on it.
-    pub async fn take_down(&self) {
-        let mut admin = self.admin().await;
-        sqlx::query(&format!("ALTER DATABASE {} ALLOW_CONNECTIONS false", self.name))
-            .execute(&mut admin)
-            .await
-            .unwrap();
-        sqlx::query(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
-        )
-        .bind(&self.name)
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    }
-
-    /// Ends the outage.
-    pub async fn bring_up(&self) {
-        let mut admin = self.admin().await;
-        sqlx::query(&format!("ALTER DATABASE {} ALLOW_CONNECTIONS true", self.name)).execute(&mut admin).await.unwrap();
-    }
-}
-
-/// `postgres://user@host:port[/db][?query]` without the database.
-fn server_url(raw: &str) -> String {
-    let raw = raw.trim().trim_end_matches('/');
-    let (scheme, rest) = raw.split_once("://").expect("KEYGATE_TEST_POSTGRES must be a postgres:// URL");
-    let authority = rest.split(['/', '?']).next().unwrap_or(rest);
-    format!("{scheme}://{authority}")
-}
-
-impl Drop for PgDatabase {
-    fn drop(&mut self) {
-        // Drop runs inside the test's runtime, where we may not block on async work; a
-        // thread with a runtime of its own can.
-        let server = self.server.clone();
-        let name = self.name.clone();
-        let dropped = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            runtime.block_on(async {
-                use sqlx::Connection;
-                let mut admin = sqlx::PgConnection::connect(&server).await?;
-                // FORCE ends connections a killed server may have left behind.
-                sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut admin).await?;
-                admin.close().await
-            })
-        })
-        .join();
-        if !matches!(dropped, Ok(Ok(()))) {
-            let _ = writeln!(std::io::stderr(), "warning: could not drop test database {}", self.name);
-        }
-    }
 }
 
 impl Builder {
@@ -251,6 +155,19 @@ impl Builder {
         self
     }
 
+    /// The real `keygate serve` process rather than the application in this one: for
+    /// tests of what only a process has (signals, its stderr, its memory).
+    pub fn process(mut self) -> Self {
+        self.process = true;
+        self
+    }
+
+    /// No other test's server runs beside this test's: for tests that measure the server.
+    pub fn alone(mut self) -> Self {
+        self.alone = true;
+        self
+    }
+
     pub async fn spawn(self) -> TestApp {
         let dir = self.dir.unwrap_or_else(|| Arc::new(tempfile::tempdir().expect("temp dir")));
         let mut env = vec![
@@ -270,7 +187,8 @@ impl Builder {
                 env.push((k, v));
             }
         }
-        TestApp::start(dir, env, self.db).await
+        let turn = server::take_turn(self.alone).await;
+        TestApp::start(dir, env, self.db, self.process, turn).await
     }
 }
 
@@ -302,45 +220,33 @@ pub fn run_with_timeout(cmd: &mut Command, limit: Duration) -> Output {
 
 impl TestApp {
     pub fn builder() -> Builder {
-        Builder { env: Vec::new(), dir: None, bootstrap: true, db: None }
+        Builder { env: Vec::new(), dir: None, bootstrap: true, db: None, process: false, alone: false }
     }
 
     pub async fn spawn() -> TestApp {
         Self::builder().spawn().await
     }
 
-    async fn start(dir: Arc<tempfile::TempDir>, env: Vec<(String, String)>, db: Option<Arc<PgDatabase>>) -> TestApp {
-        let mut child = keygate_command(&env)
-            .arg("serve")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start keygate");
-        let logs = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = mpsc::channel();
-        let stderr = child.stderr.take().expect("stderr");
-        let sink = logs.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if let Some(addr) = line.split("listening on ").nth(1) {
-                    let _ = tx.send(addr.trim().to_owned());
-                }
-                let mut logs = sink.lock().unwrap();
-                logs.push_str(&line);
-                logs.push('\n');
+    async fn start(
+        dir: Arc<tempfile::TempDir>,
+        env: Vec<(String, String)>,
+        db: Option<Arc<PgDatabase>>,
+        process: bool,
+        turn: Arc<Turn>,
+    ) -> TestApp {
+        let logs = Logs::default();
+        let (base, server) = match process {
+            true => {
+                let (base, process) = Process::start(&env, &logs).await;
+                (base, Server::Process(process))
             }
-        });
-        let base = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(60)))
-            .await
-            .unwrap()
-            .unwrap_or_else(|_| {
-                let _ = child.kill();
-                panic!("keygate did not start:\n{}", logs.lock().unwrap())
-            });
+            false => {
+                let (base, app) = InProcess::start(&env, &logs).await;
+                (base, Server::InProcess(app))
+            }
+        };
         let client = Client::builder().cookie_store(true).build().unwrap();
-        TestApp { base, client, dir, env, child, logs, db }
+        TestApp { base, client, dir, env, server, logs, db, turn }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -351,8 +257,14 @@ impl TestApp {
         self.dir.path().join("data")
     }
 
+    /// What this server has logged so far. A process's lines arrive through a pipe, so for
+    /// everything it wrote, stop it first (`terminate`; `kill` may lose what it had queued).
     pub fn logs(&self) -> String {
-        self.logs.lock().unwrap().clone()
+        self.logs.text()
+    }
+
+    fn is_process(&self) -> bool {
+        matches!(self.server, Server::Process(_))
     }
 
     /// A builder for another server on the same data directory and settings.
@@ -360,6 +272,7 @@ impl TestApp {
         let mut builder = TestApp::builder().dir(self.dir.clone());
         builder.env = self.env.clone();
         builder.db = self.db.clone();
+        builder.process = self.is_process();
         builder
     }
 
@@ -370,6 +283,7 @@ impl TestApp {
         builder.env = self.env.clone();
         builder.env.retain(|(k, _)| k != "KEYGATE_DATA_DIR");
         builder.db = self.db.clone();
+        builder.process = self.is_process();
         builder
     }
 
@@ -386,26 +300,33 @@ impl TestApp {
     /// Stops this server and starts a new one on the same store and settings.
     pub async fn restart(mut self) -> TestApp {
         self.kill();
-        TestApp::start(self.dir.clone(), self.env.clone(), self.db.clone()).await
+        let process = self.is_process();
+        TestApp::start(self.dir.clone(), self.env.clone(), self.db.clone(), process, self.turn.clone()).await
     }
 
+    /// Stops the server at once, as `kill -9` stops a process.
     pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        match &mut self.server {
+            Server::InProcess(app) => app.kill(),
+            Server::Process(process) => process.kill(),
+        }
     }
 
-    /// Stops the server as a service manager would (SIGTERM); returns how it exited.
-    #[cfg(unix)]
+    /// Stops the server process as a service manager would (SIGTERM); returns how it exited,
+    /// once all it logged is in `logs`.
     pub async fn terminate(&mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(std::time::Instant::now() < deadline, "still running 30 s after SIGTERM");
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        match &mut self.server {
+            Server::Process(process) => process.terminate().await,
+            Server::InProcess(_) => panic!("only a process can be terminated: build it with `.process()`"),
+        }
+    }
+
+    /// Whether the server's caches answer (loaded, and the change log read within the
+    /// lease); only an app in this process can tell.
+    pub fn caches_in_use(&self) -> bool {
+        match &self.server {
+            Server::InProcess(app) => app.caches_in_use(),
+            Server::Process(_) => panic!("the caches of a process cannot be seen from here"),
         }
     }
 
@@ -500,6 +421,7 @@ impl TestApp {
 }
 
 impl Drop for TestApp {
+    /// The server first: the data directory it writes may go with the fields.
     fn drop(&mut self) {
         self.kill();
     }
@@ -534,12 +456,15 @@ pub fn contains(haystack: &[u8], needle: &str) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle.as_bytes())
 }
 
-// --- Helpers for the abuse-resistance tests (tests/security.rs, tests/load.rs). ---
+// --- Helpers for the abuse-resistance tests (security, load). ---
 
 impl TestApp {
     /// The server process, for reading its resource use from /proc.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        match &self.server {
+            Server::Process(process) => process.pid(),
+            Server::InProcess(_) => panic!("an app in this process has no pid of its own: build it with `.process()`"),
+        }
     }
 
     /// One admin login attempt with a fresh, cookie-less client; the raw response.

@@ -1,9 +1,6 @@
 //! `GET /auth/keys/list` a page at a time (`?limit=&after=`), and unchanged without them.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use reqwest::{Client, Response, StatusCode};
 use serde_json::Value;
 

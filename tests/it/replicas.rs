@@ -1,13 +1,10 @@
 //! Several `keygate serve` replicas on one PostgreSQL database agree on everything: the
 //! first admin, the signing key, API keys, tokens and sessions. PostgreSQL only: SQLite is
 //! the single-server store.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{cache::*, *};
+use crate::common::{cache::*, *};
 use reqwest::{Client, StatusCode, header};
 use serde_json::{Value, json};
 
@@ -54,7 +51,7 @@ async fn list_status(app: &TestApp, cookie: &str) -> StatusCode {
 async fn replicas_starting_at_once_create_one_admin_and_one_signing_key() {
     // A few rounds on fresh databases: any one start may happen not to overlap.
     for round in 0..3 {
-        let Some(builder) = Builder::postgres().await else { return };
+        let Some(builder) = Builder::postgres_empty().await else { return };
         // No bootstrap settings: each replica would invent an admin and write its password
         // to its own data directory, so a double bootstrap would show as two files.
         let builder = builder.without_bootstrap_admin();
@@ -134,7 +131,7 @@ async fn replicas_share_keys_tokens_and_sessions() {
 
 #[tokio::test]
 async fn postgres_without_a_master_key_refuses_to_start() {
-    let Some(builder) = Builder::postgres().await else { return };
+    let Some(builder) = Builder::postgres_empty().await else { return };
     let db = builder.db().unwrap();
     let data = tempfile::tempdir().unwrap();
     let env: Vec<(String, String)> = [
@@ -159,7 +156,7 @@ async fn postgres_without_a_master_key_refuses_to_start() {
 /// on the others: on PostgreSQL the issuer must be set, as the master key must.
 #[tokio::test]
 async fn postgres_without_an_issuer_refuses_to_start() {
-    let Some(builder) = Builder::postgres().await else { return };
+    let Some(builder) = Builder::postgres_empty().await else { return };
     let db = builder.db().unwrap();
     let data = tempfile::tempdir().unwrap();
     let master_key = random_master_key();

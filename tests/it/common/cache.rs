@@ -33,11 +33,11 @@ impl TestApp {
     /// Waits until the server has loaded its caches, so that what follows is answered from
     /// memory and a test of their coherence is not passed by the store answering instead.
     pub async fn wait_for_caches(&self) {
-        for _ in 0..300 {
-            if self.logs().contains("caches loaded") {
+        for _ in 0..3000 {
+            if self.caches_in_use() {
                 return;
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
         panic!("the caches were never loaded:\n{}", self.logs());
     }

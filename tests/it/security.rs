@@ -1,9 +1,6 @@
 //! Abuse resistance: each test performs an attack and checks the defence that answers it.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use reqwest::{Client, StatusCode, header::HeaderValue};
 use serde_json::{Value, json};
 
@@ -603,7 +600,8 @@ async fn lockouts_are_audited(builder: Builder) {
 // --- Nothing secret in logs ----------------------------------------------------------------
 
 async fn nothing_secret_in_debug_logs(builder: Builder) {
-    let app = builder.env("KEYGATE_LOG", "debug,keygate=trace").spawn().await;
+    // The real process, whose log is its stderr.
+    let mut app = builder.env("KEYGATE_LOG", "debug,keygate=trace").process().spawn().await;
     let c = Client::new();
     let wrong_admin_password = "an almost-right password";
     assert_eq!(app.try_admin_login(ADMIN_EMAIL, wrong_admin_password).await.status(), StatusCode::UNAUTHORIZED);
@@ -628,8 +626,8 @@ async fn nothing_secret_in_debug_logs(builder: Builder) {
     let key_ref = &keys[0].0;
     c.delete(app.url(&format!("/auth/user/{key_ref}"))).header("cookie", &cookie).send().await.unwrap();
     c.post(app.url("/auth/logout")).header("cookie", &cookie).send().await.unwrap();
-    // Give the log reader a moment to drain the pipe.
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // Stopped, so that every line it wrote has been read.
+    assert!(app.terminate().await.success());
 
     let logs = app.logs();
     assert!(logs.contains("DEBUG") || logs.contains("TRACE"), "the test must actually run at debug level");

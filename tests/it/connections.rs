@@ -1,12 +1,9 @@
 //! Slow and idle clients against the real server: each test holds connections open the way
 //! an attacker would and checks that the server closes them and keeps serving others.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use reqwest::StatusCode;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},

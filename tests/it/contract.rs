@@ -1,9 +1,6 @@
 //! The documented contract, end to end: the six calls and their shapes.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
 

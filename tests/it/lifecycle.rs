@@ -1,9 +1,6 @@
 //! Start-up, settings, the first admin, the CLI, restarts, and what ends up on disk and in logs.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use jsonwebtoken::{DecodingKey, Validation, jwk::JwkSet};
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
@@ -24,18 +21,15 @@ fn serve_with(env: &[(&str, &str)]) -> std::process::Output {
 #[tokio::test]
 async fn every_log_line_reaches_stderr_including_at_a_graceful_stop() {
     // At debug every request logs a few lines, API logins among them.
-    let mut app = TestApp::builder().env("KEYGATE_LOG", "debug").spawn().await;
+    let mut app = TestApp::builder().env("KEYGATE_LOG", "debug").process().spawn().await;
     app.admin_login().await;
     let (key, password) = app.generate_key().await;
     const LOGINS: usize = 300;
     let logins = futures_util::future::join_all((0..LOGINS).map(|_| app.api_login(&key, &password))).await;
     assert!(logins.iter().all(|r| r.status() == StatusCode::OK));
 
+    // Everything it wrote has been read once it has exited.
     assert!(app.terminate().await.success());
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !app.logs().contains("stopped") && std::time::Instant::now() < deadline {
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
     let logs = app.logs();
     assert_eq!(logs.matches("api key login").count(), LOGINS, "{logs}");
     let (before, after) = logs.split_once("shutting down").expect("the stop is logged");
@@ -68,9 +62,11 @@ fn a_bad_setting_stops_start_up_with_one_line_naming_it() {
     }
 }
 
+#[cfg(unix)]
 #[tokio::test]
 async fn first_start_invents_an_admin_once_and_tells_only_the_file() {
-    let app = TestApp::builder().without_bootstrap_admin().spawn().await;
+    // The real process: what it writes to a stderr that is not a terminal is the point.
+    let mut app = TestApp::builder().without_bootstrap_admin().process().spawn().await;
     let path = app.data_dir().join("initial-admin-password");
     let password = std::fs::read_to_string(&path).unwrap().trim().to_owned();
     assert!(password.len() >= 32);
@@ -82,16 +78,18 @@ async fn first_start_invents_an_admin_once_and_tells_only_the_file() {
         assert_eq!(std::fs::metadata(&master).unwrap().permissions().mode() & 0o777, 0o600);
         assert_eq!(std::fs::metadata(app.data_dir()).unwrap().permissions().mode() & 0o777, 0o700);
     }
+    app.login_admin_as(&app.client, "admin@localhost", &password).await;
     // stderr is not a terminal here, so the password is not printed, only where to find it.
+    assert!(app.terminate().await.success());
     assert!(!app.logs().contains(&password));
     assert!(app.logs().contains("initial-admin-password"));
-    app.login_admin_as(&app.client, "admin@localhost", &password).await;
 
     // A restart does not make another admin or touch the file.
-    let app = app.restart().await;
+    let mut app = app.restart().await;
     assert_eq!(std::fs::read_to_string(&path).unwrap().trim(), password);
-    assert!(!app.logs().contains("created the first admin"));
     app.login_admin_as(&app.client, "admin@localhost", &password).await;
+    assert!(app.terminate().await.success());
+    assert!(app.logs().contains("listening on") && !app.logs().contains("created the first admin"), "{}", app.logs());
 }
 
 #[tokio::test]
@@ -141,7 +139,7 @@ async fn admin_create_cli() {
 }
 
 /// The embedded store only: with PostgreSQL the issuer must be set (see
-/// `tests/replicas.rs` `postgres_without_an_issuer_refuses_to_start`).
+/// `tests/it/replicas.rs` `postgres_without_an_issuer_refuses_to_start`).
 #[tokio::test]
 async fn the_default_issuer_is_the_bound_address() {
     let app = TestApp::builder().without_env("KEYGATE_ISSUER").spawn().await;
@@ -163,40 +161,26 @@ async fn the_default_issuer_is_the_bound_address() {
 // --- Files on disk are the owner's alone ---------------------------------------------------
 
 /// `keygate serve` started from a shell with the common umask 022, as a login shell or many
-/// service managers leave it, in `dir`'s environment; waits until it listens. Returns the
-/// server and what it logged so far.
+/// service managers leave it, with `env`; returns once it serves. Its stderr is all in the
+/// logs once it has been killed.
 #[cfg(unix)]
-fn serve_under_umask_022(env: &[(&str, &str)]) -> (std::process::Child, String) {
-    use std::io::BufRead;
+async fn serve_under_umask_022(env: &[(&str, &str)]) -> (Process, Logs) {
     let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-    let keygate = keygate_command(&env);
-    let mut sh = std::process::Command::new("sh");
-    sh.args(["-c", "umask 022 && exec \"$0\" serve", env!("CARGO_BIN_EXE_keygate")]);
-    for (key, value) in keygate.get_envs() {
-        match value {
-            Some(value) => sh.env(key, value),
-            None => sh.env_remove(key),
-        };
-    }
-    let mut child = sh.stdin(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn().unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
+    let logs = Logs::default();
+    let (_, server) = Process::start_with(&env, &logs, |env| {
+        let keygate = keygate_command(env);
+        let mut sh = std::process::Command::new("sh");
+        sh.args(["-c", "umask 022 && exec \"$0\" serve", env!("CARGO_BIN_EXE_keygate")]);
+        for (key, value) in keygate.get_envs() {
+            match value {
+                Some(value) => sh.env(key, value),
+                None => sh.env_remove(key),
+            };
         }
-    });
-    let mut logs = String::new();
-    while !logs.contains("listening on") {
-        match rx.recv_timeout(std::time::Duration::from_secs(60)) {
-            Ok(line) => logs.push_str(&(line + "\n")),
-            Err(_) => {
-                let _ = child.kill();
-                panic!("keygate did not start:\n{logs}");
-            }
-        }
-    }
-    (child, logs)
+        sh
+    })
+    .await;
+    (server, logs)
 }
 
 /// The permission bits of `path`.
@@ -225,55 +209,40 @@ fn open_dir(path: &std::path::Path) {
 }
 
 #[cfg(unix)]
-#[test]
-fn every_file_keygate_writes_is_private_even_in_an_open_data_directory() {
+#[tokio::test]
+async fn every_file_keygate_writes_is_private_even_in_an_open_data_directory() {
     let root = tempfile::tempdir().unwrap();
     let data = root.path().join("data");
     open_dir(&data);
-    let (mut server, _) = serve_under_umask_022(&[
-        ("KEYGATE_LISTEN", "127.0.0.1:0"),
-        ("KEYGATE_DATA_DIR", data.to_str().unwrap()),
-        ("KEYGATE_LOG", "info"),
-    ]);
+    let (_server, _) =
+        serve_under_umask_022(&[("KEYGATE_DATA_DIR", data.to_str().unwrap()), ("KEYGATE_LOG", "info")]).await;
     let files = ["keygate.db", "keygate.db-wal", "keygate.db-shm", "master.key", "initial-admin-password"];
-    let checked = std::panic::catch_unwind(|| assert_private(&data, &files));
-    let _ = server.kill();
-    let _ = server.wait();
-    checked.unwrap();
+    assert_private(&data, &files);
 }
 
 #[cfg(unix)]
-#[test]
-fn a_database_elsewhere_is_private_and_an_open_one_is_closed_at_start() {
+#[tokio::test]
+async fn a_database_elsewhere_is_private_and_an_open_one_is_closed_at_start() {
     use std::os::unix::fs::PermissionsExt;
     let root = tempfile::tempdir().unwrap();
     let (data, elsewhere) = (root.path().join("data"), root.path().join("db"));
     open_dir(&elsewhere);
     let url = format!("sqlite://{}", elsewhere.join("store.db").display());
-    let env = [
-        ("KEYGATE_LISTEN", "127.0.0.1:0"),
-        ("KEYGATE_DATA_DIR", data.to_str().unwrap()),
-        ("KEYGATE_DATABASE_URL", url.as_str()),
-        ("KEYGATE_LOG", "info"),
-    ];
+    let env =
+        [("KEYGATE_DATA_DIR", data.to_str().unwrap()), ("KEYGATE_DATABASE_URL", url.as_str()), ("KEYGATE_LOG", "info")];
     let files = ["store.db", "store.db-wal", "store.db-shm"];
-    let (mut server, _) = serve_under_umask_022(&env);
-    let checked = std::panic::catch_unwind(|| {
-        assert_private(&elsewhere, &files);
-        assert_private(&data, &["master.key", "initial-admin-password"]);
-    });
+    let (mut server, _) = serve_under_umask_022(&env).await;
+    assert_private(&elsewhere, &files);
+    assert_private(&data, &["master.key", "initial-admin-password"]);
     // Killed, so the -wal and -shm files stay; an operator's copy or chmod leaves them 0644.
-    let _ = server.kill();
-    let _ = server.wait();
-    checked.unwrap();
+    server.kill();
     for name in files {
         std::fs::set_permissions(elsewhere.join(name), std::fs::Permissions::from_mode(0o644)).unwrap();
     }
-    let (mut server, logs) = serve_under_umask_022(&env);
-    let checked = std::panic::catch_unwind(|| assert_private(&elsewhere, &files));
-    let _ = server.kill();
-    let _ = server.wait();
-    checked.unwrap();
+    let (mut server, logs) = serve_under_umask_022(&env).await;
+    assert_private(&elsewhere, &files);
+    server.kill();
+    let logs = logs.text();
     assert_eq!(logs.matches("database file was open to other users: made it 0600").count(), 3, "{logs}");
 
     // A fresh start on a 0644 database file alone: SQLite would give its new -wal and -shm
@@ -282,11 +251,8 @@ fn a_database_elsewhere_is_private_and_an_open_one_is_closed_at_start() {
         std::fs::remove_file(elsewhere.join(name)).unwrap();
     }
     std::fs::set_permissions(elsewhere.join("store.db"), std::fs::Permissions::from_mode(0o644)).unwrap();
-    let (mut server, _) = serve_under_umask_022(&env);
-    let checked = std::panic::catch_unwind(|| assert_private(&elsewhere, &files));
-    let _ = server.kill();
-    let _ = server.wait();
-    checked.unwrap();
+    let (_server, _) = serve_under_umask_022(&env).await;
+    assert_private(&elsewhere, &files);
 }
 
 #[cfg(unix)]
@@ -372,7 +338,8 @@ async fn eddsa_is_selectable(builder: Builder) {
 }
 
 async fn nothing_secret_reaches_the_database_or_the_logs(builder: Builder) {
-    let app = builder.env("KEYGATE_LOG", "debug").spawn().await;
+    // The real process, whose log is its stderr.
+    let mut app = builder.env("KEYGATE_LOG", "debug").process().spawn().await;
     let r = app.post_json("/auth/login", &json!({"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD})).await;
     let session = r.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().split('=').nth(1).unwrap().to_owned();
     app.login_admin_as(&app.client, ADMIN_EMAIL, ADMIN_PASSWORD).await;
@@ -383,7 +350,10 @@ async fn nothing_secret_reaches_the_database_or_the_logs(builder: Builder) {
     app.client.post(app.url("/auth/logout")).send().await.unwrap();
 
     let secrets = [ADMIN_PASSWORD, password.as_str(), session.as_str(), token.as_str()];
+    // Stopped, so that every line it wrote has been read.
+    assert!(app.terminate().await.success());
     let logs = app.logs();
+    assert!(logs.contains("DEBUG") && logs.contains("admin login"), "the flow must actually be logged at debug");
     for secret in secrets {
         assert!(!logs.contains(secret), "a secret reached the logs");
     }

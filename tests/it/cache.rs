@@ -2,13 +2,10 @@
 //! token (this server, another server on the same store, an operator's own SQL), its
 //! tokens stop verifying within a second, and this server's own changes at once.
 //! Replicas on PostgreSQL are in `replicas.rs`.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::time::Instant;
 
-use common::{cache::*, gateway::*, *};
+use crate::common::{cache::*, gateway::*, *};
 use reqwest::StatusCode;
 
 /// Runs `sql` with one bound text parameter directly on the server's database.

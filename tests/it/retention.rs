@@ -2,13 +2,10 @@
 //! audit entries past `KEYGATE_AUDIT_RETENTION_DAYS`, and nothing else. Each test ages rows
 //! in the store directly (standing in for the passing of time) and watches the real server
 //! sweep them, every second here (`KEYGATE_SWEEP_INTERVAL=1`).
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::time::Duration;
 
-use common::{gateway::now, *};
+use crate::common::{gateway::now, *};
 use reqwest::StatusCode;
 
 const DAY: i64 = 86_400;
@@ -184,10 +181,27 @@ async fn replicas_sweeping_at_once_delete_each_row_once() {
     let old = now() as i64 - 31 * DAY;
     insert_audit_rows(&first, 20_000, old, "old").await;
     insert_audit_rows(&first, 10, now() as i64, "new").await;
-    let (a, b) = tokio::join!(first.replica().spawn(), first.replica().spawn());
+    // A forgets idle counters sooner (a lockout window of 1920 s against B's 19 200 s), B
+    // idle sessions (60 s against A's 1800 s): so each has rows that only its own sweep
+    // deletes, which tell when it has swept again.
+    let (a, b) = tokio::join!(
+        first.replica().env("KEYGATE_LOCKOUT_DURATION", "60").spawn(),
+        first.replica().env("KEYGATE_LOCKOUT_DURATION", "600").env("KEYGATE_SESSION_IDLE_TIMEOUT", "60").spawn(),
+    );
 
     wait_for_count(&a, "audit_log WHERE actor = 'old'", 0).await;
     assert_eq!(count(&a, "audit_log WHERE actor = 'new'").await, 10);
+    // Each replica sweeps once more, from the start: the sweep that deleted its last old rows
+    // has ended, and logged what it deleted.
+    fail_login(&a, "only-a-sweeps@example.com").await;
+    let aged = "UPDATE login_failures SET last_failure_at = last_failure_at - 5000 \
+                WHERE subject = 'email:only-a-sweeps@example.com'";
+    assert_eq!(execute(&a, aged).await, 1);
+    b.admin_session_cookie().await;
+    assert_eq!(execute(&b, &format!("UPDATE sessions SET last_seen_at = {}", now() as i64 - 600)).await, 1);
+    wait_for_count(&a, "login_failures WHERE subject = 'email:only-a-sweeps@example.com'", 0).await;
+    wait_for_count(&b, "sessions", 0).await;
+
     let swept = |app: &TestApp| -> u64 {
         app.logs()
             .lines()
@@ -195,13 +209,6 @@ async fn replicas_sweeping_at_once_delete_each_row_once() {
             .filter_map(|l| l.split("audit=").nth(1)?.split_whitespace().next()?.parse::<u64>().ok())
             .sum()
     };
-    // The last log line may trail the commit a moment.
-    for _ in 0..50 {
-        if swept(&a) + swept(&b) == 20_000 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     assert_eq!(swept(&a) + swept(&b), 20_000, "A:\n{}\nB:\n{}", a.logs(), b.logs());
     for app in [&a, &b] {
         assert!(!app.logs().contains("cannot sweep"), "{}", app.logs());

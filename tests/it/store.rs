@@ -1,12 +1,9 @@
 //! The store contract, run against every backend through `keygate::store::connect`, the
 //! way the server opens its store. Each case runs on SQLite and on PostgreSQL.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::time::Duration;
 
-use common::fixture::*;
+use crate::common::fixture::*;
 use keygate::{
     crypto::{
         session::new_session,

@@ -1,10 +1,7 @@
 //! `keygate migrate`: the way out of the embedded store. Everything copied works unchanged
 //! on PostgreSQL: keys and their passwords, admins and theirs, sessions, signing keys.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use reqwest::{Client, StatusCode, header};
 use serde_json::{Value, json};
 
@@ -18,7 +15,7 @@ fn kid_of(token: &str) -> String {
 
 #[tokio::test]
 async fn sqlite_to_postgres_keeps_keys_passwords_sessions_and_signing_keys() {
-    let Some(target) = Builder::postgres().await else { return };
+    let Some(target) = Builder::postgres_empty().await else { return };
     let db_url = target.db().unwrap().url.clone();
 
     // A populated embedded store: two accounts, keys in each, a live admin session.
@@ -95,7 +92,7 @@ async fn sqlite_to_postgres_keeps_keys_passwords_sessions_and_signing_keys() {
 
 #[tokio::test]
 async fn a_mistyped_source_is_refused_and_not_created() {
-    let Some(target) = Builder::postgres().await else { return };
+    let Some(target) = Builder::postgres_empty().await else { return };
     let db = target.db().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("typo.db");

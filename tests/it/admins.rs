@@ -1,12 +1,9 @@
 //! Admin recovery and the one password rule: `keygate admin list|passwd|delete|sessions
 //! revoke|unlock`, `POST /auth/password`, and CLI commands that must not create a store.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::{process::Output, time::Duration};
 
-use common::*;
+use crate::common::*;
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
 
@@ -449,7 +446,7 @@ mod store_level {
         store::{AdminDeletion, Store},
     };
 
-    use crate::{common::fixture::*, store_cases};
+    use crate::common::fixture::*;
 
     store_cases! {
     // Two operators deleting the two admins of an account at the same moment: one

@@ -2,13 +2,10 @@
 //! to 0004, and rows as its code wrote them) is opened by this binary, which brings the
 //! schema up to date and keeps every key, password, session, signing key, revocation,
 //! lockout and audit entry working.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::{path::Path, sync::Arc};
 
-use common::*;
+use crate::common::*;
 use keygate::{
     crypto::{
         AdminPasswordHasher, MasterKey,
@@ -339,7 +336,7 @@ async fn a_release_sqlite_store_upgrades_in_place() {
 
 #[tokio::test]
 async fn a_release_postgres_store_upgrades_in_place() {
-    let Some(builder) = Builder::postgres().await else { return };
+    let Some(builder) = Builder::postgres_empty().await else { return };
     let db = builder.db().unwrap();
     let mut conn = db.connect().await;
     release_migrator("postgres").await.run(&mut conn).await.unwrap();

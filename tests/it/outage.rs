@@ -1,13 +1,10 @@
 //! Readiness, and surviving a database outage: 503 problems while it lasts, recovery
 //! without a restart, and nothing half-written. The outage takes down only this test's own
 //! database (other tests share the server).
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use reqwest::{Client, StatusCode, header};
 use serde_json::{Value, json};
 
@@ -51,7 +48,8 @@ async fn assert_unavailable(response: reqwest::Response) {
 #[tokio::test]
 async fn database_outage_answers_503_and_recovers_by_itself() {
     let Some(builder) = Builder::postgres().await else { return };
-    let app = builder.spawn().await;
+    // The real process: what it writes to stderr during the outage is part of the test.
+    let mut app = builder.process().spawn().await;
     app.admin_login().await;
     let (api_key, password) = app.generate_key().await;
     let db = app.db().unwrap();
@@ -72,20 +70,23 @@ async fn database_outage_answers_503_and_recovers_by_itself() {
 
     db.bring_up().await;
     assert!(wait_ready(&app).await, "did not recover:\n{}", app.logs());
-    // At the default level, a failed request's line names it: the id the client was given,
-    // what it asked for and what it got.
-    let logs = app.logs();
-    let line = logs.lines().find(|l| l.contains(&id)).unwrap_or_else(|| panic!("no line for {id}:\n{logs}"));
-    for part in ["response failed", "POST", "/auth/login", "503"] {
-        assert!(line.contains(part), "{part} missing: {line}");
-    }
     // Same process, same session: everything works again, and the key generation refused
     // during the outage left no trace.
     app.token(&api_key, &password).await;
     assert_eq!(app.list_keys().await.len(), 1);
     let (k2, p2) = app.generate_key().await;
     app.token(&k2, &p2).await;
-    assert!(!app.logs().contains("panicked"), "{}", app.logs());
+
+    // Stopped, so that every line it wrote has been read.
+    assert!(app.terminate().await.success());
+    let logs = app.logs();
+    // At the default level, a failed request's line names it: the id the client was given,
+    // what it asked for and what it got.
+    let line = logs.lines().find(|l| l.contains(&id)).unwrap_or_else(|| panic!("no line for {id}:\n{logs}"));
+    for part in ["response failed", "POST", "/auth/login", "503"] {
+        assert!(line.contains(part), "{part} missing: {line}");
+    }
+    assert!(!logs.contains("panicked"), "{logs}");
 }
 
 #[tokio::test]

@@ -1,9 +1,6 @@
 //! Every bad input gets a clear 4xx problem, and nothing stored is harmed by it.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use reqwest::{Client, StatusCode};
 use serde_json::json;
 

@@ -1,12 +1,9 @@
 //! Gateway integration: forward-auth, the token attacks it must refuse, OAuth 2.0 client
 //! credentials, introspection and revocation, server metadata, JWKS caching, and signing-key
 //! rotation from the CLI while the server runs.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
+use crate::common::{gateway::*, *};
 use base64::{Engine, engine::general_purpose::STANDARD};
-use common::{gateway::*, *};
 use hmac::{Hmac, Mac};
 use keygate::crypto::signing::AccessClaims;
 use reqwest::{Client, Method, StatusCode};

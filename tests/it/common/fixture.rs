@@ -26,7 +26,7 @@ impl Fixture {
     }
 
     pub async fn postgres() -> Option<Self> {
-        let db = PgDatabase::create().await?;
+        let db = PgDatabase::create_migrated().await?;
         Some(Fixture { url: db.url.clone(), _dir: None, db: Some(db) })
     }
 

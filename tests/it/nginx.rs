@@ -3,9 +3,6 @@
 //!
 //! When nginx is not installed the test prints `SKIPPED-NGINX: …` and passes; `.ci/run`
 //! installs nginx and fails on that line, so CI always runs it for real.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::{
     path::{Path, PathBuf},
@@ -17,12 +14,12 @@ use std::{
     time::Duration,
 };
 
+use crate::common::gateway::*;
 use axum::{Json, http::HeaderMap};
-use common::gateway::*;
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
 
-const DOCS_CONFIG: &str = include_str!("../docs/gateways/nginx.conf");
+const DOCS_CONFIG: &str = include_str!("../../docs/gateways/nginx.conf");
 
 fn nginx_binary() -> Option<PathBuf> {
     let from_path = std::env::var_os("PATH")

@@ -1,26 +1,21 @@
 //! Abuse under load: a flood of expensive logins, and what timing reveals. These tests
-//! measure the server, so they take turns rather than share the machine's cores.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
+//! measure the server, so each runs alone (`Builder::alone`) rather than share the
+//! machine's cores with other tests' servers.
 
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use reqwest::{Client, StatusCode};
 use serde_json::json;
-
-/// One at a time: a flood running beside a timing test would measure the flood.
-static EXCLUSIVE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const FLOOD: usize = 200;
 
 backends! {
 async fn an_admin_login_flood_is_refused_fast_and_starves_nothing(builder: Builder) {
-    let _turn = EXCLUSIVE.lock().await;
     // The lockout admits only a few attempts per email and address at once, which would
     // keep this flood off the pool altogether: out of the way, so the pool's bound is tested.
-    let app = without_lockout(builder).spawn().await;
+    // A process of its own, whose memory is the server's alone.
+    let app = without_lockout(builder).process().spawn().await;
     app.admin_login().await;
     let (key, password) = app.generate_key().await;
     let rss_before = peak_rss_kib(app.pid());
@@ -112,7 +107,6 @@ async fn an_admin_login_flood_is_refused_fast_and_starves_nothing(builder: Build
 }
 
 async fn unknown_admin_email_takes_as_long_as_a_wrong_password(builder: Builder) {
-    let _turn = EXCLUSIVE.lock().await;
     let app = without_lockout(builder).spawn().await;
     let client = Client::new();
     let attempt = |email: &'static str| {
@@ -123,42 +117,12 @@ async fn unknown_admin_email_takes_as_long_as_a_wrong_password(builder: Builder)
     // Without the dummy hash an unknown email answers in a small fraction of the time.
     assert!((0.5..=2.0).contains(&ratio), "unknown/known email timing ratio {ratio:.2}");
 }
-
-async fn unknown_api_key_takes_as_long_as_a_wrong_password(builder: Builder) {
-    let _turn = EXCLUSIVE.lock().await;
-    let app = without_lockout(builder).spawn().await;
-    app.admin_login().await;
-    let (_, wrong) = app.generate_key().await;
-    // The known key has logged in before, as a key in use has: whatever a server keeps of
-    // used keys, it keeps of this one.
-    let (used, password) = app.generate_key().await;
-    assert_eq!(app.api_login(&used, &password).await.status(), StatusCode::OK);
-    let client = Client::new();
-    let attempt = |api_key: String| {
-        refused_login(client.post(app.url("/auth/login")).json(&json!({"api_key": api_key, "password": wrong})))
-    };
-    // A fresh unknown key every time, as an attacker probing for keys sends: nothing about
-    // it can have been remembered from an earlier probe.
-    let mut fresh = 0;
-    let (known, unknown) = interleaved(
-        201,
-        || attempt(used.clone()),
-        || {
-            fresh += 1;
-            attempt(format!("{:0>20}", format!("ZZ{fresh}")))
-        },
-    )
-    .await;
-    let ratio = median_ratio("api login", &known, &unknown);
-    // Both paths look the key up the same way and compute one HMAC. A lookup that went to
-    // the store only for unknown keys showed as a ratio of about 1.3.
-    assert!((0.8..=1.2).contains(&ratio), "unknown/wrong key timing ratio {ratio:.2}");
-}
 }
 
-/// Lockout would answer early after a few failures; the timing tests are about the hash alone.
+/// Lockout would answer early after a few failures; the timing tests are about the hash
+/// alone. And no other test's servers share the machine meanwhile.
 fn without_lockout(builder: Builder) -> Builder {
-    builder.env("KEYGATE_LOCKOUT_THRESHOLD", "1000").env("KEYGATE_LOCKOUT_ADDRESS_THRESHOLD", "100000")
+    builder.alone().env("KEYGATE_LOCKOUT_THRESHOLD", "1000").env("KEYGATE_LOCKOUT_ADDRESS_THRESHOLD", "100000")
 }
 
 /// How long a login takes to be refused with 401.

@@ -1,0 +1,26 @@
+//! Every integration test, in one binary (linked once): a module per feature, one harness.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[macro_use]
+mod common;
+
+mod admins;
+mod bad_input;
+mod bounds;
+mod cache;
+mod connections;
+mod contract;
+mod gateway;
+mod lifecycle;
+mod load;
+mod migrate;
+mod nginx;
+mod outage;
+mod paging;
+mod replicas;
+mod retention;
+mod security;
+mod signing_keys;
+mod store;
+mod store_cache;
+mod upgrade;
