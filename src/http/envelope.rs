@@ -10,24 +10,31 @@
 
 use std::{
     convert::Infallible,
+    future::Ready,
     panic::AssertUnwindSafe,
+    pin::Pin,
     sync::{
         OnceLock,
         atomic::{AtomicU64, Ordering},
     },
-    task::{Context, Poll},
+    task::{Context, Poll, ready},
     time::{Duration, Instant},
 };
 
 use axum::{
     body::HttpBody,
     extract::Request,
-    http::{HeaderName, HeaderValue, Method, StatusCode, header},
+    http::{HeaderName, HeaderValue, Method, StatusCode, Uri, header},
     response::{IntoResponse, Response},
 };
-use futures_util::{FutureExt, future::BoxFuture};
+use futures_util::{
+    FutureExt,
+    future::{CatchUnwind, Either},
+};
+use pin_project_lite::pin_project;
+use tokio::time::Sleep;
 use tower::{Layer, Service};
-use tracing::Instrument;
+use tracing::Span;
 
 use super::{MAX_BODY, error};
 
@@ -76,12 +83,11 @@ pub struct Envelope<S> {
 
 impl<S> Service<Request> for Envelope<S>
 where
-    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
-    S::Future: Send + 'static,
+    S: Service<Request, Response = Response, Error = Infallible>,
 {
     type Response = Response;
     type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Response, Infallible>>;
+    type Future = Either<Ready<Result<Response, Infallible>>, EnvelopeFuture<S::Future>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
@@ -91,7 +97,7 @@ where
         let id = request_id(&request);
         // Method and path only: headers and query strings may carry credentials.
         // At debug: a span is a sizeable share of what a verification costs, and at the
-        // default level a request logs nothing but its failure, whose line below names the
+        // default level a request logs nothing but its failure, whose line names the
         // request itself.
         let span = tracing::debug_span!(
             "request",
@@ -99,67 +105,97 @@ where
             method = %request.method(),
             path = %request.uri().path(),
         );
-        let method = request.method().clone();
-        let uri = request.uri().clone();
         // Refused from `Content-Length` alone, before any handler or extractor runs; chunked
         // bodies are capped by `DefaultBodyLimit` as they are read.
         if declared_length(&request).is_some_and(|len| len > MAX_BODY as u64) {
             let response = error::ApiError::PayloadTooLarge.into_response();
-            return Box::pin(std::future::ready(Ok(finish(response, id, request.method()))));
+            return Either::Left(std::future::ready(Ok(finish(response, id, request.method()))));
         }
-        // The service that was polled ready is the one to call (tower's contract).
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        let timeout = self.timeout;
-        Box::pin(
-            async move {
-                let started = Instant::now();
-                let mut handled = std::pin::pin!(AssertUnwindSafe(inner.call(request)).catch_unwind());
-                // The timer is armed only if the first poll does not finish the request, as
-                // a verification's does: registering a timer per request is not free.
-                let outcome = match futures_util::poll!(handled.as_mut()) {
-                    Poll::Ready(outcome) => Ok(outcome),
-                    Poll::Pending => {
-                        let deadline = tokio::time::Instant::from_std(started) + timeout;
-                        tokio::time::timeout_at(deadline, handled).await
-                    }
-                };
-                let mut response = match outcome {
-                    Ok(Ok(Ok(response))) => response,
-                    Ok(Ok(Err(infallible))) => match infallible {},
-                    Ok(Err(_panic)) => {
-                        // What panicked and where, the panic hook has already written.
-                        let mut response = error::problem(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
-                        let cause = anyhow::anyhow!("handler panicked");
-                        response.extensions_mut().insert(error::FailureCause(cause.into()));
-                        response
-                    }
-                    Err(_elapsed) => StatusCode::REQUEST_TIMEOUT.into_response(),
-                };
-                let status = response.status();
-                if status.is_server_error() {
-                    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-                    let cause = response.extensions_mut().remove::<error::FailureCause>();
-                    let error = cause.as_ref().map(|c| tracing::field::debug(&c.0));
-                    let (id, path, status) = (id.to_str().unwrap_or_default(), uri.path(), status.as_u16());
-                    // A 503 is a dependency's outage, answered with Retry-After; anything else is ours.
-                    if status == 503 {
-                        tracing::warn!(id, %method, path, status, latency_ms, error, "response failed");
-                    } else {
-                        tracing::error!(id, %method, path, status, latency_ms, error, "response failed");
-                    }
-                } else {
-                    // The clock is read only if the line is written.
-                    tracing::debug!(
-                        status = status.as_u16(),
-                        latency_ms = started.elapsed().as_secs_f64() * 1000.0,
-                        "response"
-                    );
-                }
-                Ok(finish(response, id, &method))
+        let started = Instant::now();
+        let method = request.method().clone();
+        let uri = request.uri().clone();
+        let handled = span.in_scope(|| self.inner.call(request));
+        Either::Right(EnvelopeFuture {
+            handled: AssertUnwindSafe(handled).catch_unwind(),
+            deadline: None,
+            timeout: self.timeout,
+            started,
+            span,
+            id,
+            method,
+            uri,
+        })
+    }
+}
+
+pin_project! {
+    /// The inner service's answer, enveloped. Written out rather than an `async` block, which
+    /// could not be named without boxing it: one allocation per request less.
+    pub struct EnvelopeFuture<F> {
+        #[pin]
+        handled: CatchUnwind<AssertUnwindSafe<F>>,
+        // Armed only once a poll leaves the request waiting, which a verification's first
+        // never does: registering a timer per request is not free.
+        deadline: Option<Pin<Box<Sleep>>>,
+        timeout: Duration,
+        started: Instant,
+        span: Span,
+        id: HeaderValue,
+        method: Method,
+        uri: Uri,
+    }
+}
+
+impl<F> Future for EnvelopeFuture<F>
+where
+    F: Future<Output = Result<Response, Infallible>>,
+{
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let _entered = this.span.enter();
+        let mut response = match this.handled.poll(cx) {
+            Poll::Ready(Ok(Ok(response))) => response,
+            Poll::Ready(Ok(Err(infallible))) => match infallible {},
+            Poll::Ready(Err(_panic)) => {
+                // What panicked and where, the panic hook has already written.
+                let mut response = error::problem(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
+                let cause = anyhow::anyhow!("handler panicked");
+                response.extensions_mut().insert(error::FailureCause(cause.into()));
+                response
             }
-            .instrument(span),
-        )
+            Poll::Pending => {
+                let (started, timeout) = (*this.started, *this.timeout);
+                let deadline =
+                    this.deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep_until((started + timeout).into())));
+                ready!(deadline.as_mut().poll(cx));
+                StatusCode::REQUEST_TIMEOUT.into_response()
+            }
+        };
+        let status = response.status();
+        if status.is_server_error() {
+            let latency_ms = this.started.elapsed().as_secs_f64() * 1000.0;
+            let cause = response.extensions_mut().remove::<error::FailureCause>();
+            let error = cause.as_ref().map(|c| tracing::field::debug(&c.0));
+            let (id, method, path, status) =
+                (this.id.to_str().unwrap_or_default(), &*this.method, this.uri.path(), status.as_u16());
+            // A 503 is a dependency's outage, answered with Retry-After; anything else is ours.
+            if status == 503 {
+                tracing::warn!(id, %method, path, status, latency_ms, error, "response failed");
+            } else {
+                tracing::error!(id, %method, path, status, latency_ms, error, "response failed");
+            }
+        } else {
+            // The clock is read only if the line is written.
+            tracing::debug!(
+                status = status.as_u16(),
+                latency_ms = this.started.elapsed().as_secs_f64() * 1000.0,
+                "response"
+            );
+        }
+        let id = std::mem::replace(this.id, HeaderValue::from_static(""));
+        Poll::Ready(Ok(finish(response, id, this.method)))
     }
 }
 
