@@ -15,7 +15,7 @@ use crate::{
     config::{Settings, SettingsArgs},
     crypto::signing::{AccessClaims, KeyRing, KeySealer, SigningAlg},
     domain::{ApiKeyId, ApiPassword, Email, KeyRef, Origin, TrustedProxies},
-    http::{SessionCookie, security},
+    http::{SessionCookie, provenance},
     startup::Application,
 };
 
@@ -42,7 +42,7 @@ pub fn parsers(data: &[u8]) {
         headers.insert("sec-fetch-site", value);
     }
     let _ = axum_extra::extract::CookieJar::from_headers(&headers).get(SessionCookie::new(true, 60).name());
-    let _ = security::check_same_origin(&Method::POST, &headers, &security::SecurityPolicy::default());
+    let _ = provenance::check_same_origin(&Method::POST, &headers, &provenance::SecurityPolicy::default());
 }
 
 /// A key ring and the claims it expects, for token fuzzing, all at one fixed time.

@@ -95,6 +95,34 @@ pub struct IssuedToken {
     pub claims: AccessClaims,
 }
 
+/// An API key that has just proved its password: who the caller is, without the stored hash.
+#[derive(Debug, Clone)]
+pub struct AuthenticatedKey {
+    pub key_ref: KeyRef,
+    pub account_id: AccountId,
+    pub api_key: ApiKeyId,
+    pub scopes: Scopes,
+}
+
+impl From<KeyRecord> for AuthenticatedKey {
+    fn from(key: KeyRecord) -> Self {
+        Self { key_ref: key.key_ref, account_id: key.account_id, api_key: key.api_key, scopes: key.scopes }
+    }
+}
+
+/// A key as an admin's list shows it.
+#[derive(Debug, Clone)]
+pub struct ListedKey {
+    pub key_ref: KeyRef,
+    pub api_key: ApiKeyId,
+}
+
+impl From<KeySummary> for ListedKey {
+    fn from(key: KeySummary) -> Self {
+        Self { key_ref: key.key_ref, api_key: key.api_key }
+    }
+}
+
 /// A freshly generated key. The password exists in clear only here, to be shown once.
 pub struct GeneratedKey {
     pub key_ref: KeyRef,
@@ -199,7 +227,12 @@ impl AuthService {
     /// authenticate to introspection and revocation. Failures count towards the key's and
     /// the client address's lockout; while either is locked the answer is `Locked`,
     /// whatever the password.
-    pub async fn authenticate_key(&self, api_key: &str, password: &str, client: ClientAddr) -> Result<KeyRecord> {
+    pub async fn authenticate_key(
+        &self,
+        api_key: &str,
+        password: &str,
+        client: ClientAddr,
+    ) -> Result<AuthenticatedKey> {
         let api_key = ApiKeyId::parse(api_key).ok();
         let subjects = login_subjects(api_key.clone().map(Subject::ApiKey), client);
         // Before the secret is checked: a burst gets no more checks than the lock allows.
@@ -227,7 +260,7 @@ impl AuthService {
             return Err(attempt.failed(account).await);
         };
         attempt.succeeded().await?;
-        Ok(key)
+        Ok(key.into())
     }
 
     async fn admit(&self, subjects: Vec<Subject>, client: ClientAddr) -> Result<Attempt> {
@@ -243,7 +276,7 @@ impl AuthService {
         .await
     }
 
-    fn issue_token(&self, key: &KeyRecord) -> Result<IssuedToken> {
+    fn issue_token(&self, key: &AuthenticatedKey) -> Result<IssuedToken> {
         let now = self.clock.now().max(0) as u64;
         let claims = AccessClaims {
             iss: self.policy.issuer.clone(),
@@ -390,8 +423,8 @@ impl AuthService {
         Err(StoreError::Conflict.into())
     }
 
-    pub async fn list_keys(&self, session: &AdminSession) -> Result<Vec<KeySummary>> {
-        Ok(self.store.list_keys(session.account_id).await?)
+    pub async fn list_keys(&self, session: &AdminSession) -> Result<Vec<ListedKey>> {
+        Ok(self.store.list_keys(session.account_id).await?.into_iter().map(ListedKey::from).collect())
     }
 
     pub async fn delete_key(&self, session: &AdminSession, key_ref: &str) -> Result<()> {

@@ -10,7 +10,7 @@ use super::{
     AppState,
     error::{ApiError, Problem},
     extract::{Admin, Json},
-    security::Client,
+    provenance::Client,
 };
 
 /// Credentials: an API key (`api_key`, or `username` as the documented schema names it)

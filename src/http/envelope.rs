@@ -1,43 +1,42 @@
 //! What wraps every request and response: a request id, a span, the body-size gate, the
 //! request timeout, panic containment, problem+json for the errors axum produces itself,
-//! and the security headers.
+//! the security headers, and a log line for every failure. `http::app` applies it as the
+//! outermost layer, around forward authentication and the router alike.
 //!
-//! One layer rather than a stack of tower-http ones: gateways call `/auth/verify` on every
-//! API request, and ten nested middleware futures, a UUID from the kernel per request and
-//! their allocations cost more than the handler (`/healthz` measured at ~0.7× the bare
-//! HTTP stack's rate with the stack, ~0.86× with this; see docs/benchmarks.md).
-//!
-//! For the same reason the envelope sits outside the router and answers `/auth/verify`
-//! itself: axum's routing and handler plumbing (matched path and URL-parameter extensions,
-//! a boxed route cloned per request, state extraction, response mapping) cost a verification
-//! ~0.45 µs of the ~3.7 µs it took in process (docs/benchmarks.md).
+//! One hand-written layer rather than a stack of tower-http ones: gateways call
+//! `/auth/verify` on every API request, and ten nested middleware futures, a UUID from the
+//! kernel per request and their allocations would cost more than the handler
+//! (docs/benchmarks.md).
 
 use std::{
     convert::Infallible,
+    future::Ready,
     panic::AssertUnwindSafe,
+    pin::Pin,
     sync::{
-        Arc, OnceLock,
+        OnceLock,
         atomic::{AtomicU64, Ordering},
     },
-    task::{Context, Poll},
+    task::{Context, Poll, ready},
     time::{Duration, Instant},
 };
 
 use axum::{
     body::HttpBody,
     extract::Request,
-    http::{HeaderName, HeaderValue, Method, StatusCode, header},
+    http::{HeaderName, HeaderValue, Method, StatusCode, Uri, header},
     response::{IntoResponse, Response},
 };
 use futures_util::{
     FutureExt,
-    future::{BoxFuture, Either},
+    future::{CatchUnwind, Either},
 };
-use tower::Service;
-use tracing::Instrument;
+use pin_project_lite::pin_project;
+use tokio::time::Sleep;
+use tower::{Layer, Service};
+use tracing::Span;
 
-use super::{MAX_BODY, error, verify};
-use crate::service::AuthService;
+use super::{MAX_BODY, error};
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Every response that could be a document; a page that needs more must say so itself (there
@@ -49,28 +48,46 @@ const MAX_REQUEST_ID: usize = 128;
 /// How many headers `finish` adds to every response, for handlers that size their map.
 pub const ADDED_HEADERS: usize = 6;
 
-#[derive(Clone)]
-pub struct Envelope<S> {
-    inner: S,
-    /// Answers forward authentication (`verify::is_forward_auth`) instead of `inner`.
-    gateway: Option<Arc<AuthService>>,
+/// Wraps a service in the [`Envelope`].
+#[derive(Debug, Clone, Copy)]
+pub struct EnvelopeLayer {
     timeout: Duration,
 }
 
-impl<S> Envelope<S> {
-    pub fn new(inner: S, gateway: Option<Arc<AuthService>>) -> Self {
-        Self { inner, gateway, timeout: REQUEST_TIMEOUT }
+impl EnvelopeLayer {
+    pub fn new() -> Self {
+        Self { timeout: REQUEST_TIMEOUT }
     }
+}
+
+impl Default for EnvelopeLayer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<S> Layer<S> for EnvelopeLayer {
+    type Service = Envelope<S>;
+
+    fn layer(&self, inner: S) -> Envelope<S> {
+        Envelope { inner, timeout: self.timeout }
+    }
+}
+
+/// The service [`EnvelopeLayer`] makes.
+#[derive(Clone)]
+pub struct Envelope<S> {
+    inner: S,
+    timeout: Duration,
 }
 
 impl<S> Service<Request> for Envelope<S>
 where
-    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
-    S::Future: Send + 'static,
+    S: Service<Request, Response = Response, Error = Infallible>,
 {
     type Response = Response;
     type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Response, Infallible>>;
+    type Future = Either<Ready<Result<Response, Infallible>>, EnvelopeFuture<S::Future>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
@@ -79,81 +96,106 @@ where
     fn call(&mut self, request: Request) -> Self::Future {
         let id = request_id(&request);
         // Method and path only: headers and query strings may carry credentials.
-        // At debug: a span is a tenth of the CPU a verification costs (docs/benchmarks.md),
-        // and at the default level a request logs nothing but its failure, whose line below
-        // names the request itself.
+        // At debug: a span is a sizeable share of what a verification costs, and at the
+        // default level a request logs nothing but its failure, whose line names the
+        // request itself.
         let span = tracing::debug_span!(
             "request",
             id = id.to_str().unwrap_or_default(),
             method = %request.method(),
             path = %request.uri().path(),
         );
-        let method = request.method().clone();
-        let uri = request.uri().clone();
         // Refused from `Content-Length` alone, before any handler or extractor runs; chunked
         // bodies are capped by `DefaultBodyLimit` as they are read.
         if declared_length(&request).is_some_and(|len| len > MAX_BODY as u64) {
             let response = error::ApiError::PayloadTooLarge.into_response();
-            return Box::pin(std::future::ready(Ok(finish(response, id, request.method()))));
+            return Either::Left(std::future::ready(Ok(finish(response, id, request.method()))));
         }
-        let gateway = self.gateway.as_ref().filter(|_| verify::is_forward_auth(request.uri().path())).cloned();
-        // The service that was polled ready is the one to call (tower's contract).
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        let timeout = self.timeout;
-        Box::pin(
-            async move {
-                let started = Instant::now();
-                let handled = match gateway {
-                    Some(auth) => Either::Left(verify::answer(auth, request)),
-                    None => Either::Right(inner.call(request)),
-                };
-                let mut handled = std::pin::pin!(AssertUnwindSafe(handled).catch_unwind());
-                // The timer is armed only if the first poll does not finish the request, as
-                // a verification's does: arming one per request cost it ~0.25 µs.
-                let outcome = match futures_util::poll!(handled.as_mut()) {
-                    Poll::Ready(outcome) => Ok(outcome),
-                    Poll::Pending => {
-                        let deadline = tokio::time::Instant::from_std(started) + timeout;
-                        tokio::time::timeout_at(deadline, handled).await
-                    }
-                };
-                let mut response = match outcome {
-                    Ok(Ok(Ok(response))) => response,
-                    Ok(Ok(Err(infallible))) => match infallible {},
-                    Ok(Err(_panic)) => {
-                        // What panicked and where, the panic hook has already written.
-                        let mut response = error::problem(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
-                        let cause = anyhow::anyhow!("handler panicked");
-                        response.extensions_mut().insert(error::FailureCause(cause.into()));
-                        response
-                    }
-                    Err(_elapsed) => StatusCode::REQUEST_TIMEOUT.into_response(),
-                };
-                let status = response.status();
-                if status.is_server_error() {
-                    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-                    let cause = response.extensions_mut().remove::<error::FailureCause>();
-                    let error = cause.as_ref().map(|c| tracing::field::debug(&c.0));
-                    let (id, path, status) = (id.to_str().unwrap_or_default(), uri.path(), status.as_u16());
-                    // A 503 is a dependency's outage, answered with Retry-After; anything else is ours.
-                    if status == 503 {
-                        tracing::warn!(id, %method, path, status, latency_ms, error, "response failed");
-                    } else {
-                        tracing::error!(id, %method, path, status, latency_ms, error, "response failed");
-                    }
-                } else {
-                    // The clock is read only if the line is written.
-                    tracing::debug!(
-                        status = status.as_u16(),
-                        latency_ms = started.elapsed().as_secs_f64() * 1000.0,
-                        "response"
-                    );
-                }
-                Ok(finish(response, id, &method))
+        let started = Instant::now();
+        let method = request.method().clone();
+        let uri = request.uri().clone();
+        let handled = span.in_scope(|| self.inner.call(request));
+        Either::Right(EnvelopeFuture {
+            handled: AssertUnwindSafe(handled).catch_unwind(),
+            deadline: None,
+            timeout: self.timeout,
+            started,
+            span,
+            id,
+            method,
+            uri,
+        })
+    }
+}
+
+pin_project! {
+    /// The inner service's answer, enveloped. Written out rather than an `async` block, which
+    /// could not be named without boxing it: one allocation per request less.
+    pub struct EnvelopeFuture<F> {
+        #[pin]
+        handled: CatchUnwind<AssertUnwindSafe<F>>,
+        // Armed only once a poll leaves the request waiting, which a verification's first
+        // never does: registering a timer per request is not free.
+        deadline: Option<Pin<Box<Sleep>>>,
+        timeout: Duration,
+        started: Instant,
+        span: Span,
+        id: HeaderValue,
+        method: Method,
+        uri: Uri,
+    }
+}
+
+impl<F> Future for EnvelopeFuture<F>
+where
+    F: Future<Output = Result<Response, Infallible>>,
+{
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let _entered = this.span.enter();
+        let mut response = match this.handled.poll(cx) {
+            Poll::Ready(Ok(Ok(response))) => response,
+            Poll::Ready(Ok(Err(infallible))) => match infallible {},
+            Poll::Ready(Err(_panic)) => {
+                // What panicked and where, the panic hook has already written.
+                let mut response = error::problem(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
+                let cause = anyhow::anyhow!("handler panicked");
+                response.extensions_mut().insert(error::FailureCause(cause.into()));
+                response
             }
-            .instrument(span),
-        )
+            Poll::Pending => {
+                let (started, timeout) = (*this.started, *this.timeout);
+                let deadline =
+                    this.deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep_until((started + timeout).into())));
+                ready!(deadline.as_mut().poll(cx));
+                StatusCode::REQUEST_TIMEOUT.into_response()
+            }
+        };
+        let status = response.status();
+        if status.is_server_error() {
+            let latency_ms = this.started.elapsed().as_secs_f64() * 1000.0;
+            let cause = response.extensions_mut().remove::<error::FailureCause>();
+            let error = cause.as_ref().map(|c| tracing::field::debug(&c.0));
+            let (id, method, path, status) =
+                (this.id.to_str().unwrap_or_default(), &*this.method, this.uri.path(), status.as_u16());
+            // A 503 is a dependency's outage, answered with Retry-After; anything else is ours.
+            if status == 503 {
+                tracing::warn!(id, %method, path, status, latency_ms, error, "response failed");
+            } else {
+                tracing::error!(id, %method, path, status, latency_ms, error, "response failed");
+            }
+        } else {
+            // The clock is read only if the line is written.
+            tracing::debug!(
+                status = status.as_u16(),
+                latency_ms = this.started.elapsed().as_secs_f64() * 1000.0,
+                "response"
+            );
+        }
+        let id = std::mem::replace(this.id, HeaderValue::from_static(""));
+        Poll::Ready(Ok(finish(response, id, this.method)))
     }
 }
 
@@ -181,7 +223,7 @@ fn request_id(request: &Request) -> HeaderValue {
         u64::from_le_bytes(bytes)
     });
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    // `<prefix>-<counter>` in hex, written by hand: `format!` was 2.7 % of a verification.
+    // `<prefix>-<counter>` in hex, written by hand: `format!` showed in a verification's profile.
     // The counter's low 48 bits: they wrap after 89 years at 100 000 requests a second.
     let mut id = [b'-'; 29];
     hex(prefix, &mut id[..16]);
@@ -201,8 +243,8 @@ fn finish(response: Response, id: HeaderValue, method: &Method) -> Response {
     let mut response = problem_for_bare_errors(response);
     // A success without a body (a forward-auth 200, a logout's 204) holds no document for a
     // browser to sniff, render, frame or follow links from, so the headers that govern one
-    // would be ~190 bytes for nothing on the path gateways call per API request (3 % of a
-    // verification's throughput, docs/benchmarks.md). Errors keep them: a gateway relays a
+    // would be bytes for nothing on the path gateways call per API request
+    // (docs/benchmarks.md). Errors keep them: a gateway relays a
     // denial to the browser as it is. So does HEAD, whose answer stands for a GET's.
     let bodiless = response.status().is_success() && response.body().size_hint().exact() == Some(0);
     let document = !bodiless || method == Method::HEAD;
@@ -293,8 +335,7 @@ mod tests {
         let router = Router::new()
             .route("/yield", get(|| async { tokio::task::yield_now().await }))
             .route("/hang", get(|| tokio::time::sleep(Duration::from_secs(3600))));
-        let mut app = Envelope::new(router, None);
-        app.timeout = Duration::from_millis(50);
+        let app = EnvelopeLayer { timeout: Duration::from_millis(50) }.layer(router);
         let get = |path| {
             let call = app.clone().oneshot(Request::get(path).body(Body::empty()).unwrap());
             // A failure here is a test that fails, not one that hangs.
@@ -369,7 +410,8 @@ mod tests {
             .with_ansi(false)
             .finish();
         let _default = tracing::subscriber::set_default(subscriber);
-        let app = Envelope::new(Router::new().route("/fail", get(failing)).route("/panic", get(panicking)), None);
+        let app =
+            EnvelopeLayer::new().layer(Router::new().route("/fail", get(failing)).route("/panic", get(panicking)));
 
         for (path, cause) in [("/fail", "disk on fire"), ("/panic", "handler panicked")] {
             let id = format!("test{}", path.replace('/', "-"));

@@ -6,7 +6,7 @@ use axum::{
 };
 use axum_extra::extract::CookieJar;
 
-use super::{AppState, error::ApiError, security};
+use super::{AppState, error::ApiError, provenance};
 use crate::service::AdminSession;
 
 /// `axum::Json`, but a bad body is answered with a problem document.
@@ -32,8 +32,8 @@ impl FromRequestParts<AppState> for Admin {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let jar = CookieJar::from_headers(&parts.headers);
         let token = jar.get(state.cookie.name()).ok_or(ApiError::NoSession)?;
-        security::check_same_origin(&parts.method, &parts.headers, &state.security)?;
-        let client = security::client_addr(parts, &state.security);
+        provenance::check_same_origin(&parts.method, &parts.headers, &state.security)?;
+        let client = provenance::client_addr(parts, &state.security);
         Ok(Self(state.auth.session(token.value(), client).await?))
     }
 }

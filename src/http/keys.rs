@@ -16,8 +16,7 @@ use super::{
 };
 use crate::{
     domain::{KeyRef, Scopes},
-    service::MAX_PAGE,
-    store::KeySummary,
+    service::{ListedKey, MAX_PAGE},
 };
 
 #[derive(Serialize, ToSchema)]
@@ -151,7 +150,7 @@ pub async fn list(
 ) -> Result<Response, ApiError> {
     let Query(params) = params.map_err(|_| ApiError::BadRequest("malformed query string".into()))?;
     let (after, limit) = params.parse()?;
-    let items = |keys: Vec<KeySummary>| -> Vec<KeyListItem> {
+    let items = |keys: Vec<ListedKey>| -> Vec<KeyListItem> {
         keys.into_iter()
             .map(|k| KeyListItem { api_key_ref: k.key_ref.to_string(), api_key: k.api_key.to_string() })
             .collect()

@@ -1,5 +1,7 @@
 //! Health, published keys and the API description.
 
+use std::sync::Arc;
+
 use axum::{
     Json,
     extract::State,
@@ -8,7 +10,7 @@ use axum::{
 };
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use utoipa::{OpenApi, ToSchema};
+use utoipa::{ToSchema, openapi::OpenApi};
 
 use super::{
     AppState,
@@ -103,6 +105,7 @@ fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {
     )
 }
 
-pub async fn openapi() -> Json<utoipa::openapi::OpenApi> {
-    Json(super::ApiDoc::openapi())
+/// The OpenAPI document `http::app` assembled.
+pub async fn openapi(State(doc): State<Arc<OpenApi>>) -> Response {
+    Json(doc.as_ref()).into_response()
 }

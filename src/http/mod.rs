@@ -2,17 +2,18 @@
 
 use std::sync::Arc;
 
-use axum::{
-    Router,
-    extract::DefaultBodyLimit,
-    routing::{delete, get, post},
-};
+use axum::{Router, extract::DefaultBodyLimit, routing::get};
+use tower::ServiceBuilder;
 use utoipa::{
     Modify, OpenApi,
     openapi::security::{ApiKey, ApiKeyValue, SecurityScheme},
 };
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::service::AuthService;
+use envelope::EnvelopeLayer;
+use oauth::ClientScheme;
+use verify::ForwardAuthLayer;
 
 mod audit;
 mod auth;
@@ -24,14 +25,14 @@ mod keys;
 mod meta;
 mod oauth;
 mod password;
-pub mod security;
+pub mod provenance;
 mod verify;
 
 pub use auth::decode_login;
 pub use cookie::SessionCookie;
 pub use envelope::Envelope;
-use oauth::MergeGatewayDoc;
-pub use security::SecurityPolicy;
+pub use provenance::SecurityPolicy;
+pub use verify::ForwardAuth;
 
 /// What every handler gets: the service and the cookie policy. Cheap to clone.
 #[derive(Clone)]
@@ -44,22 +45,20 @@ pub struct AppState {
 /// Bodies beyond this are refused with 413 before they are read in full.
 pub const MAX_BODY: usize = 64 * 1024;
 
+/// What the document says besides its paths, which the routes add.
 #[derive(OpenApi)]
 #[openapi(
     info(title = "keygate", description = "API keys in, signed JWTs out."),
-    paths(
-        auth::login, auth::logout, password::change, keys::generate, keys::list, keys::delete,
-        meta::healthz, meta::readyz, meta::jwks, audit::list,
-    ),
-    modifiers(&SessionScheme, &MergeGatewayDoc),
+    modifiers(&SessionScheme, &ClientScheme),
     tags(
         (name = "auth", description = "Logging in and out"),
         (name = "keys", description = "API key management (admin session)"),
         (name = "meta", description = "Health and published keys"),
         (name = "audit", description = "The account's audit log (admin session)"),
+        (name = "oauth", description = "OAuth 2.0 client credentials, introspection and revocation"),
     )
 )]
-pub struct ApiDoc;
+struct ApiDoc;
 
 struct SessionScheme;
 
@@ -76,25 +75,45 @@ impl Modify for SessionScheme {
     }
 }
 
-/// The whole HTTP application.
-pub type App = Envelope<Router>;
+/// Every routed endpoint with its OpenAPI entry: `routes!` takes the path, the method and
+/// the description from the handler's `#[utoipa::path]`.
+fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(auth::login))
+        .routes(routes!(auth::logout))
+        .routes(routes!(password::change))
+        .routes(routes!(keys::generate))
+        .routes(routes!(keys::list))
+        .routes(routes!(keys::delete))
+        .routes(routes!(audit::list))
+        .routes(routes!(meta::healthz))
+        .routes(routes!(meta::readyz))
+        .routes(routes!(meta::jwks))
+        .routes(routes!(oauth::token))
+        .routes(routes!(oauth::introspect))
+        .routes(routes!(oauth::revoke))
+        .routes(routes!(oauth::metadata))
+}
+
+/// The whole HTTP application, outermost layer first.
+pub type App = Envelope<ForwardAuth<Router>>;
 
 pub fn app(state: AppState) -> App {
-    let gateway = state.auth.clone();
-    let router = Router::new()
-        .route("/auth/login", post(auth::login))
-        .route("/auth/logout", post(auth::logout))
-        .route("/auth/password", post(password::change))
-        .route("/auth/keys/generate", post(keys::generate))
-        .route("/auth/keys/list", get(keys::list))
-        .route("/auth/user/{api_key_ref}", delete(keys::delete))
-        .route("/auth/audit", get(audit::list))
-        .route("/healthz", get(meta::healthz))
-        .route("/readyz", get(meta::readyz))
-        .route("/.well-known/jwks.json", get(meta::jwks))
-        .route("/openapi.json", get(meta::openapi))
-        .merge(oauth::router())
+    let auth = state.auth.clone();
+    let (router, mut doc) = routes().split_for_parts();
+    // `/auth/verify` and everything under it: answered by `ForwardAuth` below, before routing.
+    doc.merge(verify::ForwardAuthDoc::openapi());
+    let router = router
+        // The document does not describe itself.
+        .route("/openapi.json", get(meta::openapi).with_state(Arc::new(doc)))
         .with_state(state)
         .layer(DefaultBodyLimit::max(MAX_BODY));
-    Envelope::new(router, Some(gateway))
+    ServiceBuilder::new()
+        // Request id, span, body-size gate, timeout, panic guard, problem+json for bare
+        // errors, security headers and failure logs, for every answer below it.
+        .layer(EnvelopeLayer::new())
+        // Forward authentication, the route gateways call per API request, bypasses the
+        // router (see `verify`).
+        .layer(ForwardAuthLayer::new(auth))
+        .service(router)
 }

@@ -11,64 +11,33 @@
 use std::{collections::HashMap, sync::Arc};
 
 use axum::{
-    Json, Router,
+    Json,
     body::Bytes,
     extract::{State, rejection::BytesRejection},
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
-    routing::{get, post},
 };
 use base64::{Engine, engine::general_purpose::STANDARD};
 use serde::Serialize;
 use utoipa::{
-    Modify, OpenApi, ToSchema,
+    Modify, ToSchema,
     openapi::security::{Http, HttpAuthScheme, SecurityScheme},
 };
 
 use super::{
     AppState,
     error::{ApiError, Problem},
-    security::Client,
-    verify::{self, AllMethods},
+    provenance::Client,
 };
 use crate::{
     domain::ClientAddr,
-    service::{AuthError, Revoked, VerifiedToken},
-    store::KeyRecord,
+    service::{AuthError, AuthenticatedKey, Revoked, VerifiedToken},
 };
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/oauth/token", post(token))
-        .route("/oauth/introspect", post(introspect))
-        .route("/oauth/revoke", post(revoke))
-        .route("/.well-known/oauth-authorization-server", get(metadata))
-}
+/// How OAuth clients authenticate, for the OpenAPI document.
+pub struct ClientScheme;
 
-/// The gateway endpoints' part of the OpenAPI document, merged into the main one.
-#[derive(OpenApi)]
-#[openapi(
-    paths(token, introspect, revoke, metadata, verify::verify),
-    modifiers(&Schemes, &AllMethods),
-    tags(
-        (name = "oauth", description = "OAuth 2.0 client credentials, introspection and revocation"),
-        (name = "gateway", description = "Forward authentication for API gateways"),
-    )
-)]
-pub struct GatewayDoc;
-
-/// Adds the gateway document (paths, schemas, security schemes, tags) to the main one.
-pub struct MergeGatewayDoc;
-
-impl Modify for MergeGatewayDoc {
-    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
-        doc.merge(GatewayDoc::openapi());
-    }
-}
-
-struct Schemes;
-
-impl Modify for Schemes {
+impl Modify for ClientScheme {
     fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
         let components = doc.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
@@ -80,16 +49,6 @@ impl Modify for Schemes {
                         "client_secret_basic: the API key as user name, the API password as password \
                  (or send client_id and client_secret in the form body: client_secret_post)",
                     ))
-                    .build(),
-            ),
-        );
-        components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(
-                Http::builder()
-                    .scheme(HttpAuthScheme::Bearer)
-                    .bearer_format("JWT")
-                    .description(Some("An access token from POST /auth/login or POST /oauth/token"))
                     .build(),
             ),
         );
@@ -447,7 +406,7 @@ async fn authenticated_token_request(
     client: ClientAddr,
     headers: &HeaderMap,
     body: &[u8],
-) -> Result<(KeyRecord, String), OAuthError> {
+) -> Result<(AuthenticatedKey, String), OAuthError> {
     let form = Form::parse(headers, body)?;
     let (client_id, client_secret) = client_credentials(headers, &form)?;
     let caller = state.auth.authenticate_key(&client_id, &client_secret, client).await?;

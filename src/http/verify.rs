@@ -5,8 +5,19 @@
 //!
 //! Any method and any sub-path are accepted, because gateways send what they have: Envoy
 //! appends the original path to the configured prefix and keeps the original method.
+//!
+//! These requests bypass the router: [`ForwardAuthLayer`], applied in `http::app` between
+//! the envelope and the router, answers them itself and hands every other request on. The
+//! route gateways call per API request would otherwise pay for axum's routing and handler
+//! plumbing (matched-path and URL-parameter extensions, a boxed route cloned per request,
+//! state extraction, response mapping), a noticeable share of a verification
+//! (docs/benchmarks.md).
 
-use std::{convert::Infallible, sync::Arc};
+use std::{
+    convert::Infallible,
+    sync::Arc,
+    task::{Context, Poll},
+};
 
 use axum::{
     body::Body,
@@ -14,12 +25,15 @@ use axum::{
     http::{HeaderMap, HeaderName, HeaderValue, header},
     response::{IntoResponse, Response},
 };
+use futures_util::future::{BoxFuture, Either};
+use tower::{Layer, Service};
 use utoipa::{
-    Modify,
+    Modify, OpenApi,
     openapi::{
         OpenApi as Doc, PathItem,
         path::{Operation, ParameterBuilder, ParameterIn},
         schema::{ObjectBuilder, Type},
+        security::{Http, HttpAuthScheme, SecurityScheme},
     },
 };
 
@@ -34,15 +48,91 @@ pub const ACCOUNT: HeaderName = HeaderName::from_static("x-auth-account");
 pub const KEY: HeaderName = HeaderName::from_static("x-auth-key");
 pub const SCOPES: HeaderName = HeaderName::from_static("x-auth-scopes");
 
-/// `/auth/verify`, `/auth/verify/` and anything under it, whatever the method. The envelope
-/// answers these before routing (see there), so this is their whole routing table.
-pub fn is_forward_auth(path: &str) -> bool {
+/// Answers forward authentication in front of the router (see the module comment).
+#[derive(Clone)]
+pub struct ForwardAuthLayer {
+    auth: Arc<AuthService>,
+}
+
+impl ForwardAuthLayer {
+    pub fn new(auth: Arc<AuthService>) -> Self {
+        Self { auth }
+    }
+}
+
+impl<S> Layer<S> for ForwardAuthLayer {
+    type Service = ForwardAuth<S>;
+
+    fn layer(&self, router: S) -> ForwardAuth<S> {
+        ForwardAuth { auth: self.auth.clone(), router }
+    }
+}
+
+/// The service [`ForwardAuthLayer`] makes: forward-authentication paths are answered here,
+/// everything else goes to `router`.
+#[derive(Clone)]
+pub struct ForwardAuth<S> {
+    auth: Arc<AuthService>,
+    router: S,
+}
+
+impl<S> Service<Request> for ForwardAuth<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Either<BoxFuture<'static, Result<Response, Infallible>>, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.router.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        if is_forward_auth(request.uri().path()) {
+            Either::Left(Box::pin(answer(self.auth.clone(), request)))
+        } else {
+            Either::Right(self.router.call(request))
+        }
+    }
+}
+
+/// `/auth/verify`, `/auth/verify/` and anything under it, whatever the method: the whole
+/// routing table of [`ForwardAuth`].
+fn is_forward_auth(path: &str) -> bool {
     path.strip_prefix("/auth/verify").is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
 /// The response to a forward-authentication request, success or refusal.
-pub async fn answer(auth: Arc<AuthService>, request: Request) -> Result<Response, Infallible> {
+async fn answer(auth: Arc<AuthService>, request: Request) -> Result<Response, Infallible> {
     Ok(verify(&auth, request.headers()).await.unwrap_or_else(IntoResponse::into_response))
+}
+
+/// Forward authentication's part of the OpenAPI document, which `http::app` merges into
+/// the routes' part: no route carries it, as the router never sees these requests.
+#[derive(OpenApi)]
+#[openapi(
+    paths(verify),
+    modifiers(&AllMethods, &BearerScheme),
+    tags((name = "gateway", description = "Forward authentication for API gateways")),
+)]
+pub struct ForwardAuthDoc;
+
+struct BearerScheme;
+
+impl Modify for BearerScheme {
+    fn modify(&self, doc: &mut Doc) {
+        doc.components.get_or_insert_with(Default::default).add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                Http::builder()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some("An access token from POST /auth/login or POST /oauth/token"))
+                    .build(),
+            ),
+        );
+    }
 }
 
 /// Forward authentication: 200 for a live bearer token, with its identity in headers.
@@ -107,7 +197,7 @@ fn bearer_token(headers: &HeaderMap) -> Result<&str, ApiError> {
     }
     let token = token.trim_ascii();
     // Every byte, without an early exit, so that the compiler vectorises the loop: it runs
-    // over ~550 bytes on every verification, and a byte-at-a-time scan was 3 % of its CPU.
+    // over the whole token on every verification, where a byte-at-a-time scan showed.
     let foreign = token.iter().fold(0u8, |acc, &b| acc | u8::from(!is_b64token(b)));
     if token.is_empty() || foreign != 0 {
         return Err(ApiError::InvalidToken);
@@ -123,11 +213,11 @@ fn is_b64token(b: u8) -> bool {
     letter | digit | (b == b'-') | (b == b'.') | (b == b'_') | (b == b'~') | (b == b'+') | (b == b'/') | (b == b'=')
 }
 
-/// The handler answers every method on `/auth/verify` and `/auth/verify/{path}`; utoipa
+/// [`ForwardAuth`] answers every method on `/auth/verify` and `/auth/verify/{path}`; utoipa
 /// describes one operation per function, so this copies the GET description to the other
 /// methods and to the sub-path, each with its own operation id, so the document says what
 /// the server does.
-pub struct AllMethods;
+struct AllMethods;
 
 impl Modify for AllMethods {
     fn modify(&self, doc: &mut Doc) {

@@ -12,11 +12,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{AuthError, AuthService, Result};
+use super::{AuthError, AuthService, AuthenticatedKey, Result};
 use crate::{
     crypto::signing::{AccessClaims, KeyRing, KeySealer, SealedKey, SigningError},
     domain::{AccountId, INTROSPECT_SCOPE, KeyRef},
-    store::{KeyRecord, Revocation, SigningKeyRecord, Store, UnixTime},
+    store::{Revocation, SigningKeyRecord, Store, UnixTime},
 };
 
 /// Seconds of clock difference tolerated on `exp` and `nbf`: servers running NTP agree far
@@ -152,7 +152,7 @@ impl AuthService {
     /// `verify_token` refuses, for another account's tokens, and for tokens issued to
     /// another key of its account unless the caller holds the scope `keygate:introspect`
     /// (a resource server's key): a client learns nothing about tokens it was not given.
-    pub async fn introspect(&self, caller: &KeyRecord, token: &str) -> Result<Option<Arc<VerifiedToken>>> {
+    pub async fn introspect(&self, caller: &AuthenticatedKey, token: &str) -> Result<Option<Arc<VerifiedToken>>> {
         match self.verify_token(token).await {
             // A key's own tokens; and its account's, when it is a resource server's key.
             Ok(t)
@@ -178,7 +178,7 @@ impl AuthService {
     /// the caller is told nothing different (RFC 7009 §2.2), so revocation is no oracle for
     /// token validity; a valid token issued to another key is refused (§2.1), and nothing
     /// is revoked.
-    pub async fn revoke_token(&self, caller: &KeyRecord, token: &str) -> Result<Revoked> {
+    pub async fn revoke_token(&self, caller: &AuthenticatedKey, token: &str) -> Result<Revoked> {
         let now = self.clock.now();
         let verified = match self.check_signature(token, now.max(0) as u64).await {
             Ok(v) => v,

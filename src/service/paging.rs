@@ -1,7 +1,7 @@
 //! Listing an account's keys a page at a time, for accounts with many keys.
 
-use super::{AdminSession, AuthService, Result};
-use crate::{domain::KeyRef, store::KeySummary};
+use super::{AdminSession, AuthService, ListedKey, Result};
+use crate::domain::KeyRef;
 
 /// The largest page a caller may ask for.
 pub const MAX_PAGE: u32 = 1000;
@@ -9,7 +9,7 @@ pub const MAX_PAGE: u32 = 1000;
 /// One page of keys, oldest first.
 #[derive(Debug)]
 pub struct KeyPage {
-    pub keys: Vec<KeySummary>,
+    pub keys: Vec<ListedKey>,
     /// Where the next page starts (after this key), when there is one.
     pub next_after: Option<KeyRef>,
 }
@@ -26,9 +26,10 @@ impl AuthService {
     ) -> Result<Option<KeyPage>> {
         // One more than asked for tells whether there is a next page without a count.
         let fetch = limit.map_or(u32::MAX, |n| n.clamp(1, MAX_PAGE) + 1);
-        let Some(mut keys) = self.store.list_keys_page(session.account_id, after, fetch).await? else {
+        let Some(keys) = self.store.list_keys_page(session.account_id, after, fetch).await? else {
             return Ok(None);
         };
+        let mut keys: Vec<ListedKey> = keys.into_iter().map(ListedKey::from).collect();
         let next_after = match limit {
             Some(n) if keys.len() > n as usize => {
                 keys.truncate(n as usize);
