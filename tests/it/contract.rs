@@ -168,34 +168,37 @@ async fn each_login_gets_a_new_session_id(builder: Builder) {
 }
 
 async fn idle_and_absolute_session_expiry(builder: Builder) {
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
     let (idle, lifetime) = (3, 6);
     let app = builder
         .env("KEYGATE_SESSION_IDLE_TIMEOUT", &idle.to_string())
         .env("KEYGATE_SESSION_LIFETIME", &lifetime.to_string())
+        .manual_clock()
         .spawn()
         .await;
-    // Activity every half second keeps the idle timeout at bay, but not the absolute lifetime.
+    // Activity every second keeps the idle timeout at bay, but not the absolute lifetime.
     app.admin_login().await;
-    let start = Instant::now();
-    let (mut last_ok, mut expired) = (Duration::ZERO, false);
-    while start.elapsed() < Duration::from_secs(lifetime + 3) {
+    let (mut elapsed, mut last_ok, mut expired) = (0, 0, false);
+    while elapsed <= lifetime + 3 {
         match app.client.get(app.url("/auth/keys/list")).send().await.unwrap().status() {
-            StatusCode::OK => last_ok = start.elapsed(),
+            StatusCode::OK => last_ok = elapsed,
             StatusCode::UNAUTHORIZED => {
                 expired = true;
                 break;
             }
             other => panic!("unexpected {other}"),
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        app.clock().advance(Duration::from_secs(1));
+        elapsed += 1;
     }
-    assert!(last_ok > Duration::from_secs(idle + 1), "activity did not extend the session ({last_ok:?})");
+    assert!(last_ok > idle + 1, "activity did not extend the session (last answered at {last_ok} s)");
     assert!(expired, "the session outlived its absolute lifetime");
+    assert!(last_ok < lifetime, "the session outlived its absolute lifetime (answered at {last_ok} s)");
 
     // Without activity, the idle timeout ends it.
     app.admin_login().await;
-    tokio::time::sleep(Duration::from_millis(idle * 1000 + 1200)).await;
+    app.client.get(app.url("/auth/keys/list")).send().await.unwrap().error_for_status().unwrap();
+    app.clock().advance(Duration::from_secs(idle + 1));
     let r = app.client.get(app.url("/auth/keys/list")).send().await.unwrap();
     assert_problem(r, StatusCode::UNAUTHORIZED).await;
 }

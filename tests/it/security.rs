@@ -108,7 +108,12 @@ async fn oauth_client_secret_guesses_lock_the_key(builder: Builder) {
 }
 
 async fn back_off_grows_with_each_lock_and_success_resets_it(builder: Builder) {
-    let app = builder.env("KEYGATE_LOCKOUT_THRESHOLD", "2").env("KEYGATE_LOCKOUT_DURATION", "2").spawn().await;
+    let app = builder
+        .env("KEYGATE_LOCKOUT_THRESHOLD", "2")
+        .env("KEYGATE_LOCKOUT_DURATION", "2")
+        .manual_clock()
+        .spawn()
+        .await;
     app.admin_login().await;
     let (key, password) = app.generate_key().await;
     let (_, wrong) = app.generate_key().await;
@@ -126,8 +131,10 @@ async fn back_off_grows_with_each_lock_and_success_resets_it(builder: Builder) {
         lock_durations.push(retry);
         // While locked, even the right password is refused.
         assert_eq!(app.api_login(&key, &password).await.status(), StatusCode::TOO_MANY_REQUESTS);
-        // Wait the lock out (no assertion on time: just long enough for it to end).
-        tokio::time::sleep(std::time::Duration::from_millis(retry * 1000 + 1100)).await;
+        // The lock holds until its last second, and not past it.
+        app.clock().advance(std::time::Duration::from_secs(retry - 1));
+        assert_eq!(app.api_login(&key, &password).await.status(), StatusCode::TOO_MANY_REQUESTS);
+        app.clock().advance(std::time::Duration::from_secs(1));
     }
     // Each lock twice the last (the doubling up to its cap is unit-tested in the policy).
     assert_eq!(lock_durations, [2, 4]);

@@ -10,6 +10,7 @@ use std::{
     time::Duration,
 };
 
+use keygate::clock::{Clock, ManualClock};
 use reqwest::{Client, Response, StatusCode};
 use serde_json::{Value, json};
 
@@ -37,6 +38,7 @@ pub struct TestApp {
     logs: Logs,
     /// The PostgreSQL database, dropped when the last app (or builder) using it is gone.
     db: Option<Arc<PgDatabase>>,
+    clock: Option<ManualClock>,
     turn: Arc<Turn>,
 }
 
@@ -53,6 +55,7 @@ pub struct Builder {
     db: Option<Arc<PgDatabase>>,
     process: bool,
     alone: bool,
+    clock: Option<ManualClock>,
 }
 
 /// A client that presents `cookie` (`name=value`) on every request, as a browser holding
@@ -162,6 +165,13 @@ impl Builder {
         self
     }
 
+    /// The server's time on a clock the test moves (`TestApp::clock`), starting now, instead
+    /// of the system's: for tests of expiry that would otherwise sleep. In process only.
+    pub fn manual_clock(mut self) -> Self {
+        self.clock = Some(ManualClock::new(Clock::system().now()));
+        self
+    }
+
     /// No other test's server runs beside this test's: for tests that measure the server.
     pub fn alone(mut self) -> Self {
         self.alone = true;
@@ -188,7 +198,7 @@ impl Builder {
             }
         }
         let turn = server::take_turn(self.alone).await;
-        TestApp::start(dir, env, self.db, self.process, turn).await
+        TestApp::start(dir, env, self.db, self.process, self.clock, turn).await
     }
 }
 
@@ -220,7 +230,7 @@ pub fn run_with_timeout(cmd: &mut Command, limit: Duration) -> Output {
 
 impl TestApp {
     pub fn builder() -> Builder {
-        Builder { env: Vec::new(), dir: None, bootstrap: true, db: None, process: false, alone: false }
+        Builder { env: Vec::new(), dir: None, bootstrap: true, db: None, process: false, alone: false, clock: None }
     }
 
     pub async fn spawn() -> TestApp {
@@ -232,21 +242,24 @@ impl TestApp {
         env: Vec<(String, String)>,
         db: Option<Arc<PgDatabase>>,
         process: bool,
+        clock: Option<ManualClock>,
         turn: Arc<Turn>,
     ) -> TestApp {
         let logs = Logs::default();
         let (base, server) = match process {
             true => {
+                assert!(clock.is_none(), "a process runs on the system clock");
                 let (base, process) = Process::start(&env, &logs).await;
                 (base, Server::Process(process))
             }
             false => {
-                let (base, app) = InProcess::start(&env, &logs).await;
+                let (base, app) =
+                    InProcess::start(&env, &logs, clock.as_ref().map_or_else(Clock::system, ManualClock::clock)).await;
                 (base, Server::InProcess(app))
             }
         };
         let client = Client::builder().cookie_store(true).build().unwrap();
-        TestApp { base, client, dir, env, server, logs, db, turn }
+        TestApp { base, client, dir, env, server, logs, db, clock, turn }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -273,6 +286,7 @@ impl TestApp {
         builder.env = self.env.clone();
         builder.db = self.db.clone();
         builder.process = self.is_process();
+        builder.clock = self.clock.clone();
         builder
     }
 
@@ -292,6 +306,11 @@ impl TestApp {
         self.db.as_deref()
     }
 
+    /// The clock this server's time comes from (`Builder::manual_clock`).
+    pub fn clock(&self) -> &ManualClock {
+        self.clock.as_ref().expect("built with Builder::manual_clock")
+    }
+
     /// Settings given to this app (`KEYGATE_…`).
     pub fn setting(&self, key: &str) -> Option<&str> {
         self.env.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
@@ -301,7 +320,15 @@ impl TestApp {
     pub async fn restart(mut self) -> TestApp {
         self.kill();
         let process = self.is_process();
-        TestApp::start(self.dir.clone(), self.env.clone(), self.db.clone(), process, self.turn.clone()).await
+        TestApp::start(
+            self.dir.clone(),
+            self.env.clone(),
+            self.db.clone(),
+            process,
+            self.clock.clone(),
+            self.turn.clone(),
+        )
+        .await
     }
 
     /// Stops the server at once, as `kill -9` stops a process.

@@ -15,6 +15,7 @@ use std::{
 };
 
 use keygate::{
+    clock::Clock,
     config::{Settings, SettingsArgs},
     startup::Application,
     store::CachedStore,
@@ -85,7 +86,7 @@ pub struct InProcess {
 
 impl InProcess {
     /// Builds and starts the application; returns once it listens, with its address.
-    pub async fn start(env: &[(String, String)], logs: &Logs) -> (String, InProcess) {
+    pub async fn start(env: &[(String, String)], logs: &Logs, clock: Clock) -> (String, InProcess) {
         let settings = settings(env).unwrap_or_else(|e| panic!("keygate did not start: {e}"));
         // The lines the binary would write to stderr, in the format it writes them.
         let filter = tracing_subscriber::EnvFilter::new(&settings.log_filter);
@@ -111,7 +112,7 @@ impl InProcess {
                     .build()
                     .unwrap();
                 runtime.block_on(async move {
-                    let app = match Application::build(&settings).await {
+                    let app = match Application::build_with_clock(&settings, clock).await {
                         Ok(app) => app,
                         Err(e) => {
                             let _ = ready_tx.send(Err(format!("{e:#}")));
