@@ -3,9 +3,12 @@
 //! - `config`: typed settings; `telemetry`: logging; `clock`: the time, as a parameter
 //! - `domain`: parsed value types, no I/O
 //! - `crypto`: hashing, secrets, signing keys; no HTTP, no storage
-//! - `store`: persistence traits and their backends
+//! - `store`: narrow persistence traits; one SQL implementation for SQLite and PostgreSQL
+//!   (`store::sql`, the differences behind its dialect seam); the hot-path cache in parts
+//!   (`store::cache`)
 //! - `service`: what keygate does, in domain terms
-//! - `http`: routes, errors, middleware; `listener`: connections, their limits and timeouts
+//! - `http`: every route with its OpenAPI entry and the tower layers, in `http::app`; the one
+//!   error type; `listener`: connections, their limits and timeouts
 //! - `startup`: wiring it all together; `bootstrap`: what a first start creates;
 //!   `runtime`: the async runtime the server runs on
 //! - `cli`: the command line
