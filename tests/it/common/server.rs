@@ -60,7 +60,7 @@ impl std::io::Write for Logs {
 /// The settings `keygate serve` would read from exactly `env`: each `KEYGATE_…` variable that
 /// is a flag's is given as that flag, the rest (secrets) through `Settings::load`'s lookup,
 /// and nothing comes from this test process's own environment.
-pub fn settings(env: &[(String, String)]) -> Result<Settings, String> {
+fn settings(env: &[(String, String)]) -> Result<Settings, String> {
     use clap::{Args, FromArgMatches};
     let command = SettingsArgs::augment_args(clap::Command::new("keygate"));
     let mut argv = vec!["keygate".to_owned()];
