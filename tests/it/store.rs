@@ -93,6 +93,24 @@ async fn concurrent_bootstraps_create_exactly_one_admin(fx: Fixture) {
     }
 }
 
+async fn all_keys_reads_every_key_across_its_pages_and_stops_at_the_limit(fx: Fixture) {
+    let store = fx.open().await;
+    let acme = store.create_admin(&account("acme"), &new_admin("a@example.com")).await.unwrap();
+    // More than one page of the read (4096 rows).
+    let mut refs: Vec<String> = Vec::new();
+    for i in 0..4500 {
+        let key = key_record(acme, i);
+        refs.push(key.key_ref.to_string());
+        store.insert_key(&key).await.unwrap();
+    }
+    refs.sort();
+    let all: Vec<String> = store.all_keys(10_000).await.unwrap().iter().map(|k| k.key_ref.to_string()).collect();
+    assert_eq!(all, refs, "every key, once, in key-ref order");
+    let some = store.all_keys(4200).await.unwrap();
+    assert_eq!(some.len(), 4200);
+    assert_eq!(some.last().unwrap().key_ref.to_string(), refs[4199]);
+}
+
 async fn keys_are_found_listed_and_deleted_within_their_account(fx: Fixture) {
     let store = fx.open().await;
     let acme = store.create_admin(&account("acme"), &new_admin("a@example.com")).await.unwrap();

@@ -47,11 +47,36 @@ impl<D: Dialect> KeyStore for SqlStore<D> {
     }
 
     async fn all_keys(&self, limit: u32) -> Result<Vec<KeyRecord>> {
-        let rows = D::query(sql!("SELECT ", KEY_COLUMNS, " FROM api_keys ORDER BY key_ref LIMIT $1"))
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
+        // In pages, inside one snapshot: a whole store's rows at once, before decoding, would
+        // hold several times the memory the records need.
+        const PAGE: u32 = 4096;
+        let mut tx = D::begin_snapshot(&self.pool).await?;
+        let mut keys: Vec<KeyRecord> = Vec::new();
+        while (keys.len() as u64) < u64::from(limit) {
+            let want = PAGE.min(limit - keys.len() as u32);
+            let rows = match keys.last() {
+                None => D::query(sql!("SELECT ", KEY_COLUMNS, " FROM api_keys ORDER BY key_ref LIMIT $1"))
+                    .bind(i64::from(want)),
+                Some(last) => D::query(sql!(
+                    "SELECT ",
+                    KEY_COLUMNS,
+                    " FROM api_keys WHERE key_ref > $1::uuid ORDER BY key_ref LIMIT $2"
+                ))
+                .bind(last.key_ref.to_string())
+                .bind(i64::from(want)),
+            }
+            .fetch_all(&mut tx)
             .await?;
-        rows.iter().map(key_record).collect()
+            let done = rows.len() < want as usize;
+            for row in &rows {
+                keys.push(key_record(row)?);
+            }
+            if done {
+                break;
+            }
+        }
+        tx.commit().await?;
+        Ok(keys)
     }
 
     async fn list_keys(&self, account: AccountId) -> Result<Vec<KeySummary>> {
