@@ -52,27 +52,25 @@ impl<D: Dialect> KeyStore for SqlStore<D> {
         const PAGE: u32 = 4096;
         let mut tx = D::begin_snapshot(&self.pool).await?;
         let mut keys: Vec<KeyRecord> = Vec::new();
+        // Keyset pages from below every ref there is: the nil uuid is never generated.
+        let mut after = uuid::Uuid::nil().to_string();
         while (keys.len() as u64) < u64::from(limit) {
             let want = PAGE.min(limit - keys.len() as u32);
-            let rows = match keys.last() {
-                None => D::query(sql!("SELECT ", KEY_COLUMNS, " FROM api_keys ORDER BY key_ref LIMIT $1"))
-                    .bind(i64::from(want)),
-                Some(last) => D::query(sql!(
-                    "SELECT ",
-                    KEY_COLUMNS,
-                    " FROM api_keys WHERE key_ref > $1::uuid ORDER BY key_ref LIMIT $2"
-                ))
-                .bind(last.key_ref.to_string())
-                .bind(i64::from(want)),
-            }
+            let rows = D::query(sql!(
+                "SELECT ",
+                KEY_COLUMNS,
+                " FROM api_keys WHERE key_ref > $1::uuid ORDER BY key_ref LIMIT $2"
+            ))
+            .bind(after)
+            .bind(i64::from(want))
             .fetch_all(&mut tx)
             .await?;
-            let done = rows.len() < want as usize;
             for row in &rows {
                 keys.push(key_record(row)?);
             }
-            if done {
-                break;
+            match keys.last() {
+                Some(last) if rows.len() == want as usize => after = last.key_ref.to_string(),
+                _ => break,
             }
         }
         tx.commit().await?;
