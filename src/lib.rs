@@ -8,7 +8,8 @@
 //!   (`store::cache`)
 //! - `service`: what keygate does, in domain terms
 //! - `http`: every route with its OpenAPI entry and the tower layers, in `http::app`; the one
-//!   error type; `listener`: connections, their limits and timeouts
+//!   error type; `listener`: connections, their limits and timeouts; `tls`: the listener's
+//!   certificate, reloaded while it serves
 //! - `startup`: wiring it all together; `bootstrap`: what a first start creates;
 //!   `runtime`: the async runtime the server runs on
 //! - `cli`: the command line
@@ -27,3 +28,4 @@ pub mod service;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+pub mod tls;

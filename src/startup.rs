@@ -16,7 +16,9 @@ use crate::{
     listener::{self, Limits},
     service::{self, AuthService, Policy, admins::AdminDirectory},
     store::{self, CachedStore, Store},
+    tls::Certificates,
 };
+use tokio_rustls::TlsAcceptor;
 
 /// HKDF labels: one per derived key, never reused for anything else.
 const API_PASSWORD_HMAC_LABEL: &str = "keygate/api-password-hmac/v1";
@@ -30,6 +32,7 @@ pub struct Application {
     sweep_interval: Duration,
     cache: Arc<CachedStore>,
     limits: Limits,
+    tls: Option<Arc<Certificates>>,
 }
 
 impl Application {
@@ -45,9 +48,7 @@ impl Application {
         // The master key first: a replica without the shared key must stop before it
         // touches the database, whatever state the database is in.
         let master = bootstrap::master_key(settings)?;
-        require_shared_issuer(settings)?;
-        // Also before the store: the pool's descriptors come out of the raised limit.
-        let limits = Limits::resolve(&settings.connections)?;
+        let Preflight { limits, tls } = preflight(settings)?;
         let store = open_store(settings).await?;
         // One argon2 at a time per core: more would only queue inside the OS scheduler.
         let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -66,7 +67,7 @@ impl Application {
         // The default issuer names the address actually bound, so port 0 gives a usable one.
         let issuer = match &settings.issuer {
             Some(issuer) => issuer.clone(),
-            None => format!("http://{}", listener.local_addr()?),
+            None => format!("{}://{}", scheme(settings), listener.local_addr()?),
         };
         let policy = Policy {
             issuer,
@@ -98,7 +99,13 @@ impl Application {
             sweep_interval: Duration::from_secs(settings.sweep_interval),
             cache,
             limits,
+            tls,
         })
+    }
+
+    /// The certificate being served, with native TLS: `keygate serve` reloads it on SIGHUP.
+    pub fn certificates(&self) -> Option<Arc<Certificates>> {
+        self.tls.clone()
     }
 
     /// The HTTP application alone, for in-process callers (the fuzz harness).
@@ -117,19 +124,46 @@ impl Application {
     }
 
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-        tracing::info!("listening on http://{}", self.local_addr()?);
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        tracing::info!("listening on {scheme}://{}", self.local_addr()?);
         // Picks up signing-key rotations made elsewhere (CLI, other replicas) while we run.
         let upkeep = tokio::spawn(self.auth.clone().maintain(self.key_reload_interval));
         let sweeper = tokio::spawn(self.auth.clone().keep_swept(self.sweep_interval));
         // Loads the caches and keeps them in step with the store; until its first load they
         // simply pass every call through, so start-up does not wait for it.
         let sync = tokio::spawn(self.cache.keep_in_sync());
-        let served = listener::serve(self.listener, self.app, self.limits, shutdown).await;
+        let (acceptor, reloads) = match &self.tls {
+            Some(certificates) => {
+                tracing::info!(sha256 = %certificates.fingerprint(), "serving TLS");
+                let config = certificates.server_config().map_err(std::io::Error::other)?;
+                (Some(TlsAcceptor::from(config)), Some(tokio::spawn(certificates.clone().watch())))
+            }
+            None => (None, None),
+        };
+        let served = listener::serve(self.listener, self.app, self.limits, acceptor, shutdown).await;
         upkeep.abort();
         sweeper.abort();
         sync.abort();
+        if let Some(reloads) = reloads {
+            reloads.abort();
+        }
         served
     }
+}
+
+/// What start-up judges of the settings after the master key and before it opens the store,
+/// in this order: also what `keygate config check` judges.
+pub struct Preflight {
+    pub limits: Limits,
+    pub tls: Option<Arc<Certificates>>,
+}
+
+pub fn preflight(settings: &Settings) -> anyhow::Result<Preflight> {
+    require_shared_issuer(settings)?;
+    // Before the store: the pool's descriptors come out of the raised limit.
+    let limits = Limits::resolve(&settings.connections)?;
+    let tls = settings.tls.as_ref().map(Certificates::load).transpose()?;
+    Ok(Preflight { limits, tls })
 }
 
 /// Opens the store named by the settings, creating the data directory for the embedded one.
@@ -157,14 +191,20 @@ pub fn api_password_hasher(master: &MasterKey) -> ApiPasswordHasher {
     ApiPasswordHasher::new(master.derive(API_PASSWORD_HMAC_LABEL))
 }
 
+/// The scheme clients reach this listener by.
+pub fn scheme(settings: &Settings) -> &'static str {
+    if settings.tls.is_some() { "https" } else { "http" }
+}
+
 /// On PostgreSQL the issuer must be given: the default names the address this replica bound,
 /// so each replica would stamp its own `iss` and refuse every other replica's tokens.
 fn require_shared_issuer(settings: &Settings) -> anyhow::Result<()> {
     if settings.issuer.is_none() && !settings.is_embedded() {
-        anyhow::bail!(
-            "invalid setting KEYGATE_ISSUER: required with PostgreSQL, and the same on every replica \
-             (the URL clients and gateways know keygate by, e.g. https://auth.example.com)"
-        );
+        return Err(bootstrap::setting_error(
+            "KEYGATE_ISSUER",
+            "required with PostgreSQL, and the same on every replica (the URL clients and gateways \
+             know keygate by, e.g. https://auth.example.com)",
+        ));
     }
     Ok(())
 }

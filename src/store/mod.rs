@@ -70,6 +70,12 @@ pub enum StoreError {
     /// An import found rows already there; nothing was written.
     #[error("the target store is not empty")]
     NotEmpty,
+    /// The file is not a keygate store (a backup, say): missing, or not keygate's schema.
+    #[error("{0} is not a keygate store")]
+    NotAStore(String),
+    /// This store cannot do that; the text says what to do instead.
+    #[error("{0}")]
+    Unsupported(&'static str),
     /// Opening an existing store found none at this location (a path, or a database name).
     #[error(
         "no keygate store at {0}: start `keygate serve` with these settings once to create it, or point \
@@ -270,6 +276,12 @@ pub trait Store:
 {
     /// Cheap round trip, for readiness.
     async fn ping(&self) -> Result<()>;
+    /// Makes the database's own files whole (SQLite: the write-ahead log merged into the
+    /// database file), for a stopping server and after a migration into it.
+    async fn checkpoint(&self) -> Result<()>;
+    /// A consistent copy of the whole store, written while others use it, into the new file
+    /// `path` (the embedded store only).
+    async fn backup_into(&self, path: &std::path::Path) -> Result<()>;
 }
 
 /// The storage engines keygate runs on, told apart by the database URL's scheme.
@@ -313,6 +325,19 @@ pub async fn open_existing(url: &str) -> Result<std::sync::Arc<dyn Store>, Conne
         Some(Backend::Postgres) => Ok(std::sync::Arc::new(postgres::PgStore::open(url, false).await?)),
         None => Err(ConnectError::UnsupportedScheme),
     }
+}
+
+/// A backup file written by `Store::backup_into`, opened read-only and as it is (its schema
+/// is not brought up to date): to count what it holds, check it, and restore it.
+pub async fn open_backup(path: &std::path::Path) -> Result<std::sync::Arc<dyn Store>, ConnectError> {
+    Ok(std::sync::Arc::new(sqlite::SqliteStore::open_backup(path).await?))
+}
+
+/// The file of a `sqlite://` database URL.
+pub fn sqlite_path(url: &str) -> Option<std::path::PathBuf> {
+    use std::str::FromStr;
+    let options = sqlx::sqlite::SqliteConnectOptions::from_str(url).ok()?;
+    (Backend::of(url) == Some(Backend::Sqlite)).then(|| options.get_filename().to_owned())
 }
 
 #[derive(Debug, thiserror::Error)]

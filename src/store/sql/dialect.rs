@@ -51,6 +51,15 @@ pub trait Dialect: Run {
         subjects: &'c [String],
     ) -> impl Future<Output = Result<Vec<Self::Row>>> + Send;
 
+    /// Makes the database's files whole: SQLite writes its write-ahead log back into the
+    /// database file, so that the file alone holds every commit. Nothing to do elsewhere.
+    fn checkpoint(pool: &Pool<Self>) -> impl Future<Output = Result<()>> + Send;
+
+    /// Writes a consistent copy of the whole store into the new file `path`, while others
+    /// read and write (SQLite's `VACUUM INTO`); `Unsupported` where the database has tools of
+    /// its own for that (PostgreSQL: `pg_dump`).
+    fn backup_into(pool: &Pool<Self>, path: &std::path::Path) -> impl Future<Output = Result<()>> + Send;
+
     /// A wake-up for change-log readers, where the database can send one.
     fn change_signal(pool: &Pool<Self>) -> impl Future<Output = Result<Option<Box<dyn ChangeSignal>>>> + Send;
 }

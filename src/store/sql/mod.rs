@@ -54,4 +54,12 @@ impl<D: Dialect> Store for SqlStore<D> {
         D::query(sql!("SELECT 1")).execute(&self.pool).await?;
         Ok(())
     }
+
+    async fn checkpoint(&self) -> Result<()> {
+        D::checkpoint(&self.pool).await
+    }
+
+    async fn backup_into(&self, path: &std::path::Path) -> Result<()> {
+        D::backup_into(&self.pool, path).await
+    }
 }

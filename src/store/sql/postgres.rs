@@ -159,6 +159,17 @@ impl Dialect for Postgres {
         Self::fetch_all(query, on).await
     }
 
+    async fn checkpoint(_: &Pool<Self>) -> Result<()> {
+        Ok(())
+    }
+
+    async fn backup_into(_: &Pool<Self>, _: &std::path::Path) -> Result<()> {
+        Err(StoreError::Unsupported(
+            "keygate backup copies the embedded SQLite store; back PostgreSQL up with pg_dump, and keep the \
+             master key (KEYGATE_MASTER_KEY) beside it",
+        ))
+    }
+
     async fn change_signal(pool: &Pool<Self>) -> Result<Option<Box<dyn ChangeSignal>>> {
         // Holds one of the pool's connections for as long as the signal lives.
         let mut listener = PgListener::connect_with(pool).await?;
