@@ -257,6 +257,9 @@ struct Row {
 }
 
 fn main() -> anyhow::Result<()> {
+    // reqwest's rustls (a dev-dependency feature, for the TLS tests) takes the process's
+    // crypto provider: keygate's own, aws-lc.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     if std::env::args().nth(1).as_deref() == Some("__hello") {
         return hello_server(std::env::args().skip(2).collect());
     }

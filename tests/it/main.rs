@@ -23,4 +23,5 @@ mod security;
 mod signing_keys;
 mod store;
 mod store_cache;
+mod tls;
 mod upgrade;

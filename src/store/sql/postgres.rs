@@ -57,6 +57,9 @@ impl Dialect for Postgres {
         if options.get_application_name().is_none() {
             options = options.application_name("keygate");
         }
+        // The server's NOTICEs ("relation … already exists, skipping" from the migrator's
+        // `CREATE TABLE IF NOT EXISTS`, at every start) are not news; warnings still are.
+        options = options.options([("client_min_messages", "warning")]);
 
         // Migrations run on a connection of their own. sqlx's PostgreSQL migrator takes a
         // session-level advisory lock (pg_advisory_lock, keyed by the database name) around
