@@ -48,7 +48,7 @@ pub struct SettingsArgs {
     #[arg(long, env = "KEYGATE_DATABASE_URL", value_name = "URL", hide_env_values = true)]
     pub database_url: Option<String>,
     /// The tokens' `iss` claim; required with PostgreSQL, the same on every replica
-    /// [default: http://<listen>].
+    /// [default: http://<listen>, https:// with TLS].
     #[arg(long, env = "KEYGATE_ISSUER", value_name = "URL")]
     pub issuer: Option<String>,
     /// The tokens' `aud` claim [default: keygate].
@@ -183,20 +183,22 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Given<T> {
 pub struct Origins(std::collections::BTreeMap<String, Origin>);
 
 impl Origins {
-    /// The origins of every value in `matches` and in its subcommands' matches.
+    /// The origins of the values in `matches`, or in the deepest subcommand's matches it
+    /// holds: the command that runs, where every argument it takes (its parents' global
+    /// ones too) is known.
     pub fn of(matches: &clap::ArgMatches) -> Self {
+        let mut leaf = matches;
+        while let Some((_, sub)) = leaf.subcommand() {
+            leaf = sub;
+        }
         let mut origins = Self::default();
-        let mut level = Some(matches);
-        while let Some(matches) = level {
-            for id in matches.ids() {
-                let origin = match matches.value_source(id.as_str()) {
-                    Some(clap::parser::ValueSource::CommandLine) => Origin::Flag,
-                    Some(clap::parser::ValueSource::EnvVariable) => Origin::Variable,
-                    _ => continue,
-                };
-                origins.0.insert(id.as_str().to_owned(), origin);
-            }
-            level = matches.subcommand().map(|(_, sub)| sub);
+        for id in leaf.ids() {
+            let origin = match leaf.value_source(id.as_str()) {
+                Some(clap::parser::ValueSource::CommandLine) => Origin::Flag,
+                Some(clap::parser::ValueSource::EnvVariable) => Origin::Variable,
+                _ => continue,
+            };
+            origins.0.insert(id.as_str().to_owned(), origin);
         }
         origins
     }

@@ -47,8 +47,10 @@ impl Application {
     pub async fn build_with_clock(settings: &Settings, clock: Clock) -> anyhow::Result<Self> {
         // The master key first: a replica without the shared key must stop before it
         // touches the database, whatever state the database is in.
-        let master = bootstrap::master_key(settings)?;
+        bootstrap::check_master_key(settings)?;
         let Preflight { limits, tls } = preflight(settings)?;
+        // Made (on a first start) only once every setting has been found good.
+        let master = bootstrap::master_key(settings)?;
         let store = open_store(settings).await?;
         // One argon2 at a time per core: more would only queue inside the OS scheduler.
         let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -151,8 +153,9 @@ impl Application {
     }
 }
 
-/// What start-up judges of the settings after the master key and before it opens the store,
-/// in this order: also what `keygate config check` judges.
+/// What start-up judges of the settings after the master key (`bootstrap::check_master_key`)
+/// and before it makes anything or opens the store, in this order: also what `keygate config
+/// check` judges.
 pub struct Preflight {
     pub limits: Limits,
     pub tls: Option<Arc<Certificates>>,
