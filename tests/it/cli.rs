@@ -78,6 +78,9 @@ fn each_command_shows_only_its_own_options_each_described() {
     assert_eq!(stdout(&out), format!("keygate {}\n", env!("CARGO_PKG_VERSION")));
 }
 
+/// Variables given to a command.
+type Env<'a> = Vec<(&'a str, &'a str)>;
+
 /// The environment for `serve` and `config check` on a fresh data directory in `dir`.
 fn base_env(dir: &Path) -> Vec<(String, String)> {
     vec![
@@ -110,7 +113,7 @@ fn config_check_refuses_what_serve_refuses_with_the_same_line_and_exit_code() {
     let pg = "postgres://keygate@127.0.0.1:1/keygate";
     let master_key = random_master_key();
     #[rustfmt::skip]
-    let cases: Vec<(Vec<(&str, &str)>, Vec<&str>, String)> = vec![
+    let cases: Vec<(Env, Vec<&str>, String)> = vec![
         (vec![], vec!["--token-ttl", "5"], "error: invalid setting --token-ttl: expected a whole number of seconds from 60 to 86400".into()),
         (vec![("KEYGATE_TOKEN_TTL", "5")], vec![], "error: invalid setting KEYGATE_TOKEN_TTL: expected a whole number".into()),
         (vec![("KEYGATE_CONFIG", &file)], vec![], format!("error: invalid setting token_ttl at {file}:3:3: expected a whole number")),
