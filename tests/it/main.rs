@@ -5,6 +5,7 @@
 mod common;
 
 mod admins;
+mod backup;
 mod bad_input;
 mod bounds;
 mod cache;
