@@ -11,6 +11,7 @@ mod cache;
 mod connections;
 mod contract;
 mod gateway;
+mod keys;
 mod lifecycle;
 mod load;
 mod migrate;
