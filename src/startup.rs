@@ -128,26 +128,33 @@ impl Application {
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         let scheme = if self.tls.is_some() { "https" } else { "http" };
         tracing::info!("listening on {scheme}://{}", self.local_addr()?);
+        let acceptor = match &self.tls {
+            Some(certificates) => {
+                tracing::info!(sha256 = %certificates.fingerprint(), "serving TLS");
+                Some(TlsAcceptor::from(certificates.server_config().map_err(std::io::Error::other)?))
+            }
+            None => None,
+        };
+        // Replaces the certificate when its files change.
+        let reloads = self.tls.clone().map(|certificates| tokio::spawn(certificates.watch()));
         // Picks up signing-key rotations made elsewhere (CLI, other replicas) while we run.
         let upkeep = tokio::spawn(self.auth.clone().maintain(self.key_reload_interval));
         let sweeper = tokio::spawn(self.auth.clone().keep_swept(self.sweep_interval));
         // Loads the caches and keeps them in step with the store; until its first load they
         // simply pass every call through, so start-up does not wait for it.
         let sync = tokio::spawn(self.cache.keep_in_sync());
-        let (acceptor, reloads) = match &self.tls {
-            Some(certificates) => {
-                tracing::info!(sha256 = %certificates.fingerprint(), "serving TLS");
-                let config = certificates.server_config().map_err(std::io::Error::other)?;
-                (Some(TlsAcceptor::from(config)), Some(tokio::spawn(certificates.clone().watch())))
-            }
-            None => (None, None),
-        };
+        let key_use = tokio::spawn(self.auth.clone().keep_key_use_flushed(service::KEY_USE_FLUSH_EVERY));
         let served = listener::serve(self.listener, self.app, self.limits, acceptor, shutdown).await;
         upkeep.abort();
         sweeper.abort();
         sync.abort();
+        key_use.abort();
         if let Some(reloads) = reloads {
             reloads.abort();
+        }
+        // What was batched for the store is written before the process goes.
+        if let Err(e) = self.auth.flush_key_use().await {
+            tracing::warn!(error = %e, "cannot write keys' last use on shutdown");
         }
         served
     }

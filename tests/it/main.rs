@@ -13,6 +13,7 @@ mod cli;
 mod connections;
 mod contract;
 mod gateway;
+mod keys;
 mod lifecycle;
 mod load;
 mod migrate;
