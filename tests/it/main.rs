@@ -12,6 +12,7 @@ mod cache;
 mod cli;
 mod connections;
 mod contract;
+mod deploy;
 mod gateway;
 mod keys;
 mod lifecycle;
