@@ -194,9 +194,15 @@ async fn run(command: Command, settings: &Settings, clock: Clock) -> anyhow::Res
         Command::Serve { .. } => {
             let _log = telemetry::init(&settings.log_filter, settings.log_format);
             let app = Application::build_with_clock(settings, clock).await?;
-            if let Some(certificates) = app.certificates() {
-                tokio::spawn(reload_on_hangup(move || certificates.reload_now()));
-            }
+            // Always listened for: SIGHUP's default would end the server (`systemctl reload`).
+            let certificates = app.certificates();
+            tokio::spawn(reload_on_hangup(move || match &certificates {
+                Some(certificates) => {
+                    tracing::info!("SIGHUP: reloading the TLS certificate");
+                    certificates.reload_now();
+                }
+                None => tracing::info!("SIGHUP: nothing to reload (no TLS certificate)"),
+            }));
             app.run_until(shutdown_signal()).await?;
             tracing::info!("stopped");
             Ok(())
@@ -238,11 +244,10 @@ async fn reload_on_hangup(reload: impl Fn()) {
     #[cfg(unix)]
     {
         let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
-            tracing::warn!("cannot listen for SIGHUP: the TLS certificate reloads only when its files change");
+            tracing::warn!("cannot listen for SIGHUP: a TLS certificate reloads only when its files change");
             return;
         };
         while hangups.recv().await.is_some() {
-            tracing::info!("SIGHUP: reloading the TLS certificate");
             reload();
         }
     }

@@ -216,11 +216,18 @@ impl SettingsArgs {
         let command = <Self as Args>::augment_args(clap::Command::new("keygate").no_binary_name(true));
         let matches = command
             .try_get_matches_from(std::iter::empty::<String>())
-            .map_err(|e| bad("KEYGATE_…", e.to_string().trim().replace('\n', " ")))?;
-        let mut args = Self::from_arg_matches(&matches).map_err(|e| bad("KEYGATE_…", e.to_string()))?;
+            .map_err(|e| bad("KEYGATE_…", clap_reason(&e)))?;
+        let mut args = Self::from_arg_matches(&matches).map_err(|e| bad("KEYGATE_…", clap_reason(&e)))?;
         args.origins = Origins::of(&matches);
         Ok(args)
     }
+}
+
+/// clap's message on one line, without its own `error: `.
+fn clap_reason(e: &clap::Error) -> String {
+    let text = e.to_string();
+    let text = text.trim().strip_prefix("error: ").unwrap_or(text.trim());
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// Where a setting's value came from, to name it in an error the way it was given.

@@ -262,3 +262,14 @@ async fn a_tls_handshake_is_held_to_the_header_timeout_and_the_connection_limit(
         assert_eq!(waiting.await.unwrap().unwrap(), StatusCode::OK);
     }
 }
+
+/// `systemctl reload` sends SIGHUP whatever the settings: without TLS it must not stop the
+/// server, as SIGHUP's default would.
+#[tokio::test]
+async fn sighup_without_tls_leaves_the_server_serving() {
+    let mut app = TestApp::builder().process().spawn().await;
+    hang_up(&app);
+    wait_for_log(&app, "SIGHUP: nothing to reload").await;
+    assert_eq!(reqwest::get(app.url("/healthz")).await.unwrap().status(), StatusCode::OK);
+    assert!(app.terminate().await.success());
+}
