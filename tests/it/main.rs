@@ -8,6 +8,7 @@ mod admins;
 mod bad_input;
 mod bounds;
 mod cache;
+mod caddy;
 mod connections;
 mod contract;
 mod gateway;
