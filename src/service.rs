@@ -38,10 +38,10 @@ pub enum AuthError {
     WrongPassword,
     #[error("not found")]
     NotFound,
-    /// A bearer token that must not be honoured. The reason is for the debug log only:
-    /// callers answer every case alike.
-    #[error("invalid token: {0}")]
-    InvalidToken(&'static str),
+    /// A bearer token that must not be honoured. The reason is for the debug log and the
+    /// metrics only: callers answer every case alike.
+    #[error("invalid token: {}", crate::monitoring::LabelValue::label(*.0))]
+    InvalidToken(TokenRefusal),
     /// Too many failed logins for this identity or address; refused without checking the
     /// password until the lock ends.
     #[error("too many failed logins")]
@@ -156,6 +156,7 @@ pub struct AuthService {
     verified_tokens: token_cache::TokenCache,
     /// Notified whenever a login attempt ends, for those waiting for a place (see `lockout`).
     attempts_ended: Arc<tokio::sync::Notify>,
+    tokens_issued: metrics::Counter,
 }
 
 mod gateway;
@@ -164,8 +165,8 @@ mod paging;
 mod testing;
 mod token_cache;
 pub use gateway::{
-    CLOCK_LEEWAY, MAX_KEY_RELOAD_INTERVAL, MAX_TOKEN_LEN, RevocationLimits, Revoked, VerifiedToken, read_key_ring,
-    verifies_until,
+    CLOCK_LEEWAY, MAX_KEY_RELOAD_INTERVAL, MAX_TOKEN_LEN, RevocationLimits, Revoked, TokenRefusal, VerifiedToken,
+    read_key_ring, verifies_until,
 };
 pub use paging::{KeyPage, MAX_PAGE};
 
@@ -191,6 +192,7 @@ impl AuthService {
             last_kid_reload: Mutex::new(None),
             verified_tokens: token_cache::TokenCache::new(),
             attempts_ended: Arc::default(),
+            tokens_issued: metrics::counter!(crate::monitoring::TOKENS_ISSUED),
         }
     }
 
@@ -198,6 +200,14 @@ impl AuthService {
     pub fn with_hot_path(mut self, hot: HotPath) -> Self {
         self.hot = hot;
         self
+    }
+
+    /// Writes out what the service holds back to write in batches. Called once, at shutdown,
+    /// after the last request has been answered (`startup::Application::run_until`, step 3):
+    /// every batched writer flushes from here. Session touches are written at once, so
+    /// today nothing is held back.
+    pub async fn flush(&self) -> Result<()> {
+        Ok(())
     }
 
     pub fn store(&self) -> &dyn Store {
@@ -290,6 +300,7 @@ impl AuthService {
             api_key: key.api_key.to_string(),
         };
         let token = self.key_ring().sign(&claims)?;
+        self.tokens_issued.increment(1);
         Ok(IssuedToken { token, claims })
     }
 

@@ -25,6 +25,7 @@ use utoipa::{
 };
 
 use super::{
+    auth::LoginKind,
     AppState,
     error::{ApiError, Problem},
     provenance::Client,
@@ -285,7 +286,9 @@ pub async fn token(
         return Err(OAuthError::Client(OAuthErrorCode::InvalidScope, "this client has no scopes to request"));
     }
     let (client_id, client_secret) = client_credentials(&headers, &form)?;
-    let issued = state.auth.api_login(&client_id, &client_secret, client).await?;
+    let issued = state.auth.api_login(&client_id, &client_secret, client).await;
+    state.logins.record(LoginKind::Oauth, &issued);
+    let issued = issued?;
     let body = TokenResponse {
         access_token: issued.token,
         token_type: "Bearer",

@@ -41,7 +41,11 @@ use super::{
     envelope,
     error::{ApiError, Problem},
 };
-use crate::service::AuthService;
+use crate::{
+    monitoring::{self as names, Counters},
+    service::{AuthError, AuthService, TokenRefusal},
+};
+use metrics::Counter;
 
 pub const SUBJECT: HeaderName = HeaderName::from_static("x-auth-subject");
 pub const ACCOUNT: HeaderName = HeaderName::from_static("x-auth-account");
@@ -51,12 +55,18 @@ pub const SCOPES: HeaderName = HeaderName::from_static("x-auth-scopes");
 /// Answers forward authentication in front of the router (see the module comment).
 #[derive(Clone)]
 pub struct ForwardAuthLayer {
+    shared: Arc<Shared>,
+}
+
+/// What every forward-auth request needs, behind one pointer.
+struct Shared {
     auth: Arc<AuthService>,
+    outcomes: Outcomes,
 }
 
 impl ForwardAuthLayer {
     pub fn new(auth: Arc<AuthService>) -> Self {
-        Self { auth }
+        Self { shared: Arc::new(Shared { auth, outcomes: Outcomes::register() }) }
     }
 }
 
@@ -64,7 +74,39 @@ impl<S> Layer<S> for ForwardAuthLayer {
     type Service = ForwardAuth<S>;
 
     fn layer(&self, router: S) -> ForwardAuth<S> {
-        ForwardAuth { auth: self.auth.clone(), router }
+        ForwardAuth { shared: self.shared.clone(), router }
+    }
+}
+
+/// `keygate_verifications_total`: a token that passed, no token at all, one refused (by
+/// its `TokenRefusal`), or no answer from the store.
+struct Outcomes {
+    valid: Counter,
+    missing: Counter,
+    error: Counter,
+    refused: Counters<TokenRefusal>,
+}
+
+impl Outcomes {
+    fn register() -> Self {
+        let outcome = |label: &'static str| metrics::counter!(names::VERIFICATIONS, "outcome" => label);
+        Self {
+            valid: outcome("valid"),
+            missing: outcome("missing"),
+            error: outcome("error"),
+            refused: Counters::register(names::VERIFICATIONS, "outcome", &[]),
+        }
+    }
+
+    fn record(&self, result: &Result<Response, ApiError>, refusal: Option<TokenRefusal>) {
+        match (result, refusal) {
+            (Ok(_), _) => self.valid.increment(1),
+            (Err(_), Some(refusal)) => self.refused.increment(refusal),
+            (Err(ApiError::MissingToken), None) => self.missing.increment(1),
+            // A header that holds no well-formed token.
+            (Err(ApiError::InvalidToken), None) => self.refused.increment(TokenRefusal::Invalid),
+            (Err(_), None) => self.error.increment(1),
+        }
     }
 }
 
@@ -72,7 +114,7 @@ impl<S> Layer<S> for ForwardAuthLayer {
 /// everything else goes to `router`.
 #[derive(Clone)]
 pub struct ForwardAuth<S> {
-    auth: Arc<AuthService>,
+    shared: Arc<Shared>,
     router: S,
 }
 
@@ -90,7 +132,7 @@ where
 
     fn call(&mut self, request: Request) -> Self::Future {
         if is_forward_auth(request.uri().path()) {
-            Either::Left(Box::pin(answer(self.auth.clone(), request)))
+            Either::Left(Box::pin(answer(self.shared.clone(), request)))
         } else {
             Either::Right(self.router.call(request))
         }
@@ -99,13 +141,16 @@ where
 
 /// `/auth/verify`, `/auth/verify/` and anything under it, whatever the method: the whole
 /// routing table of [`ForwardAuth`].
-fn is_forward_auth(path: &str) -> bool {
+pub(super) fn is_forward_auth(path: &str) -> bool {
     path.strip_prefix("/auth/verify").is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
-/// The response to a forward-authentication request, success or refusal.
-async fn answer(auth: Arc<AuthService>, request: Request) -> Result<Response, Infallible> {
-    Ok(verify(&auth, request.headers()).await.unwrap_or_else(IntoResponse::into_response))
+/// The response to a forward-authentication request, success or refusal, counted.
+async fn answer(shared: Arc<Shared>, request: Request) -> Result<Response, Infallible> {
+    let mut refusal = None;
+    let result = verify(&shared.auth, request.headers(), &mut refusal).await;
+    shared.outcomes.record(&result, refusal);
+    Ok(result.unwrap_or_else(IntoResponse::into_response))
 }
 
 /// Forward authentication's part of the OpenAPI document, which `http::app` merges into
@@ -159,9 +204,17 @@ impl Modify for BearerScheme {
         (status = 503, description = "The store is unavailable; retry", body = Problem, content_type = "application/problem+json"),
     )
 )]
-async fn verify(auth: &AuthService, headers: &HeaderMap) -> Result<Response, ApiError> {
+async fn verify(
+    auth: &AuthService,
+    headers: &HeaderMap,
+    refusal: &mut Option<TokenRefusal>,
+) -> Result<Response, ApiError> {
     let token = bearer_token(headers)?;
-    let verified = auth.verify_token(token).await?;
+    let verified = auth.verify_token(token).await.inspect_err(|e| {
+        if let AuthError::InvalidToken(why) = e {
+            *refusal = Some(*why);
+        }
+    })?;
     // Every value comes from a claim we signed and then parsed, so it is a valid header;
     // `sub` and `acc` are the key ref and account id as they were written.
     let value = |s: &str| HeaderValue::from_str(s).map_err(|e| ApiError::Internal(e.into()));
