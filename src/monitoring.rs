@@ -101,7 +101,9 @@ pub fn install() -> Option<PrometheusHandle> {
         .get_or_init(|| {
             let builder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Full(HTTP_DURATION.to_owned()), DURATION_BUCKETS)
-                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(STORE_QUERY_DURATION.to_owned()), DURATION_BUCKETS));
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full(STORE_QUERY_DURATION.to_owned()), DURATION_BUCKETS)
+                });
             let recorder = match builder {
                 Ok(builder) => builder.build_recorder(),
                 Err(e) => {

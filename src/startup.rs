@@ -192,12 +192,14 @@ impl Application {
             let _ = stopping.send(true);
         };
         let metrics_server = self.metrics_listener.map(|(listener, exposition)| {
-            tracing::info!("metrics on http://{}/metrics", listener.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()));
+            tracing::info!(
+                "metrics on http://{}/metrics",
+                listener.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string())
+            );
             let mut stop = stop.clone();
-            let served = axum::serve(listener, http::metrics_app(exposition))
-                .with_graceful_shutdown(async move {
-                    let _ = stop.wait_for(|stopped| *stopped).await;
-                });
+            let served = axum::serve(listener, http::metrics_app(exposition)).with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|stopped| *stopped).await;
+            });
             tokio::spawn(async move { served.await })
         });
         let served = listener::serve(self.listener, self.app, self.limits, self.shutdown_timeout, signalled).await;
@@ -296,7 +298,11 @@ async fn open_store_patiently(settings: &Settings) -> anyhow::Result<Arc<dyn Sto
             );
         }
         // The cause without the URL, which may hold a password.
-        tracing::warn!(error = format!("{error:#}"), retry_in_ms = pause.as_millis() as u64, "cannot reach the database yet");
+        tracing::warn!(
+            error = format!("{error:#}"),
+            retry_in_ms = pause.as_millis() as u64,
+            "cannot reach the database yet"
+        );
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(MAX_CONNECT_PAUSE);
     }

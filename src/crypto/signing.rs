@@ -328,8 +328,9 @@ impl KeyRing {
         validation.set_issuer(&[issuer]);
         validation.set_audience(&[audience]);
         validation.set_required_spec_claims(&["exp", "nbf", "iat", "iss", "aud", "sub"]);
-        let claims =
-            jsonwebtoken::decode::<AccessClaims>(token, &verifier.key, &validation).map_err(|_| Rejected::Invalid)?.claims;
+        let claims = jsonwebtoken::decode::<AccessClaims>(token, &verifier.key, &validation)
+            .map_err(|_| Rejected::Invalid)?
+            .claims;
         if claims.exp < now.saturating_sub(leeway) {
             // Only a token whose signature verified is called expired: the difference tells a
             // forger nothing.

@@ -1,11 +1,11 @@
 //! `POST /auth/login` and `POST /auth/logout`.
 
-use axum::{extract::State, http::StatusCode, response::IntoResponse};
 use crate::{
     label_values,
     monitoring::{self, Counters},
     service::AuthError,
 };
+use axum::{extract::State, http::StatusCode, response::IntoResponse};
 use axum_extra::extract::CookieJar;
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};

@@ -12,8 +12,8 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{monitoring::Exposition, service::AuthService};
 use envelope::EnvelopeLayer;
-use observe::{Observe, ObserveLayer, Routes};
 use oauth::ClientScheme;
+use observe::{Observe, ObserveLayer, Routes};
 use verify::ForwardAuthLayer;
 
 mod audit;

@@ -25,8 +25,8 @@ use utoipa::{
 };
 
 use super::{
-    auth::LoginKind,
     AppState,
+    auth::LoginKind,
     error::{ApiError, Problem},
     provenance::Client,
 };

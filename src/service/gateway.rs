@@ -186,7 +186,10 @@ impl AuthService {
                 Ok(None)
             }
             Err(AuthError::InvalidToken(reason)) => {
-                tracing::debug!(reason = crate::monitoring::LabelValue::label(reason), "introspection of an invalid token: inactive");
+                tracing::debug!(
+                    reason = crate::monitoring::LabelValue::label(reason),
+                    "introspection of an invalid token: inactive"
+                );
                 Ok(None)
             }
             Err(e) => Err(e),
@@ -203,7 +206,10 @@ impl AuthService {
         let verified = match self.check_signature(token, now.max(0) as u64).await {
             Ok(v) => v,
             Err(AuthError::InvalidToken(reason)) => {
-                tracing::debug!(reason = crate::monitoring::LabelValue::label(reason), "revocation of an invalid token: nothing to do");
+                tracing::debug!(
+                    reason = crate::monitoring::LabelValue::label(reason),
+                    "revocation of an invalid token: nothing to do"
+                );
                 return Ok(Revoked::Nothing);
             }
             Err(e) => return Err(e),

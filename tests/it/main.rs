@@ -4,6 +4,7 @@
 #[macro_use]
 mod common;
 
+mod access_log;
 mod admins;
 mod bad_input;
 mod bounds;
@@ -13,6 +14,7 @@ mod contract;
 mod gateway;
 mod lifecycle;
 mod load;
+mod metrics;
 mod migrate;
 mod nginx;
 mod outage;
@@ -20,6 +22,7 @@ mod paging;
 mod replicas;
 mod retention;
 mod security;
+mod shutdown;
 mod signing_keys;
 mod store;
 mod store_cache;
