@@ -172,8 +172,8 @@ impl Application {
     /// 4. the store is checkpointed (`Store::checkpoint`), so that the SQLite file alone
     ///    holds everything.
     ///
-    /// An error from steps 3 or 4 is returned, for a non-zero exit: something written was
-    /// not kept.
+    /// Steps 3 and 4 also follow a server that stopped for another reason. An error from
+    /// either is returned, for a non-zero exit: something written was not kept.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         tracing::info!("listening on http://{}", self.local_addr()?);
         // Picks up signing-key rotations made elsewhere (CLI, other replicas) while we run.
@@ -182,6 +182,7 @@ impl Application {
         // Loads the caches and keeps them in step with the store; until its first load they
         // simply pass every call through, so start-up does not wait for it.
         let sync = tokio::spawn(self.cache.keep_in_sync());
+        let key_use = tokio::spawn(self.auth.clone().keep_key_use_flushed(service::KEY_USE_FLUSH_EVERY));
         let metrics_upkeep = self.metrics.map(|handle| tokio::spawn(Exposition::keep_up(handle)));
 
         let (stopping, stop) = watch::channel(false);
@@ -207,6 +208,7 @@ impl Application {
         upkeep.abort();
         sweeper.abort();
         sync.abort();
+        key_use.abort();
         if let Some(task) = metrics_upkeep {
             task.abort();
         }
@@ -214,17 +216,15 @@ impl Application {
             // A scraper's request is quick; one that hangs is not waited for.
             let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
         }
-        served?;
-        // Only after a shutdown: a server that stops for any other reason stopped above.
-        if *stop.borrow() {
-            self.auth.flush().await.map_err(|e| std::io::Error::other(format!("cannot flush batched writes: {e}")))?;
-            self.auth
-                .store()
-                .checkpoint()
-                .await
-                .map_err(|e| std::io::Error::other(format!("cannot checkpoint the store: {e}")))?;
-        }
-        Ok(())
+        // What was batched for the store is written before the process goes, however the
+        // server stopped.
+        self.auth.flush().await.map_err(|e| std::io::Error::other(format!("cannot flush batched writes: {e}")))?;
+        self.auth
+            .store()
+            .checkpoint()
+            .await
+            .map_err(|e| std::io::Error::other(format!("cannot checkpoint the store: {e}")))?;
+        served
     }
 }
 

@@ -31,7 +31,7 @@ label_values! {
     /// How a login ended.
     pub enum LoginOutcome {
         Success => "success",
-        /// Wrong secret, or an unknown key or email.
+        /// Wrong secret, an unknown key or email, or scopes the key does not hold.
         Invalid => "invalid",
         /// Refused by a lockout, or by too many attempts in flight.
         Locked => "locked",
@@ -44,7 +44,8 @@ impl LoginOutcome {
     fn of<T>(result: &Result<T, AuthError>) -> Self {
         match result {
             Ok(_) => Self::Success,
-            Err(AuthError::InvalidCredentials) => Self::Invalid,
+            // Credentials, or what they asked for (scopes the key does not hold), refused.
+            Err(AuthError::InvalidCredentials | AuthError::InvalidScope | AuthError::Invalid(_)) => Self::Invalid,
             Err(AuthError::Locked { .. }) => Self::Locked,
             Err(_) => Self::Error,
         }

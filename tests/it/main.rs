@@ -12,6 +12,7 @@ mod cache;
 mod connections;
 mod contract;
 mod gateway;
+mod keys;
 mod lifecycle;
 mod load;
 mod metrics;

@@ -243,6 +243,9 @@ fn release_token(release: &Release, key: &SealedKey, jti: &str) -> String {
         jti: jti.into(),
         acc: release.account.to_string(),
         api_key: release.api_key.as_str().into(),
+        // As the release wrote them: no RFC 9068 claims.
+        client_id: String::new(),
+        scope: None,
     };
     KeyRing::new(&key_sealer(&master), key, &[]).unwrap().sign(&claims).unwrap()
 }
