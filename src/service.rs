@@ -170,8 +170,7 @@ mod testing;
 mod token_cache;
 pub use gateway::{
     CLOCK_LEEWAY, MAX_KEY_RELOAD_INTERVAL, MAX_TOKEN_LEN, RevocationLimits, Revoked, TokenRefusal, Verification,
-    VerifiedToken,
-    read_key_ring, verifies_until,
+    VerifiedToken, read_key_ring, verifies_until,
 };
 pub use key_use::KEY_USE_FLUSH_EVERY;
 pub use paging::{KeyPage, MAX_PAGE};

@@ -206,7 +206,10 @@ impl AuthService {
                 Ok(None)
             }
             Err(AuthError::InvalidToken(reason)) => {
-                tracing::debug!(reason = crate::monitoring::LabelValue::label(reason), "introspection of an invalid token: inactive");
+                tracing::debug!(
+                    reason = crate::monitoring::LabelValue::label(reason),
+                    "introspection of an invalid token: inactive"
+                );
                 Ok(None)
             }
             Err(e) => Err(e),
@@ -223,7 +226,10 @@ impl AuthService {
         let verified = match self.check_signature(token, now.max(0) as u64).await {
             Ok(v) => v,
             Err(AuthError::InvalidToken(reason)) => {
-                tracing::debug!(reason = crate::monitoring::LabelValue::label(reason), "revocation of an invalid token: nothing to do");
+                tracing::debug!(
+                    reason = crate::monitoring::LabelValue::label(reason),
+                    "revocation of an invalid token: nothing to do"
+                );
                 return Ok(Revoked::Nothing);
             }
             Err(e) => return Err(e),
@@ -295,8 +301,8 @@ fn parse_claims(claims: AccessClaims) -> Result<VerifiedToken> {
     if claims.jti.is_empty() || claims.jti.len() > MAX_JTI_LEN {
         return Err(AuthError::InvalidToken(TokenRefusal::Invalid));
     }
-    let scopes =
-        Scopes::parse_list(claims.scope.as_deref().unwrap_or("")).map_err(|_| AuthError::InvalidToken(TokenRefusal::Invalid))?;
+    let scopes = Scopes::parse_list(claims.scope.as_deref().unwrap_or(""))
+        .map_err(|_| AuthError::InvalidToken(TokenRefusal::Invalid))?;
     Ok(VerifiedToken { claims, key_ref, account_id, scopes })
 }
 
