@@ -373,7 +373,7 @@ pub trait Store:
     fn pool_state(&self) -> PoolState;
     /// Makes the store whole in its main file, for a copy of that file alone to hold
     /// everything: SQLite merges its write-ahead log in and empties it; PostgreSQL has
-    /// nothing to do. At shutdown and after `migrate`.
+    /// nothing to do. The one checkpoint there is: at shutdown, and on a `migrate` target.
     async fn checkpoint(&self) -> Result<()>;
 }
 
