@@ -4,6 +4,7 @@
 #[macro_use]
 mod common;
 
+mod access_log;
 mod admins;
 mod bad_input;
 mod bounds;
@@ -15,6 +16,7 @@ mod gateway;
 mod keys;
 mod lifecycle;
 mod load;
+mod metrics;
 mod migrate;
 mod nginx;
 mod outage;
@@ -22,6 +24,7 @@ mod paging;
 mod replicas;
 mod retention;
 mod security;
+mod shutdown;
 mod signing_keys;
 mod store;
 mod store_cache;
