@@ -164,29 +164,12 @@ pub fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let e = settings.attribute(e);
-            eprintln!("error: {}", one_line(&e));
+            eprintln!("error: {}", telemetry::Chain(&e));
             // A setting only start-up can judge (the master key file) is a setting error too.
             let setting = e.is::<InputError>() || e.chain().any(|cause| cause.is::<ConfigError>());
             if setting { refused } else { ExitCode::FAILURE }
         }
     }
-}
-
-/// The error and its causes on one line, each said once: many errors already include their
-/// cause's text in their own, and would otherwise repeat it.
-fn one_line(error: &anyhow::Error) -> String {
-    let mut line = String::new();
-    for cause in error.chain() {
-        let text = cause.to_string().split_whitespace().collect::<Vec<_>>().join(" ");
-        if text.is_empty() || line.contains(&text) {
-            continue;
-        }
-        if !line.is_empty() {
-            line.push_str(": ");
-        }
-        line.push_str(&text);
-    }
-    line
 }
 
 async fn run(command: Command, settings: &Settings, clock: Clock) -> anyhow::Result<()> {
@@ -277,18 +260,6 @@ async fn shutdown_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn each_cause_is_said_once() {
-        #[derive(Debug, thiserror::Error)]
-        #[error("database unavailable: {0}")]
-        struct Outer(#[source] std::io::Error);
-        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "Connection refused (os error 111)");
-        let e = anyhow::Error::new(Outer(io)).context("cannot open the database");
-        assert_eq!(one_line(&e), "cannot open the database: database unavailable: Connection refused (os error 111)");
-        let e = anyhow::anyhow!("inner").context("outer");
-        assert_eq!(one_line(&e), "outer: inner");
-    }
 
     #[test]
     fn the_command_line_is_well_formed() {

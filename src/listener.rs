@@ -44,7 +44,7 @@ use tokio::{
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
-use crate::{config::ConnectionSettings, http::App};
+use crate::config::ConnectionSettings;
 
 /// Descriptors kept for everything but client connections: the store's pool (PostgreSQL
 /// connections, or SQLite's database, journal and shared-memory files per connection), log
@@ -119,16 +119,91 @@ fn raise_descriptor_limit() -> Option<u64> {
     None
 }
 
-/// Serves `app` on `listener` until `shutdown` completes, then lets open requests finish.
-/// With `tls`, each connection is a TLS one, whose handshake counts as the first request's
-/// head: it must be done within the header-read timeout of connecting.
-pub async fn serve(
+/// Serves `app` on `listener` until `shutdown` completes; then closes the listener, so that
+/// no connection is accepted any more, and lets the requests in flight finish, for at most
+/// `drain`: those still running then are cut. With `tls`, each connection is a TLS one,
+/// whose handshake counts as the first request's head: it must be done within the
+/// header-read timeout of connecting.
+pub async fn serve<S>(
     listener: TcpListener,
-    app: App,
+    app: S,
+    limits: Limits,
+    tls: Option<TlsAcceptor>,
+    drain: Duration,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()>
+where
+    S: AppService,
+{
+    let graceful = accept_until(&listener, app, limits, tls, shutdown).await;
+    drop(listener);
+    drain_connections(graceful, drain).await;
+    Ok(())
+}
+
+/// Serves `app` on `listener` until `until` completes and the requests in flight have been
+/// answered, keeping the listener open: for what is served before the app proper can be
+/// (start-up waiting for the database). Its connections are closed once idle; clients open
+/// new ones, to the app that follows.
+pub async fn serve_until<S>(
+    listener: TcpListener,
+    app: S,
+    limits: Limits,
+    tls: Option<TlsAcceptor>,
+    until: impl Future<Output = ()> + Send + 'static,
+) -> TcpListener
+where
+    S: AppService,
+{
+    let graceful = accept_until(&listener, app, limits, tls, until).await;
+    drain_connections(graceful, limits.header_read_timeout).await;
+    listener
+}
+
+/// What the listener can serve: the app, or the one served while starting.
+pub trait AppService:
+    tower::Service<
+        hyper::Request<axum::body::Body>,
+        Response = axum::response::Response,
+        Error = std::convert::Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<S> AppService for S where
+    S: tower::Service<
+            hyper::Request<axum::body::Body>,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
+async fn drain_connections(graceful: GracefulShutdown, limit: Duration) {
+    if tokio::time::timeout(limit, graceful.shutdown()).await.is_err() {
+        tracing::warn!(limit_s = limit.as_secs(), "requests still in flight at the shutdown timeout were cut");
+    }
+}
+
+/// The accept loop, until `shutdown`; returns what waits for the open connections.
+async fn accept_until<S>(
+    listener: &TcpListener,
+    app: S,
     limits: Limits,
     tls: Option<TlsAcceptor>,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> io::Result<()> {
+) -> GracefulShutdown
+where
+    S: AppService,
+{
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let pressure = Arc::new(Pressure::default());
     let graceful = GracefulShutdown::new();
@@ -162,7 +237,7 @@ pub async fn serve(
             full_logged = false;
         }
         let (stream, peer) = tokio::select! {
-            accepted = accept(&listener) => accepted,
+            accepted = accept(listener) => accepted,
             () = &mut shutdown => break,
         };
         no_delay(&stream);
@@ -197,22 +272,20 @@ pub async fn serve(
             drop(permit);
         });
     }
-    drop(listener);
-    graceful.shutdown().await;
-    Ok(())
+    graceful
 }
 
 /// One accepted connection, before its first byte of HTTP.
-struct Connection {
+struct Connection<S> {
     http: http1::Builder,
-    app: App,
+    app: S,
     peer: SocketAddr,
     limits: Limits,
     pressure: Arc<Pressure>,
     activity: Arc<Activity>,
 }
 
-impl Connection {
+impl<S: AppService> Connection<S> {
     /// Serves HTTP/1.1 on `io` (the socket, or the TLS stream over it) until the connection
     /// ends or times out, under `watcher`'s graceful shutdown.
     async fn serve<I>(self, io: I, watcher: Watcher) -> End

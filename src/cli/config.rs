@@ -55,6 +55,13 @@ pub fn check(settings: &Settings) -> anyhow::Result<()> {
         ("KEYGATE_HEADER_READ_TIMEOUT", seconds(limits.header_read_timeout.as_secs())),
         ("KEYGATE_IDLE_TIMEOUT", seconds(limits.idle_timeout.as_secs())),
         ("KEYGATE_MAX_CONNECTIONS", limits.max_connections.to_string()),
+        (
+            "KEYGATE_METRICS_LISTEN",
+            s.operations.metrics_listen.map_or_else(|| "(the main listener)".to_owned(), |a| a.to_string()),
+        ),
+        ("KEYGATE_ACCESS_LOG", s.operations.access_log.to_string()),
+        ("KEYGATE_SHUTDOWN_TIMEOUT", seconds(s.operations.shutdown_timeout.as_secs())),
+        ("KEYGATE_DB_CONNECT_TIMEOUT", seconds(s.operations.db_connect_timeout.as_secs())),
         ("KEYGATE_TLS_CERT", or_none(s.tls.as_ref().map(|f| f.cert.display().to_string()))),
         ("KEYGATE_TLS_KEY", or_none(s.tls.as_ref().map(|f| f.key.display().to_string()))),
         ("KEYGATE_LOG", s.log_filter.clone()),

@@ -189,6 +189,12 @@ fn config_check_prints_the_settings_with_secrets_hidden() {
     assert!(row("KEYGATE_MASTER_KEY").contains("hidden"));
     assert!(row("KEYGATE_BOOTSTRAP_ADMIN_EMAIL").contains("ops@example.com"));
     assert!(row("KEYGATE_BOOTSTRAP_ADMIN_PASSWORD").contains("hidden"));
+    // Every setting keygate has is shown.
+    use clap::Args;
+    let command = keygate::config::SettingsArgs::augment_args(clap::Command::new("keygate"));
+    for name in command.get_arguments().filter_map(|a| a.get_env()) {
+        row(&name.to_string_lossy());
+    }
     for secret in ["hunter2", &master_key, &master_key[..16]] {
         assert!(!printed.contains(secret) && !stderr(&out).contains(secret), "{secret} printed:\n{printed}");
     }

@@ -4,11 +4,13 @@
 #[macro_use]
 mod common;
 
+mod access_log;
 mod admins;
 mod backup;
 mod bad_input;
 mod bounds;
 mod cache;
+mod caddy;
 mod cli;
 mod connections;
 mod contract;
@@ -17,6 +19,7 @@ mod gateway;
 mod keys;
 mod lifecycle;
 mod load;
+mod metrics;
 mod migrate;
 mod nginx;
 mod outage;
@@ -24,6 +27,7 @@ mod paging;
 mod replicas;
 mod retention;
 mod security;
+mod shutdown;
 mod signing_keys;
 mod store;
 mod store_cache;

@@ -51,8 +51,7 @@ pub trait Dialect: Run {
         subjects: &'c [String],
     ) -> impl Future<Output = Result<Vec<Self::Row>>> + Send;
 
-    /// Makes the database's files whole: SQLite writes its write-ahead log back into the
-    /// database file, so that the file alone holds every commit. Nothing to do elsewhere.
+    /// Merges what the database keeps beside its main file into it (`Store::checkpoint`).
     fn checkpoint(pool: &Pool<Self>) -> impl Future<Output = Result<()>> + Send;
 
     /// Writes a consistent copy of the whole store into the new file `path`, while others

@@ -163,6 +163,7 @@ impl Dialect for Postgres {
     }
 
     async fn checkpoint(_: &Pool<Self>) -> Result<()> {
+        // The server keeps its own files whole; a copy is `pg_dump`'s.
         Ok(())
     }
 

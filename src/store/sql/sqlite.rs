@@ -94,14 +94,13 @@ impl Dialect for Sqlite {
     }
 
     async fn checkpoint(pool: &Pool<Self>) -> Result<()> {
-        // TRUNCATE: waits for readers to move past the log's end, then empties it, so the
-        // database file is whole and the log file is zero bytes. `busy` is 1 if a reader or
-        // writer kept that from happening within the busy timeout.
-        let (busy, _, _): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)").fetch_one(pool).await?;
+        // TRUNCATE: every frame copied into the database file and the log emptied, so the
+        // `.db` alone is the whole store. A reader elsewhere (the CLI) may hold frames back:
+        // then SQLite reports busy, and the log stays for the next checkpoint to merge.
+        let (busy, frames, copied): (i64, i64, i64) =
+            sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)").fetch_one(pool).await?;
         if busy != 0 {
-            return Err(StoreError::Other(sqlx::Error::Protocol(
-                "the write-ahead log could not be checkpointed: the store is busy".into(),
-            )));
+            tracing::warn!(frames, copied, "the write-ahead log is not fully merged: another process is reading");
         }
         Ok(())
     }
