@@ -86,6 +86,10 @@ pub struct SettingsArgs {
     /// itself [default: true].
     #[arg(long, env = "KEYGATE_PIN_WORKERS", global = true, value_name = "BOOL")]
     pub pin_workers: Option<Given<bool>>,
+    /// What strict rate limits and credits do while the replicas' shared state cannot be
+    /// reached: open (allow, and count later) or closed (refuse with 503) [default: open].
+    #[arg(long, env = "KEYGATE_LIMITS_ON_FAILURE", global = true, value_name = "open|closed")]
+    pub limits_on_failure: Option<String>,
     /// Log filter, in tracing's EnvFilter syntax [default: info].
     #[arg(long, env = "KEYGATE_LOG", global = true, value_name = "FILTER")]
     pub log: Option<String>,
@@ -208,6 +212,7 @@ pub struct Settings {
     pub bootstrap_admin: Option<(Email, AdminPassword)>,
     pub log_filter: String,
     pub log_format: LogFormat,
+    pub limits_on_failure: crate::service::limits::OnFailure,
     pub defences: DefenceSettings,
     pub connections: ConnectionSettings,
 }
@@ -297,6 +302,11 @@ impl Settings {
             Some(_) => return Err(bad("KEYGATE_LOG_FORMAT", "expected text or json")),
         };
 
+        let limits_on_failure = match layers.get(|s| &s.limits_on_failure).as_deref().map(str::trim) {
+            None | Some("open") => crate::service::limits::OnFailure::Open,
+            Some("closed") => crate::service::limits::OnFailure::Closed,
+            Some(_) => return Err(bad("KEYGATE_LIMITS_ON_FAILURE", "expected open or closed")),
+        };
         let defences = defences::load(&layers)?;
         let connections = connections::load(&layers)?;
 
@@ -336,6 +346,7 @@ impl Settings {
             bootstrap_admin,
             log_filter,
             log_format,
+            limits_on_failure,
             defences,
             connections,
         })

@@ -82,8 +82,17 @@ impl Application {
         // The hot paths' reads from memory. Logins too on the embedded store, whose keys
         // only this process deletes; see store::cache::keys for why not with PostgreSQL.
         let cache = Arc::new(CachedStore::new(store.clone(), settings.is_embedded()).with_clock(clock.clone()));
+        // Replicas share their limits' counts through the database; one server keeps them
+        // in memory.
+        let shared: Option<Arc<dyn service::limits::SharedCounters>> = match settings.is_embedded() {
+            true => None,
+            false => Some(Arc::new(service::limits::StoreCounters(store.clone()))),
+        };
+        let credits: Arc<dyn store::CreditStore> = store.clone();
+        let limiter = service::limits::Limiter::new(shared, credits, settings.limits_on_failure);
         let auth = AuthService::new(store, policy, clock, api_hasher, admin_hasher, ring, sealer)
-            .with_hot_path(cache.hot_path());
+            .with_hot_path(cache.hot_path())
+            .with_limiter(limiter);
         let auth = Arc::new(auth);
         let state = AppState {
             auth: auth.clone(),
@@ -125,12 +134,15 @@ impl Application {
         // simply pass every call through, so start-up does not wait for it.
         let sync = tokio::spawn(self.cache.keep_in_sync());
         let key_use = tokio::spawn(self.auth.clone().keep_key_use_flushed(service::KEY_USE_FLUSH_EVERY));
+        let limits = tokio::spawn(self.auth.clone().keep_limits_synced());
         let served = listener::serve(self.listener, self.app, self.limits, shutdown).await;
         upkeep.abort();
         sweeper.abort();
         sync.abort();
         key_use.abort();
+        limits.abort();
         // What was batched for the store is written before the process goes.
+        self.auth.flush_limits().await;
         if let Err(e) = self.auth.flush_key_use().await {
             tracing::warn!(error = %e, "cannot write keys' last use on shutdown");
         }

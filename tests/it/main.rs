@@ -13,6 +13,7 @@ mod contract;
 mod gateway;
 mod keys;
 mod lifecycle;
+mod limits;
 mod load;
 mod migrate;
 mod nginx;

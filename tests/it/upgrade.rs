@@ -272,6 +272,8 @@ async fn upgrade(builder: Builder, release: &Release) -> TestApp {
         let r = verify(&app, &release_token(release, key, &keygate::crypto::token_id())).await;
         assert_eq!(r.status(), StatusCode::OK, "a token of signing key {} was refused", key.kid);
         assert_eq!(r.headers()["x-auth-subject"], release.key_ref.to_string().as_str());
+        // An upgraded key has no limits: nothing counted, no RateLimit headers.
+        assert!(r.headers().get("ratelimit").is_none() && r.headers().get("ratelimit-policy").is_none());
     }
     let revoked = verify(&app, &release_token(release, &release.active, &release.revoked_jti)).await;
     assert_eq!(revoked.status(), StatusCode::UNAUTHORIZED, "a revoked token came back");
@@ -290,6 +292,9 @@ async fn upgrade(builder: Builder, release: &Release) -> TestApp {
     let mut expected = vec![release.api_key.as_str(), release.locked_key.as_str()];
     expected.sort();
     assert_eq!(listed, expected);
+    let r = old_session.get(app.url(&format!("/auth/keys/{}", release.key_ref))).send().await.unwrap();
+    let key: Value = r.json().await.unwrap();
+    assert_eq!((&key["limits"], &key["credits"], &key["owner"]), (&serde_json::json!([]), &Value::Null, &Value::Null));
 
     // The audit log keeps the release's entries, as they were, behind the new ones.
     let page: Value = old_session.get(app.url("/auth/audit?limit=200")).send().await.unwrap().json().await.unwrap();
