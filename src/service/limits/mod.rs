@@ -204,7 +204,8 @@ pub struct Limiter {
     /// Strict takes in flight at once. Waiting here is this server's queue, not the shared
     /// state's answer: the timeout starts once a take is sent, so a burst does not turn
     /// into timeouts (and strict limits into the failure setting) by its size alone.
-    takes: tokio::sync::Semaphore,
+    takes: Arc<tokio::sync::Semaphore>,
+    late: Mutex<Vec<Late>>,
     pub outages: Outages,
 }
 
@@ -220,7 +221,8 @@ impl Limiter {
             on_failure,
             state: Mutex::default(),
             balances_io: tokio::sync::Mutex::new(()),
-            takes: tokio::sync::Semaphore::new(TAKES_IN_FLIGHT),
+            takes: Arc::new(tokio::sync::Semaphore::new(TAKES_IN_FLIGHT)),
+            late: Mutex::default(),
             outages: Outages::default(),
         }
     }
@@ -293,7 +295,7 @@ impl Limiter {
         if let Some(shared) = self.shared.as_ref().filter(|_| cost > 0) {
             let strict: Vec<&Item<'_>> = items.iter().filter(|i| i.limit.consistency == Consistency::Strict).collect();
             if !strict.is_empty() || !credit_items.is_empty() {
-                match self.take(shared.as_ref(), &strict, &credit_items, cost, now).await {
+                match self.take(shared, &strict, &credit_items, cost, now).await {
                     Ok(Taken::All { hits, remaining: left }) => {
                         let mut state = self.state();
                         for (item, hits) in strict.iter().zip(hits) {
@@ -316,7 +318,9 @@ impl Limiter {
                         self.give_back(&items, cost);
                         return Err(Refusal::Unavailable);
                     }
-                    Err(_) => {
+                    // Allowed; `reconcile` counts it once the late take has answered.
+                    Err(Failure::Late) => {}
+                    Err(Failure::Unreachable) => {
                         // Allowed; counted once the shared state answers again.
                         let mut state = self.state();
                         for item in &strict {
@@ -327,12 +331,7 @@ impl Limiter {
                         for credit in &credit_items {
                             let period = credit.refill.map_or(0, |r| r.period(now));
                             let amount = credit.refill.map_or(0, |r| r.amount as i64);
-                            let entry = state.deferred.entry(credit.scope.clone()).or_insert((0, period, amount));
-                            if entry.1 == period {
-                                entry.0 += cost;
-                            } else {
-                                *entry = (cost, period, amount);
-                            }
+                            defer(&mut state, credit.scope.clone(), period, amount, cost);
                         }
                     }
                 }
@@ -341,62 +340,107 @@ impl Limiter {
         Ok(Admission { policies: self.policies(&items, &credit_items, now, &remaining) })
     }
 
-    /// The shared take, bounded by `SHARED_TIMEOUT`.
+    /// The shared take, bounded by `SHARED_TIMEOUT`. One that answers later is not cut
+    /// short (it may have counted already): it is left to finish, and `reconcile` then
+    /// makes the counts agree with what this request was told.
     async fn take(
         &self,
-        shared: &dyn SharedCounters,
+        shared: &Arc<dyn SharedCounters>,
         strict: &[&Item<'_>],
         credit_items: &[CreditItem],
         cost: i64,
         now: UnixTime,
-    ) -> Result<Taken, ()> {
-        let takes: Vec<CounterTake<'_>> = strict
+    ) -> Result<Taken, Failure> {
+        // While the shared state is known to be away, no request waits for it: the upkeep's
+        // next round finds out when it is back.
+        if self.outages.is_down() {
+            return Err(Failure::Unreachable);
+        }
+        let counters: Vec<(String, UnixTime, i64, i64, i64)> = strict
             .iter()
             .map(|item| {
                 let w = item.limit.window_seconds as i64;
                 let (start, elapsed) = window::position(now, w);
-                CounterTake {
-                    counter: &item.id,
-                    window_start: start,
-                    window: w,
-                    elapsed,
-                    limit: item.limit.limit as i64,
-                    expires_at: start + 2 * w,
-                }
+                (item.id.clone(), start, w, elapsed, item.limit.limit as i64)
             })
             .collect();
-        let credits: Vec<CreditTake<'_>> = credit_items
+        let credits: Vec<(CreditScope, i64, i64)> = credit_items
             .iter()
-            .map(|c| CreditTake {
-                scope: &c.scope,
-                period: c.refill.map_or(0, |r| r.period(now)),
-                amount: c.refill.map_or(0, |r| r.amount as i64),
-            })
+            .map(|c| (c.scope.clone(), c.refill.map_or(0, |r| r.period(now)), c.refill.map_or(0, |r| r.amount as i64)))
             .collect();
-        // While the shared state is known to be away, no request waits for it: the upkeep's
-        // next round finds out when it is back.
-        if self.outages.is_down() {
-            return Err(());
-        }
-        let Ok(_permit) = self.takes.acquire().await else { return Err(()) };
-        if self.outages.is_down() {
-            return Err(());
-        }
-        match tokio::time::timeout(SHARED_TIMEOUT, shared.take(&takes, &credits, cost)).await {
-            Ok(Ok(taken)) => {
+        let Ok(permit) = self.takes.clone().acquire_owned().await else { return Err(Failure::Unreachable) };
+        let shared = shared.clone();
+        let (ids, late_credits) = (counters.iter().map(|c| c.0.clone()).collect(), credits.clone());
+        let mut handle = tokio::spawn(async move {
+            let _permit = permit;
+            let takes: Vec<CounterTake<'_>> = counters
+                .iter()
+                .map(|(id, start, w, elapsed, limit)| CounterTake {
+                    counter: id,
+                    window_start: *start,
+                    window: *w,
+                    elapsed: *elapsed,
+                    limit: *limit,
+                    expires_at: start + 2 * w,
+                })
+                .collect();
+            let credits: Vec<CreditTake<'_>> = credits
+                .iter()
+                .map(|(scope, period, amount)| CreditTake { scope, period: *period, amount: *amount })
+                .collect();
+            shared.take(&takes, &credits, cost).await
+        });
+        match tokio::time::timeout(SHARED_TIMEOUT, &mut handle).await {
+            Ok(Ok(Ok(taken))) => {
                 self.outages.succeeded();
                 Ok(taken)
             }
-            Ok(Err(e)) => {
+            Ok(Ok(Err(e))) => {
                 self.outages.failed(&e);
-                Err(())
+                Err(Failure::Unreachable)
             }
+            Ok(Err(_)) => Err(Failure::Unreachable),
             // Slow, not gone: this request follows the failure setting, the next ones try
             // again (the upkeep's round tells an outage from a slow answer).
             Err(_) => {
                 self.outages.slow.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!("no answer from the limit state within 100 ms");
-                Err(())
+                let admitted = self.on_failure == OnFailure::Open;
+                self.late().push(Late { handle, ids, credits: late_credits, cost, admitted });
+                Err(Failure::Late)
+            }
+        }
+    }
+
+    fn late(&self) -> MutexGuard<'_, Vec<Late>> {
+        self.late.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Settles the takes that answered after their request was decided: an admitted
+    /// request whose take did not count it is counted now; a refused one whose take counted
+    /// it is taken back.
+    async fn reconcile(&self) {
+        let finished: Vec<Late> = {
+            let mut late = self.late();
+            let (done, waiting): (Vec<Late>, Vec<Late>) = late.drain(..).partition(|l| l.handle.is_finished());
+            *late = waiting;
+            done
+        };
+        for late in finished {
+            let counted = matches!(late.handle.await, Ok(Ok(Taken::All { .. })));
+            let delta = match (late.admitted, counted) {
+                (true, false) => late.cost,
+                (false, true) => -late.cost,
+                _ => continue,
+            };
+            let mut state = self.state();
+            for id in &late.ids {
+                if let Some(c) = state.counters.get_mut(id) {
+                    c.pending += delta;
+                }
+            }
+            for (scope, period, amount) in late.credits {
+                defer(&mut state, scope, period, amount, delta);
             }
         }
     }
@@ -588,7 +632,10 @@ impl Limiter {
                     }
                 }
             }
-            Some(shared) => self.share(shared.as_ref(), now).await,
+            Some(shared) => {
+                self.reconcile().await;
+                self.share(shared.as_ref(), now).await
+            }
         }
         let mut state = self.state();
         state.counters.retain(|_, c| c.start + 2 * c.window > now);
@@ -677,6 +724,34 @@ impl Limiter {
     pub fn is_shared(&self) -> bool {
         self.shared.is_some()
     }
+}
+
+/// Credits to spend (or, negative, give back) once the shared state answers.
+fn defer(state: &mut State, scope: CreditScope, period: i64, amount: i64, cost: i64) {
+    let entry = state.deferred.entry(scope).or_insert((0, period, amount));
+    if entry.1 == period {
+        entry.0 += cost;
+    } else if entry.1 < period {
+        *entry = (cost, period, amount);
+    }
+}
+
+/// Why a strict take gave no answer for the request.
+enum Failure {
+    /// The shared state failed, or is known to be away.
+    Unreachable,
+    /// It did not answer within `SHARED_TIMEOUT`; the take goes on (`Late`).
+    Late,
+}
+
+/// A take that answered after its request was decided.
+struct Late {
+    handle: tokio::task::JoinHandle<Result<Taken, StoreError>>,
+    ids: Vec<String>,
+    credits: Vec<(CreditScope, i64, i64)>,
+    cost: i64,
+    /// Whether the request was let through (the failure setting `open`).
+    admitted: bool,
 }
 
 /// The counter of `item` at `now`, created if new, rolled on to `now`'s window.
