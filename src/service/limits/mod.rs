@@ -167,6 +167,7 @@ impl Outages {
     fn failed(&self, error: &dyn std::fmt::Display) {
         if !self.down.swap(true, Ordering::AcqRel) {
             self.count.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!(crate::monitoring::LIMIT_STATE_OUTAGES).increment(1);
             tracing::warn!(error = %error, "limit state unreachable: fast limits decide alone, strict ones follow KEYGATE_LIMITS_ON_FAILURE");
         }
     }
@@ -404,6 +405,7 @@ impl Limiter {
             // again (the upkeep's round tells an outage from a slow answer).
             Err(_) => {
                 self.outages.slow.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!(crate::monitoring::LIMIT_STATE_SLOW).increment(1);
                 tracing::debug!("no answer from the limit state within 100 ms");
                 let admitted = self.on_failure == OnFailure::Open;
                 self.late().push(Late { handle, ids, credits: late_credits, cost, admitted });
