@@ -213,7 +213,7 @@ impl Refill {
             Interval::Daily => days,
             Interval::Monthly { day } => {
                 let (year, month, mday) = civil_from_days(days);
-                let months = (year - 1970) * 12 + i64::from(month) - 1;
+                let months = (year - 1970) * 12 + month - 1;
                 if mday < i64::from(day) { months - 1 } else { months }
             }
         }
