@@ -88,6 +88,10 @@ pub struct SettingsArgs {
     /// itself [default: true].
     #[arg(long, env = "KEYGATE_PIN_WORKERS", value_name = "BOOL")]
     pub pin_workers: Option<Given<bool>>,
+    /// What strict rate limits and credits do while the replicas' shared state cannot be
+    /// reached: open (allow, and count later) or closed (refuse with 503) [default: open].
+    #[arg(long, env = "KEYGATE_LIMITS_ON_FAILURE", value_name = "open|closed")]
+    pub limits_on_failure: Option<String>,
     /// Log filter, in tracing's EnvFilter syntax [default: info].
     #[arg(long, env = "KEYGATE_LOG", value_name = "FILTER")]
     pub log: Option<String>,
@@ -335,6 +339,7 @@ pub struct Settings {
     pub bootstrap_admin: Option<(Email, AdminPassword)>,
     pub log_filter: String,
     pub log_format: LogFormat,
+    pub limits_on_failure: crate::service::limits::OnFailure,
     pub defences: DefenceSettings,
     pub connections: ConnectionSettings,
     pub operations: OperationSettings,
@@ -473,6 +478,12 @@ impl Settings {
             Some(_) => return Err(bad("KEYGATE_LOG_FORMAT", "expected text or json")),
         };
 
+        let limits_on_failure = match layers.get(|s| &s.limits_on_failure).as_deref().map(str::trim) {
+            None | Some("open") => crate::service::limits::OnFailure::Open,
+            Some("closed") => crate::service::limits::OnFailure::Closed,
+            Some(_) => return Err(bad("KEYGATE_LIMITS_ON_FAILURE", "expected open or closed")),
+        };
+
         let tls = match (layers.get(|s| &s.tls_cert), layers.get(|s| &s.tls_key)) {
             (None, None) => None,
             (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
@@ -522,6 +533,7 @@ impl Settings {
             bootstrap_admin,
             log_filter,
             log_format,
+            limits_on_failure,
             defences,
             connections,
             operations,

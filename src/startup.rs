@@ -121,8 +121,17 @@ impl Application {
         // The hot paths' reads from memory. Logins too on the embedded store, whose keys
         // only this process deletes; see store::cache::keys for why not with PostgreSQL.
         let cache = Arc::new(CachedStore::new(store.clone(), settings.is_embedded()).with_clock(clock.clone()));
+        // Replicas share their limits' counts through the database; one server keeps them
+        // in memory.
+        let shared: Option<Arc<dyn service::limits::SharedCounters>> = match settings.is_embedded() {
+            true => None,
+            false => Some(Arc::new(service::limits::StoreCounters(store.clone()))),
+        };
+        let credits: Arc<dyn store::CreditStore> = store.clone();
+        let limiter = service::limits::Limiter::new(shared, credits, settings.limits_on_failure);
         let auth = AuthService::new(store, policy, clock, api_hasher, admin_hasher.clone(), ring, sealer)
-            .with_hot_path(cache.hot_path());
+            .with_hot_path(cache.hot_path())
+            .with_limiter(limiter);
         let auth = Arc::new(auth);
         let exposition = handle.clone().map(|handle| Arc::new(exposition(handle, &auth, &cache, &admin_hasher)));
         let draining = Arc::new(AtomicBool::new(false));
@@ -203,6 +212,7 @@ impl Application {
         // simply pass every call through, so start-up does not wait for it.
         let sync = tokio::spawn(self.cache.keep_in_sync());
         let key_use = tokio::spawn(self.auth.clone().keep_key_use_flushed(service::KEY_USE_FLUSH_EVERY));
+        let limits = tokio::spawn(self.auth.clone().keep_limits_synced());
         let metrics_upkeep = self.metrics.map(|handle| tokio::spawn(Exposition::keep_up(handle)));
 
         let (stopping, stop) = watch::channel(false);
@@ -234,6 +244,7 @@ impl Application {
         if let Some(reloads) = reloads {
             reloads.abort();
         }
+        limits.abort();
         if let Some(task) = metrics_upkeep {
             task.abort();
         }
@@ -278,6 +289,8 @@ fn exposition(
     admin_hasher: &AdminPasswordHasher,
 ) -> Exposition {
     let _ = metrics::counter!(monitoring::LOCKOUTS);
+    let _ = metrics::counter!(monitoring::LIMIT_STATE_OUTAGES);
+    let _ = metrics::counter!(monitoring::LIMIT_STATE_SLOW);
     let _ = metrics::counter!(monitoring::ADMIN_HASH_REJECTED);
     let (idle, busy) = (
         metrics::gauge!(monitoring::STORE_POOL_CONNECTIONS, "state" => "idle"),

@@ -24,13 +24,14 @@ use uuid::Uuid;
 
 use crate::{
     crypto::{session::SessionHash, signing::SealedKey},
-    domain::{AccountId, AccountName, ApiKeyId, Email, KeyName, KeyRef, Metadata, Scopes},
+    domain::{AccountId, AccountName, ApiKeyId, Email, KeyName, KeyRef, Limits, Metadata, OwnerId, Scopes},
 };
 
 mod admins;
 mod audit;
 pub mod cache;
 mod changes;
+mod limits;
 mod lockout;
 mod paging;
 mod retention;
@@ -42,6 +43,10 @@ mod usage;
 pub use admins::{AdminDeletion, AdminManagementStore, AdminSummary};
 pub use cache::{CachedStore, HotPath};
 pub use changes::{Change, ChangeFeed, ChangeSignal};
+pub use limits::{
+    CounterStore, CounterTake, CreditScope, CreditStore, CreditTake, OwnerRecord, OwnerStore, Quota, StoredCredits,
+    Taken,
+};
 pub use paging::KeyPageStore;
 pub use retention::RetentionStore;
 pub use transfer::{
@@ -187,6 +192,9 @@ pub struct KeyAbout {
     pub metadata: Option<Metadata>,
     /// The admin who generated it.
     pub created_by: Option<AdminId>,
+    pub limits: Limits,
+    pub owner: Option<OwnerId>,
+    pub credits: Option<StoredCredits>,
 }
 
 /// A key as admins see it: no secret in it.
@@ -204,6 +212,10 @@ pub struct KeyDetails {
     pub created_by: Option<Email>,
     /// Read for one key, not for listings.
     pub metadata: Option<Metadata>,
+    pub limits: Limits,
+    pub owner: Option<OwnerId>,
+    /// As stored: a single server's latest spending may not be written yet.
+    pub credits: Option<StoredCredits>,
 }
 
 /// The changes `PATCH /auth/keys/{ref}` asks for; `None` leaves a field as it is, and an
@@ -215,6 +227,20 @@ pub struct KeyUpdate {
     pub expires_at: Option<Option<UnixTime>>,
     pub metadata: Option<Option<Metadata>>,
     pub enabled: Option<bool>,
+    pub limits: Option<Limits>,
+    pub owner: Option<Option<OwnerId>>,
+    pub credits: Option<CreditsChange>,
+}
+
+/// What a change does to a key's credits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CreditsChange {
+    /// This balance and refill from now on.
+    Set(StoredCredits),
+    /// A top-up of the current balance (refilled first, if its period is over).
+    Add { amount: i64, period: i64, refill_amount: i64 },
+    /// No credits any more.
+    Clear,
 }
 
 /// What every token verification must know of its key, from the store or its cache.
@@ -225,6 +251,8 @@ pub struct KeyStatus {
     pub expires_at: Option<UnixTime>,
     /// The key's scopes now: a token is worth no more than these, whatever it was issued with.
     pub scopes: Scopes,
+    /// Its limits and credits, and its owner's; `None` when nothing limits it.
+    pub quota: Option<std::sync::Arc<Quota>>,
 }
 
 impl KeyStatus {
@@ -240,6 +268,7 @@ impl From<&KeyRecord> for KeyStatus {
             enabled: key.enabled,
             expires_at: key.expires_at,
             scopes: key.scopes.clone(),
+            quota: None,
         }
     }
 }
@@ -372,6 +401,9 @@ pub trait Store:
     + KeyUsageStore
     + ChangeFeed
     + RetentionStore
+    + OwnerStore
+    + CreditStore
+    + CounterStore
 {
     /// Cheap round trip, for readiness.
     async fn ping(&self) -> Result<()>;

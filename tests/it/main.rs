@@ -18,6 +18,7 @@ mod deploy;
 mod gateway;
 mod keys;
 mod lifecycle;
+mod limits;
 mod load;
 mod metrics;
 mod migrate;

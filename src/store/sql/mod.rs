@@ -13,6 +13,7 @@ mod changes;
 mod dialect;
 mod gateway;
 mod keys;
+mod limits;
 mod lockout;
 pub mod postgres;
 pub(super) mod query;
