@@ -17,6 +17,7 @@ use verify::ForwardAuthLayer;
 
 mod audit;
 mod auth;
+pub mod console;
 mod cookie;
 mod envelope;
 pub mod error;
@@ -106,6 +107,9 @@ pub fn app(state: AppState) -> App {
     let router = router
         // The document does not describe itself.
         .route("/openapi.json", get(meta::openapi).with_state(Arc::new(doc)))
+        // The admin console: pages for people, which the API document does not describe, each
+        // answered with the console's own security headers.
+        .merge(console::router().layer(axum::middleware::map_response(console::headers)))
         .with_state(state)
         .layer(DefaultBodyLimit::max(MAX_BODY));
     ServiceBuilder::new()
