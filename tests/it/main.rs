@@ -9,6 +9,7 @@ mod bad_input;
 mod bounds;
 mod cache;
 mod connections;
+mod console;
 mod contract;
 mod gateway;
 mod lifecycle;
