@@ -108,6 +108,8 @@ async fn es256_sign_ns(signatures: u32) -> anyhow::Result<f64> {
         jti: uuid::Uuid::new_v4().simple().to_string(),
         acc: uuid::Uuid::new_v4().to_string(),
         api_key: "46SQZ49LT100U2QWQ3SI".into(),
+        client_id: "46SQZ49LT100U2QWQ3SI".into(),
+        scope: None,
     };
     ring.sign(&claims)?;
     // The same timing loop as the requests', around a service that only signs.

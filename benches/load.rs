@@ -26,7 +26,7 @@ use keygate::{
     bootstrap,
     clock::Clock,
     config::{Settings, SettingsArgs},
-    domain::{ApiKeyId, ApiPassword, Email, KeyRef},
+    domain::{ApiKeyId, ApiPassword, Email, KeyRef, Scopes},
     startup,
     store::KeyRecord,
 };
@@ -480,10 +480,14 @@ async fn seed(dir: &Path, count: usize) -> anyhow::Result<Vec<(String, String)>>
             account_id: account,
             api_key: ApiKeyId::generate(),
             secret_hash: hasher.hash(&password).to_vec(),
-            scopes: Default::default(),
+            // Keys with scopes, which every token carries and the verify scenario requires.
+            scopes: Scopes::parse(&["orders:read", "orders:write"]).map_err(|e| anyhow::anyhow!(e))?,
             created_at: Clock::system().now(),
+            expires_at: None,
+            enabled: true,
+            previous: None,
         };
-        store.insert_key(&record).await?;
+        store.insert_key(&record, &Default::default()).await?;
         if i < HOT_KEYS {
             hot.push((record.api_key.to_string(), password.expose().to_owned()));
         }
@@ -726,7 +730,10 @@ impl Scripts {
                 "verify.lua",
                 tokens
                     .iter()
-                    .map(|t| format!("wrk.format(\"GET\", \"/auth/verify\", {{[\"Authorization\"] = \"Bearer {t}\"}})"))
+                    .map(|t| {
+                        let request = "wrk.format(\"GET\", \"/auth/verify?scope=orders:read\"";
+                        format!("{request}, {{[\"Authorization\"] = \"Bearer {t}\"}})")
+                    })
                     .collect(),
             )?,
             api_login: script(

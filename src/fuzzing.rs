@@ -68,6 +68,8 @@ impl Tokens {
             jti: "fuzz".into(),
             acc: "acc".into(),
             api_key: "46SQZ49LT100U2QWQ3SI".into(),
+            client_id: "46SQZ49LT100U2QWQ3SI".into(),
+            scope: None,
         };
         #[allow(clippy::expect_used)]
         let valid = ring.sign(&claims).expect("signing");

@@ -6,6 +6,8 @@ use std::sync::{Arc, Mutex, RwLock};
 pub mod admins;
 mod attempt;
 pub mod audit;
+mod key_use;
+mod keys;
 pub mod lockout;
 pub mod sweep;
 
@@ -20,7 +22,7 @@ use crate::{
     },
     domain::{AccountId, AdminPassword, ApiKeyId, ApiPassword, ClientAddr, Email, KeyRef, Scopes},
     store::{
-        AdminId, AuditAction, AuditRecord, AuditScope, HotPath, KeyRecord, KeySummary, SessionRecord, Store, StoreError,
+        AdminId, AuditAction, AuditRecord, AuditScope, HotPath, KeyRecord, SessionRecord, Store, StoreError, UnixTime,
     },
 };
 use attempt::Attempt;
@@ -38,6 +40,13 @@ pub enum AuthError {
     WrongPassword,
     #[error("not found")]
     NotFound,
+    /// A value that parsed but is not allowed here (an expiry in the past, say); the text
+    /// names the field.
+    #[error("{0}")]
+    Invalid(&'static str),
+    /// A token request asked for scopes its key does not hold (RFC 6749 §5.2).
+    #[error("invalid scope")]
+    InvalidScope,
     /// A bearer token that must not be honoured. The reason is for the debug log only:
     /// callers answer every case alike.
     #[error("invalid token: {0}")]
@@ -102,33 +111,26 @@ pub struct AuthenticatedKey {
     pub account_id: AccountId,
     pub api_key: ApiKeyId,
     pub scopes: Scopes,
+    pub expires_at: Option<UnixTime>,
 }
 
 impl From<KeyRecord> for AuthenticatedKey {
     fn from(key: KeyRecord) -> Self {
-        Self { key_ref: key.key_ref, account_id: key.account_id, api_key: key.api_key, scopes: key.scopes }
+        Self {
+            key_ref: key.key_ref,
+            account_id: key.account_id,
+            api_key: key.api_key,
+            scopes: key.scopes,
+            expires_at: key.expires_at,
+        }
     }
 }
 
-/// A key as an admin's list shows it.
-#[derive(Debug, Clone)]
-pub struct ListedKey {
-    pub key_ref: KeyRef,
-    pub api_key: ApiKeyId,
-}
-
-impl From<KeySummary> for ListedKey {
-    fn from(key: KeySummary) -> Self {
-        Self { key_ref: key.key_ref, api_key: key.api_key }
-    }
-}
-
-/// A freshly generated key. The password exists in clear only here, to be shown once.
-pub struct GeneratedKey {
-    pub key_ref: KeyRef,
-    pub api_key: ApiKeyId,
-    pub password: ApiPassword,
-}
+pub use crate::store::KeyDetails;
+pub use keys::{
+    DEFAULT_ROLL_GRACE, Expiry, GeneratedKey, KeyChange, KeyOptions, MAX_KEY_LIFETIME, MAX_ROLL_GRACE,
+    MIN_KEY_LIFETIME, RolledKey,
+};
 
 /// Session activity is written back at most this often (or a quarter of the idle timeout,
 /// if shorter), so that browsing does not cost a database write per request.
@@ -156,6 +158,8 @@ pub struct AuthService {
     verified_tokens: token_cache::TokenCache,
     /// Notified whenever a login attempt ends, for those waiting for a place (see `lockout`).
     attempts_ended: Arc<tokio::sync::Notify>,
+    /// Keys' latest use, until it is written in the next batch (see `key_use`).
+    key_use: key_use::KeyUse,
 }
 
 mod gateway;
@@ -164,9 +168,10 @@ mod paging;
 mod testing;
 mod token_cache;
 pub use gateway::{
-    CLOCK_LEEWAY, MAX_KEY_RELOAD_INTERVAL, MAX_TOKEN_LEN, RevocationLimits, Revoked, VerifiedToken, read_key_ring,
-    verifies_until,
+    CLOCK_LEEWAY, MAX_KEY_RELOAD_INTERVAL, MAX_TOKEN_LEN, RevocationLimits, Revoked, Verification, VerifiedToken,
+    read_key_ring, verifies_until,
 };
+pub use key_use::KEY_USE_FLUSH_EVERY;
 pub use paging::{KeyPage, MAX_PAGE};
 
 impl AuthService {
@@ -191,6 +196,7 @@ impl AuthService {
             last_kid_reload: Mutex::new(None),
             verified_tokens: token_cache::TokenCache::new(),
             attempts_ended: Arc::default(),
+            key_use: key_use::KeyUse::default(),
         }
     }
 
@@ -212,21 +218,44 @@ impl AuthService {
         self.keys.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
     }
 
-    /// API client login: the key's password against its stored HMAC, then a signed token.
-    /// Also the OAuth 2.0 client credentials grant, with the key as client id.
+    /// API client login: the key's password against its stored HMAC, then a signed token
+    /// with all the key's scopes.
     #[tracing::instrument(level = "debug", skip_all)]
     pub async fn api_login(&self, api_key: &str, password: &str, client: ClientAddr) -> Result<IssuedToken> {
+        self.client_credentials(api_key, password, client, None).await
+    }
+
+    /// The OAuth 2.0 client credentials grant, with the key as client id: a token with the
+    /// `requested` scopes, which must all be the key's (RFC 6749 §3.3), or with all the
+    /// key's scopes when none are asked for.
+    pub async fn client_credentials(
+        &self,
+        api_key: &str,
+        password: &str,
+        client: ClientAddr,
+        requested: Option<Scopes>,
+    ) -> Result<IssuedToken> {
         let key = self.authenticate_key(api_key, password, client).await?;
         // Debug, not info: machine logins come by the thousand per second, and a line each
         // would be most of the log. Failures are counted towards lockout, and lockouts audited.
         tracing::debug!(key_ref = %key.key_ref, account = %key.account_id, "api key login");
-        self.issue_token(&key)
+        let scopes = match requested {
+            Some(requested) if !requested.is_empty() => {
+                if !requested.is_subset_of(&key.scopes) {
+                    return Err(AuthError::InvalidScope);
+                }
+                requested
+            }
+            _ => key.scopes.clone(),
+        };
+        self.issue_token(&key, &scopes)
     }
 
     /// Checks an API key and its password, without issuing anything: how OAuth clients
     /// authenticate to introspection and revocation. Failures count towards the key's and
     /// the client address's lockout; while either is locked the answer is `Locked`,
-    /// whatever the password.
+    /// whatever the password. A disabled or expired key answers as a wrong password does;
+    /// so does a rolled key's old password once its grace period is over.
     pub async fn authenticate_key(
         &self,
         api_key: &str,
@@ -237,13 +266,25 @@ impl AuthService {
         let subjects = login_subjects(api_key.clone().map(Subject::ApiKey), client);
         // Before the secret is checked: a burst gets no more checks than the lock allows.
         let attempt = self.admit(subjects, client).await?;
+        let now = self.clock.now();
         let found = match (api_key, ApiPassword::parse(password)) {
             (Some(api_key), Ok(password)) => match self.hot.keys.find_key(&api_key).await {
                 Ok(Some(key)) => {
-                    let ok = self.api_hasher.verify(&password, &key.secret_hash);
+                    // Both hashes are always compared: which password matched, or whether
+                    // the key is usable, shows in no timing.
+                    let current = self.api_hasher.verify(&password, &key.secret_hash);
+                    let previous = match &key.previous {
+                        Some(previous) => self.api_hasher.verify(&password, &previous.hash) && now < previous.until,
+                        None => {
+                            self.api_hasher.burn(password.expose());
+                            false
+                        }
+                    };
+                    let ok = (current | previous) & key.is_usable(now);
                     Ok((Some(key), ok))
                 }
                 Ok(None) => {
+                    self.api_hasher.burn(password.expose());
                     self.api_hasher.burn(password.expose());
                     Ok((None, false))
                 }
@@ -260,6 +301,7 @@ impl AuthService {
             return Err(attempt.failed(account).await);
         };
         attempt.succeeded().await?;
+        self.key_use.record(key.key_ref, now);
         Ok(key.into())
     }
 
@@ -276,18 +318,26 @@ impl AuthService {
         .await
     }
 
-    fn issue_token(&self, key: &AuthenticatedKey) -> Result<IssuedToken> {
+    /// A token for `key` with `scopes`, which never outlives the key.
+    fn issue_token(&self, key: &AuthenticatedKey, scopes: &Scopes) -> Result<IssuedToken> {
         let now = self.clock.now().max(0) as u64;
+        let mut exp = now + self.policy.token_ttl;
+        if let Some(key_expiry) = key.expires_at {
+            exp = exp.min(key_expiry.max(0) as u64);
+        }
+        let api_key = key.api_key.to_string();
         let claims = AccessClaims {
             iss: self.policy.issuer.clone(),
             sub: key.key_ref.to_string(),
             aud: self.policy.audience.clone(),
             iat: now,
             nbf: now,
-            exp: now + self.policy.token_ttl,
+            exp,
             jti: crypto::token_id(),
             acc: key.account_id.to_string(),
-            api_key: key.api_key.to_string(),
+            client_id: api_key.clone(),
+            api_key,
+            scope: (!scopes.is_empty()).then(|| scopes.as_str().to_owned()),
         };
         let token = self.key_ring().sign(&claims)?;
         Ok(IssuedToken { token, claims })
@@ -389,52 +439,6 @@ impl AuthService {
         self.store.delete_session(&session.hash).await?;
         tracing::info!(account = %session.account_id, admin = %session.admin_id.0, "admin logout");
         self.audit_admin_action(session, AuditAction::AdminLogout, None).await;
-        Ok(())
-    }
-
-    pub async fn generate_key(&self, session: &AdminSession, scopes: Scopes) -> Result<GeneratedKey> {
-        // A clash of 20-character keys (~2^103 space) is practically impossible, but a
-        // retry costs nothing and turns "practically" into "certainly not a 500".
-        for _ in 0..3 {
-            let generated = GeneratedKey {
-                key_ref: KeyRef::generate(),
-                api_key: ApiKeyId::generate(),
-                password: ApiPassword::generate(),
-            };
-            let record = KeyRecord {
-                key_ref: generated.key_ref,
-                account_id: session.account_id,
-                api_key: generated.api_key.clone(),
-                secret_hash: self.api_hasher.hash(&generated.password).to_vec(),
-                created_at: self.clock.now(),
-                scopes: scopes.clone(),
-            };
-            match self.hot.keys.insert_key(&record).await {
-                Ok(()) => {
-                    tracing::info!(account = %session.account_id, key_ref = %generated.key_ref, "api key generated");
-                    let target = Some(generated.key_ref.to_string());
-                    self.audit_admin_action(session, AuditAction::KeyGenerated, target).await;
-                    return Ok(generated);
-                }
-                Err(StoreError::Conflict) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(StoreError::Conflict.into())
-    }
-
-    pub async fn list_keys(&self, session: &AdminSession) -> Result<Vec<ListedKey>> {
-        Ok(self.store.list_keys(session.account_id).await?.into_iter().map(ListedKey::from).collect())
-    }
-
-    pub async fn delete_key(&self, session: &AdminSession, key_ref: &str) -> Result<()> {
-        // A malformed ref cannot name a key of this account: the same 404 as an unknown one.
-        let key_ref = KeyRef::parse(key_ref).map_err(|_| AuthError::NotFound)?;
-        if !self.hot.keys.delete_key(session.account_id, key_ref).await? {
-            return Err(AuthError::NotFound);
-        }
-        tracing::info!(account = %session.account_id, key_ref = %key_ref, "api key deleted");
-        self.audit_admin_action(session, AuditAction::KeyDeleted, Some(key_ref.to_string())).await;
         Ok(())
     }
 

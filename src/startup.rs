@@ -124,10 +124,16 @@ impl Application {
         // Loads the caches and keeps them in step with the store; until its first load they
         // simply pass every call through, so start-up does not wait for it.
         let sync = tokio::spawn(self.cache.keep_in_sync());
+        let key_use = tokio::spawn(self.auth.clone().keep_key_use_flushed(service::KEY_USE_FLUSH_EVERY));
         let served = listener::serve(self.listener, self.app, self.limits, shutdown).await;
         upkeep.abort();
         sweeper.abort();
         sync.abort();
+        key_use.abort();
+        // What was batched for the store is written before the process goes.
+        if let Err(e) = self.auth.flush_key_use().await {
+            tracing::warn!(error = %e, "cannot write keys' last use on shutdown");
+        }
         served
     }
 }

@@ -216,6 +216,13 @@ pub struct AccessClaims {
     pub acc: String,
     /// The API key (the login identifier), for gateways that want to pass it upstream.
     pub api_key: String,
+    /// RFC 9068's name for the same: the OAuth client the token was issued to. Absent from
+    /// tokens issued before keygate followed RFC 9068 (and then not written).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub client_id: String,
+    /// The granted scopes, space-separated (RFC 9068 §2.2.3); absent when there are none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
 }
 
 struct Verifier {
@@ -264,6 +271,8 @@ impl KeyRing {
         };
         let mut header = Header::new(active.alg.jwt());
         header.kid = Some(active.kid.clone());
+        // RFC 9068 §2.1: an access token says so, so it cannot pass for an ID token.
+        header.typ = Some("at+jwt".to_owned());
         let encoded_header = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&header).map_err(|_| SigningError::Malformed)?);
         let mut verifiers = HashMap::new();
         for key in std::iter::once(active).chain(verifying) {
@@ -374,6 +383,8 @@ mod tests {
             jti: "j".into(),
             acc: "a".into(),
             api_key: "K".into(),
+            client_id: "46SQZ49LT100U2QWQ3SI".into(),
+            scope: None,
         }
     }
 

@@ -1,4 +1,4 @@
-use std::fmt;
+use std::{fmt, sync::Arc};
 
 use super::ParseError;
 
@@ -9,9 +9,10 @@ pub const MAX_SCOPE_LEN: usize = 128;
 
 /// A key's scopes: distinct RFC 6749 §3.3 scope tokens (`%x21 / %x23-5B / %x5D-7E`, no
 /// spaces, quotes or backslashes), kept as the space-separated list the standard writes.
-/// Stored in a box, so a key without scopes costs no allocation.
+/// Shared, so that copying a key's scopes onto each verification costs no allocation, and
+/// a key without scopes none at all.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Scopes(Option<Box<str>>);
+pub struct Scopes(Option<Arc<str>>);
 
 /// The scope a key needs to introspect tokens issued to other keys of its account: what a
 /// resource server's key holds.
@@ -41,13 +42,43 @@ impl Scopes {
             }
             seen.push(scope);
         }
-        Ok(Self((!seen.is_empty()).then(|| seen.join(" ").into_boxed_str())))
+        Ok(Self((!seen.is_empty()).then(|| seen.join(" ").into())))
     }
 
     /// Scopes as the store keeps them: the space-separated list (empty for none).
     pub fn from_stored(stored: &str) -> Result<Self, ParseError> {
         let scopes: Vec<&str> = stored.split(' ').filter(|s| !s.is_empty()).collect();
         Self::parse(&scopes)
+    }
+
+    /// A space-separated list as a client or gateway sends it (RFC 6749 §3.3's `scope`
+    /// parameter): a scope named twice counts once.
+    pub fn parse_list(list: &str) -> Result<Self, ParseError> {
+        let mut scopes: Vec<&str> = Vec::new();
+        for scope in list.split(' ').filter(|s| !s.is_empty()) {
+            if !scopes.contains(&scope) {
+                scopes.push(scope);
+            }
+        }
+        Self::parse(&scopes)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_none()
+    }
+
+    /// Whether every scope here is also in `other`.
+    pub fn is_subset_of(&self, other: &Scopes) -> bool {
+        self.iter().all(|s| other.contains(s))
+    }
+
+    /// The scopes both hold, in this list's order.
+    pub fn intersection(&self, other: &Scopes) -> Scopes {
+        if self == other {
+            return self.clone();
+        }
+        let kept: Vec<&str> = self.iter().filter(|s| other.contains(s)).collect();
+        Self((!kept.is_empty()).then(|| kept.join(" ").into()))
     }
 
     /// The space-separated list, empty for none (RFC 6749 §3.3's `scope` parameter).
@@ -90,6 +121,18 @@ mod tests {
             Scopes::parse(&vec!["x"; 51].iter().enumerate().map(|(i, _)| format!("s{i}")).collect::<Vec<_>>()).is_err()
         );
         assert!(Scopes::parse(&(0..50).map(|i| format!("s{i}")).collect::<Vec<_>>()).is_ok());
+    }
+
+    #[test]
+    fn lists_narrow_and_intersect() {
+        let held = Scopes::parse_list("orders:read orders:write").unwrap();
+        let asked = Scopes::parse_list("  orders:read orders:read ").unwrap();
+        assert_eq!(asked.as_str(), "orders:read");
+        assert!(asked.is_subset_of(&held) && !held.is_subset_of(&asked));
+        assert!(Scopes::default().is_subset_of(&held));
+        assert_eq!(held.intersection(&asked).as_str(), "orders:read");
+        assert!(held.intersection(&Scopes::default()).is_empty());
+        assert!(Scopes::parse_list("a \"b").is_err());
     }
 
     proptest! {

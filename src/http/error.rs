@@ -11,7 +11,7 @@ use axum::{
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::{crypto::HashPoolError, service::AuthError, store::StoreError};
+use crate::{crypto::HashPoolError, domain::Scopes, service::AuthError, store::StoreError};
 
 /// An RFC 9457 problem details object.
 #[derive(Debug, Serialize, ToSchema)]
@@ -39,6 +39,9 @@ pub enum ApiError {
     MissingToken,
     #[error("the bearer token is invalid, expired or revoked")]
     InvalidToken,
+    /// A live token without every scope the route requires (RFC 6750 §3.1).
+    #[error("the token lacks a required scope; required: {0}")]
+    InsufficientScope(Scopes),
     #[error("not found")]
     NotFound,
     /// A cookie-authenticated change requested from another site (CSRF).
@@ -73,7 +76,7 @@ impl ApiError {
                 StatusCode::UNAUTHORIZED
             }
             Self::NotFound => StatusCode::NOT_FOUND,
-            Self::CrossSite | Self::WrongPassword => StatusCode::FORBIDDEN,
+            Self::CrossSite | Self::WrongPassword | Self::InsufficientScope(_) => StatusCode::FORBIDDEN,
             Self::TooManyRequests { .. } | Self::TooManyRevocations { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -132,6 +135,13 @@ impl IntoResponse for ApiError {
                     HeaderValue::from_static("Bearer realm=\"keygate\", error=\"invalid_token\""),
                 );
             }
+            Self::InsufficientScope(required) => {
+                // Scope tokens hold no quote or backslash, so they quote as they are.
+                let challenge = format!("Bearer realm=\"keygate\", error=\"insufficient_scope\", scope=\"{required}\"");
+                if let Ok(value) = HeaderValue::from_str(&challenge) {
+                    response.headers_mut().insert(header::WWW_AUTHENTICATE, value);
+                }
+            }
             Self::Unavailable => {
                 response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
@@ -176,6 +186,8 @@ impl From<AuthError> for ApiError {
             AuthError::NoSession => Self::NoSession,
             AuthError::WrongPassword => Self::WrongPassword,
             AuthError::NotFound => Self::NotFound,
+            AuthError::Invalid(detail) => Self::Unprocessable(detail.to_owned()),
+            AuthError::InvalidScope => Self::BadRequest("a requested scope is not one of the key's".into()),
             AuthError::InvalidToken(_) => Self::InvalidToken,
             AuthError::Locked { retry_after } => Self::TooManyRequests { retry_after },
             AuthError::RevocationLimit { retry_after } => Self::TooManyRevocations { retry_after },

@@ -85,6 +85,8 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(password::change))
         .routes(routes!(keys::generate))
         .routes(routes!(keys::list))
+        .routes(routes!(keys::get, keys::update))
+        .routes(routes!(keys::roll))
         .routes(routes!(keys::delete))
         .routes(routes!(audit::list))
         .routes(routes!(meta::healthz))

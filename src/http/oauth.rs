@@ -8,7 +8,7 @@
 //! documented exception, and it covers only the 400/401 answers the RFCs define; a body
 //! that is too large (413) or a store outage (503) is still problem+json.
 
-use std::{collections::HashMap, sync::Arc};
+use std::collections::HashMap;
 
 use axum::{
     Json,
@@ -30,8 +30,8 @@ use super::{
     provenance::Client,
 };
 use crate::{
-    domain::ClientAddr,
-    service::{AuthError, AuthenticatedKey, Revoked, VerifiedToken},
+    domain::{ClientAddr, Scopes},
+    service::{AuthError, AuthenticatedKey, Revoked, Verification},
 };
 
 /// How OAuth clients authenticate, for the OpenAPI document.
@@ -113,6 +113,9 @@ impl From<AuthError> for OAuthError {
     fn from(e: AuthError) -> Self {
         match e {
             AuthError::InvalidCredentials => INVALID_CLIENT,
+            AuthError::InvalidScope => {
+                Self::Client(OAuthErrorCode::InvalidScope, "a requested scope is not one of this client's")
+            }
             other => Self::Server(other.into()),
         }
     }
@@ -223,7 +226,9 @@ pub struct TokenRequest {
     /// Must be `client_credentials`.
     #[schema(example = "client_credentials")]
     grant_type: String,
-    /// Keys have no scopes yet: omit it, or leave it empty.
+    /// Space-separated scopes, all held by the key: the token gets only these. Without it,
+    /// the token gets all the key's scopes.
+    #[schema(example = "orders:read")]
     scope: Option<String>,
     /// The API key (client_secret_post only).
     #[schema(example = "46SQZ49LT100U2QWQ3SI")]
@@ -240,8 +245,8 @@ pub struct TokenResponse {
     pub token_type: &'static str,
     /// Seconds until the token expires.
     pub expires_in: u64,
-    /// The granted scopes, space-separated: empty, as keys have no scopes yet.
-    pub scope: &'static str,
+    /// The granted scopes, space-separated (empty when the key has none).
+    pub scope: String,
 }
 
 #[utoipa::path(
@@ -281,16 +286,16 @@ pub async fn token(
             ));
         }
     }
-    if form.get("scope").is_some_and(|scope| scope.split(' ').any(|s| !s.is_empty())) {
-        return Err(OAuthError::Client(OAuthErrorCode::InvalidScope, "this client has no scopes to request"));
-    }
+    let requested = form.get("scope").map(Scopes::parse_list).transpose().map_err(|_| {
+        OAuthError::Client(OAuthErrorCode::InvalidScope, "scope is not a list of RFC 6749 scope tokens")
+    })?;
     let (client_id, client_secret) = client_credentials(&headers, &form)?;
-    let issued = state.auth.api_login(&client_id, &client_secret, client).await?;
+    let issued = state.auth.client_credentials(&client_id, &client_secret, client, requested).await?;
     let body = TokenResponse {
         access_token: issued.token,
         token_type: "Bearer",
         expires_in: issued.claims.exp.saturating_sub(issued.claims.iat),
-        scope: "",
+        scope: issued.claims.scope.unwrap_or_default(),
     };
     Ok((no_store(), Json(body)))
 }
@@ -313,9 +318,9 @@ pub struct TokenQuery {
 #[derive(Default, Serialize, ToSchema)]
 pub struct IntrospectionResponse {
     pub active: bool,
-    /// Granted scopes: empty, as keys have no scopes yet.
+    /// The token's scopes that its key still holds, space-separated.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub scope: Option<&'static str>,
+    pub scope: Option<String>,
     /// The API key the token was issued to.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_id: Option<String>,
@@ -342,15 +347,15 @@ pub struct IntrospectionResponse {
     pub acc: Option<String>,
 }
 
-impl From<Option<Arc<VerifiedToken>>> for IntrospectionResponse {
-    fn from(token: Option<Arc<VerifiedToken>>) -> Self {
-        let Some(token) = token else {
+impl From<Option<Verification>> for IntrospectionResponse {
+    fn from(verified: Option<Verification>) -> Self {
+        let Some(verified) = verified else {
             return Self::default();
         };
-        let c = token.claims.clone();
+        let c = verified.token.claims.clone();
         Self {
             active: true,
-            scope: Some(""),
+            scope: Some(verified.scopes.to_string()),
             client_id: Some(c.api_key),
             token_type: Some("Bearer"),
             exp: Some(c.exp),
@@ -465,8 +470,6 @@ pub struct ServerMetadata {
     pub grant_types_supported: [&'static str; 1],
     /// Empty: keygate has no authorization endpoint.
     pub response_types_supported: [&'static str; 0],
-    /// Empty: keys have no scopes yet.
-    pub scopes_supported: [&'static str; 0],
     pub token_endpoint_auth_methods_supported: [&'static str; 2],
     pub introspection_endpoint_auth_methods_supported: [&'static str; 2],
     pub revocation_endpoint_auth_methods_supported: [&'static str; 2],
@@ -492,7 +495,6 @@ pub async fn metadata(State(state): State<AppState>) -> impl IntoResponse {
         issuer,
         grant_types_supported: ["client_credentials"],
         response_types_supported: [],
-        scopes_supported: [],
         token_endpoint_auth_methods_supported: CLIENT_AUTH_METHODS,
         introspection_endpoint_auth_methods_supported: CLIENT_AUTH_METHODS,
         revocation_endpoint_auth_methods_supported: CLIENT_AUTH_METHODS,

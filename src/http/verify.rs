@@ -41,12 +41,15 @@ use super::{
     envelope,
     error::{ApiError, Problem},
 };
-use crate::service::AuthService;
+use crate::{domain::Scopes, service::AuthService};
 
 pub const SUBJECT: HeaderName = HeaderName::from_static("x-auth-subject");
 pub const ACCOUNT: HeaderName = HeaderName::from_static("x-auth-account");
 pub const KEY: HeaderName = HeaderName::from_static("x-auth-key");
 pub const SCOPES: HeaderName = HeaderName::from_static("x-auth-scopes");
+/// Scopes a gateway requires for the route it asks about, space-separated; also
+/// `?scope=` on the auth URL.
+pub const REQUIRED_SCOPES: HeaderName = HeaderName::from_static("x-required-scopes");
 
 /// Answers forward authentication in front of the router (see the module comment).
 #[derive(Clone)]
@@ -105,7 +108,8 @@ fn is_forward_auth(path: &str) -> bool {
 
 /// The response to a forward-authentication request, success or refusal.
 async fn answer(auth: Arc<AuthService>, request: Request) -> Result<Response, Infallible> {
-    Ok(verify(&auth, request.headers()).await.unwrap_or_else(IntoResponse::into_response))
+    let verified = verify(&auth, request.headers(), request.uri().query()).await;
+    Ok(verified.unwrap_or_else(IntoResponse::into_response))
 }
 
 /// Forward authentication's part of the OpenAPI document, which `http::app` merges into
@@ -138,44 +142,82 @@ impl Modify for BearerScheme {
 /// Forward authentication: 200 for a live bearer token, with its identity in headers.
 ///
 /// Checks the signature (algorithm pinned to our key), `iss`, `aud`, `exp` and `nbf` (with
-/// a small leeway), that the key still exists, and that the token is not revoked. Accepts
-/// every method, and any sub-path under `/auth/verify/`.
+/// a small leeway), that the key still exists, is enabled and has not expired, and that the
+/// token is not revoked. A gateway may require scopes for the route (`?scope=` on the auth
+/// URL, or `X-Required-Scopes`; all of them must be held). Accepts every method, and any
+/// sub-path under `/auth/verify/`.
 #[utoipa::path(
     get,
     path = "/auth/verify",
     tag = "gateway",
     security(("bearer" = [])),
+    params(
+        ("scope" = Option<String>, Query, description = "Space-separated scopes the token must all hold (RFC 6749 scope tokens)",
+            example = "orders:read orders:write"),
+        ("X-Required-Scopes" = Option<String>, Header, description = "The same, as a header; both may be given"),
+    ),
     responses(
         (status = 200, description = "The token is live; copy the X-Auth-* headers onto the upstream request",
             headers(
                 ("X-Auth-Subject" = String, description = "The key's `api_key_ref` (the token's `sub`)"),
                 ("X-Auth-Account" = String, description = "The account id"),
                 ("X-Auth-Key" = String, description = "The API key the token was issued to"),
-                ("X-Auth-Scopes" = String, description = "Space-separated scopes; empty, as keys have no scopes yet"),
+                ("X-Auth-Scopes" = String, description = "The token's scopes that its key still holds, space-separated"),
             )),
+        (status = 400, description = "The required scopes are not a list of scope tokens", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks a required scope", body = Problem, content_type = "application/problem+json",
+            headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"keygate\", error=\"insufficient_scope\", scope=\"…\"` (RFC 6750 §3.1)"))),
         (status = 401, description = "No token, or one that is invalid, expired, revoked or whose key was deleted",
             body = Problem, content_type = "application/problem+json",
             headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"keygate\"`, with `error=\"invalid_token\"` when a token was given"))),
         (status = 503, description = "The store is unavailable; retry", body = Problem, content_type = "application/problem+json"),
     )
 )]
-async fn verify(auth: &AuthService, headers: &HeaderMap) -> Result<Response, ApiError> {
+async fn verify(auth: &AuthService, headers: &HeaderMap, query: Option<&str>) -> Result<Response, ApiError> {
     let token = bearer_token(headers)?;
     let verified = auth.verify_token(token).await?;
+    if let Some(required) = required_scopes(headers, query)? {
+        if !required.is_subset_of(&verified.scopes) {
+            return Err(ApiError::InsufficientScope(required));
+        }
+    }
     // Every value comes from a claim we signed and then parsed, so it is a valid header;
     // `sub` and `acc` are the key ref and account id as they were written.
     let value = |s: &str| HeaderValue::from_str(s).map_err(|e| ApiError::Internal(e.into()));
-    let claims = &verified.claims;
+    let claims = &verified.token.claims;
     // Room for the envelope's headers too, so the map is allocated once and never grown.
     let mut headers = HeaderMap::with_capacity(4 + envelope::ADDED_HEADERS);
     headers.insert(SUBJECT, value(&claims.sub)?);
     headers.insert(ACCOUNT, value(&claims.acc)?);
     headers.insert(KEY, value(&claims.api_key)?);
-    headers.insert(SCOPES, HeaderValue::from_static(""));
+    headers.insert(SCOPES, value(verified.scopes.as_str())?);
     // Not `(StatusCode, HeaderMap)`, which would copy the headers into a fresh map.
     let mut response = Response::new(Body::empty());
     *response.headers_mut() = headers;
     Ok(response)
+}
+
+/// The scopes a gateway requires: every `scope` query parameter and `X-Required-Scopes`
+/// header together; `None` when it names none.
+fn required_scopes(headers: &HeaderMap, query: Option<&str>) -> Result<Option<Scopes>, ApiError> {
+    let from_query = query.into_iter().flat_map(|q| form_urlencoded::parse(q.as_bytes())).filter(|(k, _)| k == "scope");
+    let mut lists: Vec<std::borrow::Cow<'_, str>> = from_query.map(|(_, v)| v).collect();
+    for value in headers.get_all(REQUIRED_SCOPES) {
+        let value = value.to_str().map_err(|_| bad_scopes())?;
+        lists.push(value.into());
+    }
+    if lists.is_empty() {
+        return Ok(None);
+    }
+    let scopes = Scopes::parse_list(&lists.join(" ")).map_err(|_| bad_scopes())?;
+    Ok((!scopes.is_empty()).then_some(scopes))
+}
+
+fn bad_scopes() -> ApiError {
+    ApiError::BadRequest(
+        "scope (query) and X-Required-Scopes: must be space-separated RFC 6749 scope tokens, at most 50".into(),
+    )
 }
 
 /// The token from `Authorization: Bearer <token>` (RFC 6750 §2.1). No header, or another
@@ -298,6 +340,21 @@ mod tests {
         {
             assert!(!is_forward_auth(path), "{path}");
         }
+    }
+
+    #[test]
+    fn required_scopes_come_from_the_query_and_the_header_together() {
+        let none = HeaderMap::new();
+        assert_eq!(required_scopes(&none, None).unwrap(), None);
+        assert_eq!(required_scopes(&none, Some("x=1")).unwrap(), None);
+        assert_eq!(required_scopes(&none, Some("scope=")).unwrap(), None);
+        let got = required_scopes(&none, Some("scope=orders:read%20orders:write&x=1")).unwrap().unwrap();
+        assert_eq!(got.as_str(), "orders:read orders:write");
+        let mut h = HeaderMap::new();
+        h.insert(REQUIRED_SCOPES, HeaderValue::from_static("admin orders:read"));
+        let got = required_scopes(&h, Some("scope=orders:read+orders:write")).unwrap().unwrap();
+        assert_eq!(got.as_str(), "orders:read orders:write admin");
+        assert!(required_scopes(&none, Some("scope=%22quoted%22")).is_err());
     }
 
     #[test]

@@ -3,9 +3,10 @@
 //! step with the store while the server runs.
 //!
 //! A token is good when its signature verifies under one of our keys with the algorithm
-//! pinned to that key, `iss`/`aud`/`exp`/`nbf` hold, its key still exists and its `jti` is
-//! not revoked. The last two are the store's to answer (in practice its cache, kept coherent
-//! across replicas); they sit behind `check_not_withdrawn`.
+//! pinned to that key, `iss`/`aud`/`exp`/`nbf` hold, its key still exists, is enabled and
+//! has not expired, and its `jti` is not revoked. The last two are the store's to answer (in
+//! practice its cache, kept coherent across replicas); they sit behind `check_not_withdrawn`,
+//! which also narrows the token's scopes to those its key holds now.
 
 use std::{
     sync::Arc,
@@ -15,7 +16,7 @@ use std::{
 use super::{AuthError, AuthService, AuthenticatedKey, Result};
 use crate::{
     crypto::signing::{AccessClaims, KeyRing, KeySealer, SealedKey, SigningError},
-    domain::{AccountId, INTROSPECT_SCOPE, KeyRef},
+    domain::{AccountId, INTROSPECT_SCOPE, KeyRef, Scopes},
     store::{Revocation, SigningKeyRecord, Store, UnixTime},
 };
 
@@ -68,18 +69,28 @@ pub enum Revoked {
     NotIssuedToCaller,
 }
 
-/// A token that passed every check, with its claims parsed into domain types.
+/// A token whose signature and claims passed, with its claims parsed into domain types.
 #[derive(Debug, Clone)]
 pub struct VerifiedToken {
     pub claims: AccessClaims,
     pub key_ref: KeyRef,
     pub account_id: AccountId,
+    /// The scopes it was issued with.
+    pub scopes: Scopes,
+}
+
+/// A token that passed every check, now.
+#[derive(Debug, Clone)]
+pub struct Verification {
+    pub token: Arc<VerifiedToken>,
+    /// What it may do now: its scopes that its key still holds.
+    pub scopes: Scopes,
 }
 
 impl AuthService {
     /// The full check behind forward-auth and introspection. Every refusal is
     /// `AuthError::InvalidToken`; a store failure is an error of its own (503), never a pass.
-    pub async fn verify_token(&self, token: &str) -> Result<Arc<VerifiedToken>> {
+    pub async fn verify_token(&self, token: &str) -> Result<Verification> {
         let now = self.clock.now().max(0) as u64;
         // A token seen before skips the signature check; what can change since (expiry,
         // revocation, deletion) is checked below and on every call.
@@ -87,17 +98,17 @@ impl AuthService {
             Some(verified) => (verified, true),
             None => (Arc::new(self.check_signature(token, now).await?), false),
         };
-        match self.check_not_withdrawn(&verified).await {
+        match self.check_not_withdrawn(&verified, now).await {
             Err(e) if remembered => {
                 self.verified_tokens.forget(token);
                 Err(e)
             }
             Err(e) => Err(e),
-            Ok(()) if remembered => Ok(verified),
-            Ok(()) => {
+            Ok(scopes) if remembered => Ok(Verification { token: verified, scopes }),
+            Ok(scopes) => {
                 let valid_until = verified.claims.exp.saturating_add(CLOCK_LEEWAY);
                 self.verified_tokens.insert(token, verified.clone(), valid_until, now);
-                Ok(verified)
+                Ok(Verification { token: verified, scopes })
             }
         }
     }
@@ -121,21 +132,25 @@ impl AuthService {
         parse_claims(claims)
     }
 
-    /// The store half: the key still exists (in the token's account) and the token is not
-    /// revoked. Two point reads, run together, answered by the store's cache while its lease
-    /// holds, which keeps "a deleted key's tokens fail within a second".
-    async fn check_not_withdrawn(&self, token: &VerifiedToken) -> Result<()> {
-        let (account, revoked) = tokio::try_join!(
-            self.hot.key_lookup.key_account(token.key_ref),
+    /// The store half: the key still exists (in the token's account), is enabled and not
+    /// expired at `now`, and the token is not revoked; then the token's scopes that the key
+    /// still holds. Two point reads, run together, answered by the store's cache while its
+    /// lease holds, which keeps "a deleted or disabled key's tokens fail within a second".
+    async fn check_not_withdrawn(&self, token: &VerifiedToken, now: u64) -> Result<Scopes> {
+        let (status, revoked) = tokio::try_join!(
+            self.hot.key_lookup.key_status(token.key_ref),
             self.hot.revocations.is_token_revoked(&token.claims.jti)
         )?;
-        if account != Some(token.account_id) {
+        let Some(status) = status.filter(|s| s.account_id == token.account_id) else {
             return Err(AuthError::InvalidToken("key deleted"));
+        };
+        if !status.is_usable(i64::try_from(now).unwrap_or(i64::MAX)) {
+            return Err(AuthError::InvalidToken("key disabled or expired"));
         }
         if revoked {
             return Err(AuthError::InvalidToken("revoked"));
         }
-        Ok(())
+        Ok(token.scopes.intersection(&status.scopes))
     }
 
     fn may_reload_for_unknown_kid(&self) -> bool {
@@ -152,14 +167,14 @@ impl AuthService {
     /// `verify_token` refuses, for another account's tokens, and for tokens issued to
     /// another key of its account unless the caller holds the scope `keygate:introspect`
     /// (a resource server's key): a client learns nothing about tokens it was not given.
-    pub async fn introspect(&self, caller: &AuthenticatedKey, token: &str) -> Result<Option<Arc<VerifiedToken>>> {
+    pub async fn introspect(&self, caller: &AuthenticatedKey, token: &str) -> Result<Option<Verification>> {
         match self.verify_token(token).await {
             // A key's own tokens; and its account's, when it is a resource server's key.
-            Ok(t)
-                if t.account_id == caller.account_id
-                    && (t.key_ref == caller.key_ref || caller.scopes.contains(INTROSPECT_SCOPE)) =>
+            Ok(v)
+                if v.token.account_id == caller.account_id
+                    && (v.token.key_ref == caller.key_ref || caller.scopes.contains(INTROSPECT_SCOPE)) =>
             {
-                Ok(Some(t))
+                Ok(Some(v))
             }
             Ok(_) => {
                 tracing::debug!(caller = %caller.key_ref, "introspection of another key's token: inactive");
@@ -255,7 +270,9 @@ fn parse_claims(claims: AccessClaims) -> Result<VerifiedToken> {
     if claims.jti.is_empty() || claims.jti.len() > MAX_JTI_LEN {
         return Err(AuthError::InvalidToken("jti"));
     }
-    Ok(VerifiedToken { claims, key_ref, account_id })
+    let scopes =
+        Scopes::parse_list(claims.scope.as_deref().unwrap_or("")).map_err(|_| AuthError::InvalidToken("scope"))?;
+    Ok(VerifiedToken { claims, key_ref, account_id, scopes })
 }
 
 /// The key ring as the store has it, at `now`: the active key, and the retired keys whose

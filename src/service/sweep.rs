@@ -1,7 +1,7 @@
 //! The periodic sweep: deletes what has outlived its use, so that no table grows with time
 //! alone. Failed-login counters idle for a whole lockout window (locked ones stay), admin
 //! sessions that have ended (absolute or idle expiry), and audit entries older than the
-//! retention.
+//! retention. It also reports keys whose expiry has passed to the audit log, once each.
 //!
 //! Every server sweeps, and the sweeps of several replicas may meet: each deletion is a
 //! condition on the row itself, so a row another sweep deleted first is neither deleted nor
@@ -25,6 +25,8 @@ pub struct Swept {
     pub counters: u64,
     pub sessions: u64,
     pub audit: u64,
+    /// Keys whose expiry was reported to the audit log.
+    pub expired_keys: u64,
 }
 
 impl AuthService {
@@ -42,7 +44,8 @@ impl AuthService {
             }
             None => 0,
         };
-        Ok(Swept { counters, sessions, audit })
+        let expired_keys = self.audit_expired_keys(BATCH).await?;
+        Ok(Swept { counters, sessions, audit, expired_keys })
     }
 
     /// Sweeps every `every`, from the start on, so that counters, sessions and the audit log

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::{AuthService, Policy, admins::AdminDirectory, lockout::LockoutPolicy};
+use super::{AdminSession, AuthService, Policy, admins::AdminDirectory, lockout::LockoutPolicy};
 use crate::{
     clock::ManualClock,
     crypto::{
@@ -11,7 +11,7 @@ use crate::{
         signing::{KeySealer, SigningAlg},
     },
     domain::{AccountId, AccountName, AdminPassword, ApiKeyId, ApiPassword, ClientAddr, Email, KeyRef, Scopes},
-    store::{KeyRecord, Store, UnixTime, sqlite::SqliteStore},
+    store::{KeyAbout, KeyRecord, Store, UnixTime, sqlite::SqliteStore},
 };
 
 /// Where every test's clock starts.
@@ -85,8 +85,18 @@ impl TestService {
             secret_hash: self.auth.api_hasher.hash(&password).to_vec(),
             created_at: self.clock.now(),
             scopes: Scopes::default(),
+            expires_at: None,
+            enabled: true,
+            previous: None,
         };
-        self.auth.store.insert_key(&record).await.unwrap();
+        self.auth.store.insert_key(&record, &KeyAbout::default()).await.unwrap();
         (api_key, password)
+    }
+
+    /// A session of `ADMIN_EMAIL` in a new account.
+    pub async fn session(&self) -> AdminSession {
+        self.admin().await;
+        let login = self.auth.admin_login(ADMIN_EMAIL, ADMIN_PASSWORD, None, client()).await.unwrap();
+        self.auth.session(secrecy::ExposeSecret::expose_secret(&login.token), client()).await.unwrap()
     }
 }

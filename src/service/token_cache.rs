@@ -123,10 +123,13 @@ mod tests {
             jti: jti.into(),
             acc: "c".into(),
             api_key: "k".into(),
+            client_id: "k".into(),
+            scope: None,
         };
         Arc::new(VerifiedToken {
             key_ref: crate::domain::KeyRef::parse(&claims.sub).unwrap(),
             account_id: crate::domain::AccountId::generate(),
+            scopes: crate::domain::Scopes::default(),
             claims,
         })
     }

@@ -25,10 +25,18 @@ pub enum AuditAction {
     AdminSessionsRevoked,
     /// An operator cleared an identity's failed-login counter (`keygate admin unlock`).
     LockoutCleared,
+    /// A key's name, scopes, expiry or metadata changed.
+    KeyUpdated,
+    KeyDisabled,
+    KeyEnabled,
+    /// A key got a new password; the old one lives on for the grace period.
+    KeyRolled,
+    /// A key's expiry passed (recorded by the sweep, by whichever server saw it first).
+    KeyExpired,
 }
 
 impl AuditAction {
-    pub const ALL: [Self; 13] = [
+    pub const ALL: [Self; 18] = [
         Self::AdminLogin,
         Self::AdminLoginFailed,
         Self::AdminLogout,
@@ -42,6 +50,11 @@ impl AuditAction {
         Self::AdminDeleted,
         Self::AdminSessionsRevoked,
         Self::LockoutCleared,
+        Self::KeyUpdated,
+        Self::KeyDisabled,
+        Self::KeyEnabled,
+        Self::KeyRolled,
+        Self::KeyExpired,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -59,6 +72,11 @@ impl AuditAction {
             Self::AdminDeleted => "admin.deleted",
             Self::AdminSessionsRevoked => "admin.sessions_revoked",
             Self::LockoutCleared => "lockout.cleared",
+            Self::KeyUpdated => "key.updated",
+            Self::KeyDisabled => "key.disabled",
+            Self::KeyEnabled => "key.enabled",
+            Self::KeyRolled => "key.rolled",
+            Self::KeyExpired => "key.expired",
         }
     }
 }

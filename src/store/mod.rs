@@ -24,7 +24,7 @@ use uuid::Uuid;
 
 use crate::{
     crypto::{session::SessionHash, signing::SealedKey},
-    domain::{AccountId, AccountName, ApiKeyId, Email, KeyRef, Scopes},
+    domain::{AccountId, AccountName, ApiKeyId, Email, KeyName, KeyRef, Metadata, Scopes},
 };
 
 mod admins;
@@ -37,13 +37,17 @@ mod retention;
 mod rows;
 mod sql;
 mod transfer;
+mod usage;
 
 pub use admins::{AdminDeletion, AdminManagementStore, AdminSummary};
 pub use cache::{CachedStore, HotPath};
 pub use changes::{Change, ChangeFeed, ChangeSignal};
 pub use paging::KeyPageStore;
 pub use retention::RetentionStore;
-pub use transfer::{AccountRecord, AdminExport, Counts, SessionExport, Snapshot, TransferError, TransferStore, copy};
+pub use transfer::{
+    AccountRecord, AdminExport, Counts, KeyExport, SessionExport, Snapshot, TransferError, TransferStore, copy,
+};
+pub use usage::KeyUsageStore;
 
 pub use audit::{AuditAction, AuditEvent, AuditRecord, AuditScope, AuditStore};
 pub use lockout::{CounterUpdate, FailureCounter, LockoutStore};
@@ -139,7 +143,8 @@ pub struct AdminRecord {
     pub password_hash: String,
 }
 
-/// An API key as stored: never the password, only its keyed hash.
+/// An API key as logins and verifications read it: never the password, only its keyed
+/// hash. What only admins read (name, metadata, last use) is in `KeyDetails`.
 #[derive(Debug, Clone)]
 pub struct KeyRecord {
     pub key_ref: KeyRef,
@@ -148,13 +153,89 @@ pub struct KeyRecord {
     pub secret_hash: Vec<u8>,
     pub created_at: UnixTime,
     pub scopes: Scopes,
+    /// `None`: never expires.
+    pub expires_at: Option<UnixTime>,
+    pub enabled: bool,
+    /// The password before the last roll, while its grace period lasts.
+    pub previous: Option<PreviousSecret>,
 }
 
+impl KeyRecord {
+    /// Whether the key may log in, or its tokens pass, at `now`.
+    pub fn is_usable(&self, now: UnixTime) -> bool {
+        self.enabled && self.expires_at.is_none_or(|at| now < at)
+    }
+}
+
+/// A rolled key's old password: it keeps logging in until `until`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeySummary {
+pub struct PreviousSecret {
+    pub hash: Vec<u8>,
+    pub until: UnixTime,
+}
+
+/// What a new key carries besides its `KeyRecord`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyAbout {
+    pub name: Option<KeyName>,
+    pub metadata: Option<Metadata>,
+    /// The admin who generated it.
+    pub created_by: Option<AdminId>,
+}
+
+/// A key as admins see it: no secret in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyDetails {
     pub key_ref: KeyRef,
     pub api_key: ApiKeyId,
+    pub name: Option<KeyName>,
+    pub scopes: Scopes,
     pub created_at: UnixTime,
+    pub expires_at: Option<UnixTime>,
+    pub last_used_at: Option<UnixTime>,
+    pub enabled: bool,
+    /// The email of the admin who generated it, while that admin exists.
+    pub created_by: Option<Email>,
+    /// Read for one key, not for listings.
+    pub metadata: Option<Metadata>,
+}
+
+/// The changes `PATCH /auth/keys/{ref}` asks for; `None` leaves a field as it is, and an
+/// inner `None` clears it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyUpdate {
+    pub name: Option<Option<KeyName>>,
+    pub scopes: Option<Scopes>,
+    pub expires_at: Option<Option<UnixTime>>,
+    pub metadata: Option<Option<Metadata>>,
+    pub enabled: Option<bool>,
+}
+
+/// What every token verification must know of its key, from the store or its cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyStatus {
+    pub account_id: AccountId,
+    pub enabled: bool,
+    pub expires_at: Option<UnixTime>,
+    /// The key's scopes now: a token is worth no more than these, whatever it was issued with.
+    pub scopes: Scopes,
+}
+
+impl KeyStatus {
+    pub fn is_usable(&self, now: UnixTime) -> bool {
+        self.enabled && self.expires_at.is_none_or(|at| now < at)
+    }
+}
+
+impl From<&KeyRecord> for KeyStatus {
+    fn from(key: &KeyRecord) -> Self {
+        Self {
+            account_id: key.account_id,
+            enabled: key.enabled,
+            expires_at: key.expires_at,
+            scopes: key.scopes.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -189,14 +270,31 @@ pub trait AdminStore: Send + Sync {
 #[async_trait]
 pub trait KeyStore: Send + Sync {
     /// `Conflict` if the API key or ref already exists.
-    async fn insert_key(&self, key: &KeyRecord) -> Result<()>;
+    async fn insert_key(&self, key: &KeyRecord, about: &KeyAbout) -> Result<()>;
     async fn find_key(&self, api_key: &ApiKeyId) -> Result<Option<KeyRecord>>;
     /// Every key of every account, at most `limit`: what a cache loads to answer for all.
     async fn all_keys(&self, limit: u32) -> Result<Vec<KeyRecord>>;
-    /// The account's keys, oldest first.
-    async fn list_keys(&self, account: AccountId) -> Result<Vec<KeySummary>>;
     /// Deletes the key if it belongs to `account`; false when there is no such key there.
     async fn delete_key(&self, account: AccountId, key_ref: KeyRef) -> Result<bool>;
+    /// Applies `update` to the key if it belongs to `account`, disabling it as of `now`;
+    /// the key as it is afterwards, or `None` when there is no such key there.
+    async fn update_key(
+        &self,
+        account: AccountId,
+        key_ref: KeyRef,
+        update: &KeyUpdate,
+        now: UnixTime,
+    ) -> Result<Option<KeyRecord>>;
+    /// Gives the key the password hashed as `secret_hash`. The current one becomes the
+    /// previous, logging in until `previous_until`, or ends at once when that is `None`;
+    /// any older previous password ends at once either way.
+    async fn roll_key(
+        &self,
+        account: AccountId,
+        key_ref: KeyRef,
+        secret_hash: &[u8],
+        previous_until: Option<UnixTime>,
+    ) -> Result<Option<KeyRecord>>;
 }
 
 #[async_trait]
@@ -230,12 +328,12 @@ pub struct Revocation {
     pub revoked_at: UnixTime,
 }
 
-/// The look-up made for every token a gateway presents: is its key still there?
-/// A point read by primary key, so a deleted key's tokens fail at once.
+/// The look-up made for every token a gateway presents: is its key still there, and
+/// usable? A point read by primary key.
 #[async_trait]
 pub trait KeyLookupStore: Send + Sync {
-    /// The account of the key `key_ref` while it exists; `None` once it has been deleted.
-    async fn key_account(&self, key_ref: KeyRef) -> Result<Option<AccountId>>;
+    /// The key `key_ref` as verification needs it while it exists; `None` once deleted.
+    async fn key_status(&self, key_ref: KeyRef) -> Result<Option<KeyStatus>>;
 }
 
 /// Revoked token ids (`jti`), kept until the tokens expire.
@@ -265,6 +363,7 @@ pub trait Store:
     + LockoutStore
     + AuditStore
     + KeyPageStore
+    + KeyUsageStore
     + ChangeFeed
     + RetentionStore
 {

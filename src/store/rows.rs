@@ -7,12 +7,13 @@ use std::str::FromStr;
 use sqlx::{ColumnIndex, Decode, Row, Type};
 
 use super::{
-    AccountRecord, AdminExport, AdminId, AdminRecord, AuditEvent, AuditRecord, Counts, KeyRecord, KeySummary, NewAdmin,
-    Result, Revocation, SessionExport, SessionRecord, SigningKeyRecord, StoreError, corrupt,
+    AccountRecord, AdminExport, AdminId, AdminRecord, AuditEvent, AuditRecord, Counts, KeyAbout, KeyDetails, KeyExport,
+    KeyRecord, KeyStatus, NewAdmin, PreviousSecret, Result, Revocation, SessionExport, SessionRecord, SigningKeyRecord,
+    StoreError, corrupt,
 };
 use crate::{
     crypto::signing::{SealedKey, SigningAlg},
-    domain::{AccountId, AccountName, ApiKeyId, Email, KeyRef, Scopes},
+    domain::{AccountId, AccountName, ApiKeyId, Email, KeyName, KeyRef, Metadata, Scopes},
 };
 
 /// The column reads the decoders need, by name: what both backends' rows offer.
@@ -22,6 +23,7 @@ pub(crate) trait Columns {
     fn int(&self, col: &str) -> Result<i64>;
     fn opt_int(&self, col: &str) -> Result<Option<i64>>;
     fn bytes(&self, col: &str) -> Result<Vec<u8>>;
+    fn opt_bytes(&self, col: &str) -> Result<Option<Vec<u8>>>;
 }
 
 impl<R> Columns for R
@@ -47,6 +49,9 @@ where
     fn bytes(&self, col: &str) -> Result<Vec<u8>> {
         Ok(self.try_get(col)?)
     }
+    fn opt_bytes(&self, col: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.try_get(col)?)
+    }
 }
 
 pub(super) fn account_id(row: &impl Columns, col: &str) -> Result<AccountId> {
@@ -69,21 +74,79 @@ fn email(row: &impl Columns) -> Result<Email> {
     Email::parse(&row.text("email")?).map_err(corrupt("email"))
 }
 
-/// `key_ref, account_id, api_key, secret_hash, created_at, scopes`.
+fn scopes(row: &impl Columns) -> Result<Scopes> {
+    Scopes::from_stored(&row.text("scopes")?).map_err(corrupt("key scopes"))
+}
+
+/// `sql::keys::KEY_COLUMNS`.
 pub(super) fn key_record(row: &impl Columns) -> Result<KeyRecord> {
+    let previous = match (row.opt_bytes("previous_secret_hash")?, row.opt_int("previous_expires_at")?) {
+        (Some(hash), Some(until)) => Some(PreviousSecret { hash, until }),
+        _ => None,
+    };
     Ok(KeyRecord {
         key_ref: key_ref(row)?,
         account_id: account_id(row, "account_id")?,
         api_key: api_key(row)?,
         secret_hash: row.bytes("secret_hash")?,
         created_at: row.int("created_at")?,
-        scopes: Scopes::from_stored(&row.text("scopes")?).map_err(corrupt("key scopes"))?,
+        scopes: scopes(row)?,
+        expires_at: row.opt_int("expires_at")?,
+        enabled: row.opt_int("disabled_at")?.is_none(),
+        previous,
     })
 }
 
-/// `key_ref, api_key, created_at`, as key listings select it.
-pub(super) fn key_summary(row: &impl Columns) -> Result<KeySummary> {
-    Ok(KeySummary { key_ref: key_ref(row)?, api_key: api_key(row)?, created_at: row.int("created_at")? })
+/// `account_id, scopes, expires_at, disabled_at`.
+pub(super) fn key_status(row: &impl Columns) -> Result<KeyStatus> {
+    Ok(KeyStatus {
+        account_id: account_id(row, "account_id")?,
+        enabled: row.opt_int("disabled_at")?.is_none(),
+        expires_at: row.opt_int("expires_at")?,
+        scopes: scopes(row)?,
+    })
+}
+
+fn key_name(row: &impl Columns) -> Result<Option<KeyName>> {
+    row.opt_text("name")?.map(|n| KeyName::parse(&n).map_err(corrupt("key name"))).transpose()
+}
+
+fn metadata(row: &impl Columns) -> Result<Option<Metadata>> {
+    row.opt_text("metadata")?.map(|m| Metadata::parse(&m).map_err(corrupt("key metadata"))).transpose()
+}
+
+/// `sql::keys::DETAIL_COLUMNS`, and `metadata` when `with_metadata`.
+pub(super) fn key_details(row: &impl Columns, with_metadata: bool) -> Result<KeyDetails> {
+    Ok(KeyDetails {
+        key_ref: key_ref(row)?,
+        api_key: api_key(row)?,
+        name: key_name(row)?,
+        scopes: scopes(row)?,
+        created_at: row.int("created_at")?,
+        expires_at: row.opt_int("expires_at")?,
+        last_used_at: row.opt_int("last_used_at")?,
+        enabled: row.opt_int("disabled_at")?.is_none(),
+        created_by: row.opt_text("created_by")?.map(|e| Email::parse(&e).map_err(corrupt("email"))).transpose()?,
+        metadata: if with_metadata { metadata(row)? } else { None },
+    })
+}
+
+/// `KEY_COLUMNS` and `EXPORT_COLUMNS`, as `keygate migrate` copies keys.
+pub(super) fn key_export(row: &impl Columns) -> Result<KeyExport> {
+    let created_by = row.opt_text("created_by")?;
+    Ok(KeyExport {
+        record: key_record(row)?,
+        about: KeyAbout {
+            name: key_name(row)?,
+            metadata: metadata(row)?,
+            created_by: created_by
+                .map(|id| uuid::Uuid::try_parse(&id).map(AdminId).map_err(corrupt("admin id")))
+                .transpose()?,
+        },
+        last_used_at: row.opt_int("last_used_at")?,
+        expiry_audited: row.int("expiry_audited")? != 0,
+        disabled_at: row.opt_int("disabled_at")?,
+    })
 }
 
 /// `id, account_id, email, password_hash`.

@@ -11,7 +11,8 @@ use std::fmt;
 use async_trait::async_trait;
 
 use super::{
-    AuditEvent, KeyRecord, NewAdmin, Result, Revocation, SessionRecord, SigningKeyRecord, Store, StoreError, UnixTime,
+    AuditEvent, KeyAbout, KeyRecord, NewAdmin, Result, Revocation, SessionRecord, SigningKeyRecord, Store, StoreError,
+    UnixTime,
 };
 use crate::{
     crypto::session::SessionHash,
@@ -31,6 +32,16 @@ pub struct AdminExport {
     pub admin: NewAdmin,
 }
 
+/// A key with everything stored about it.
+#[derive(Debug, Clone)]
+pub struct KeyExport {
+    pub record: KeyRecord,
+    pub about: KeyAbout,
+    pub last_used_at: Option<UnixTime>,
+    pub expiry_audited: bool,
+    pub disabled_at: Option<UnixTime>,
+}
+
 #[derive(Debug, Clone)]
 pub struct SessionExport {
     pub hash: SessionHash,
@@ -43,7 +54,7 @@ pub struct SessionExport {
 pub struct Snapshot {
     pub accounts: Vec<AccountRecord>,
     pub admins: Vec<AdminExport>,
-    pub keys: Vec<KeyRecord>,
+    pub keys: Vec<KeyExport>,
     pub sessions: Vec<SessionExport>,
     pub signing_keys: Vec<SigningKeyRecord>,
     /// Revoked tokens: copied so that a migration cannot bring a revoked token back.

@@ -55,7 +55,13 @@ async fn generate_accepts_an_empty_body_and_shows_the_password_once(builder: Bui
     let second: Value = r.json().await.unwrap();
     assert_ne!(first["api_key"], second["api_key"]);
     assert_ne!(first["password"], second["password"]);
-    assert_eq!(first.as_object().unwrap().len(), 2);
+    // The documented fields, and what a key carries besides.
+    let mut fields: Vec<_> = first.as_object().unwrap().keys().cloned().collect();
+    fields.sort();
+    let generated =
+        ["api_key", "api_key_ref", "created_at", "enabled", "expires_at", "metadata", "name", "password", "scopes"];
+    assert_eq!(fields, generated);
+    assert_eq!((&first["name"], &first["expires_at"], &first["enabled"]), (&Value::Null, &Value::Null, &json!(true)));
 
     // The list never carries a password or hash.
     let r = app.client.get(app.url("/auth/keys/list")).send().await.unwrap();
@@ -67,7 +73,9 @@ async fn generate_accepts_an_empty_body_and_shows_the_password_once(builder: Bui
     for item in &list {
         let mut fields: Vec<_> = item.as_object().unwrap().keys().cloned().collect();
         fields.sort();
-        assert_eq!(fields, ["api_key", "api_key_ref"]);
+        let listed =
+            ["api_key", "api_key_ref", "created_at", "created_by", "enabled", "expires_at", "last_used_at", "name", "scopes"];
+        assert_eq!(fields, listed);
     }
 }
 

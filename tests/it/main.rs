@@ -12,6 +12,7 @@ mod connections;
 mod console;
 mod contract;
 mod gateway;
+mod keys;
 mod lifecycle;
 mod load;
 mod migrate;

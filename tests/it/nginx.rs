@@ -174,7 +174,10 @@ async fn nginx_lets_only_live_tokens_through_to_the_upstream(builder: Builder) {
     let client = Client::new();
 
     app.admin_login().await;
-    let (api_key, password) = app.generate_key().await;
+    let r = app.post_json("/auth/keys/generate", &json!({"scopes": ["orders:read", "orders:write"]})).await;
+    let generated: Value = r.json().await.unwrap();
+    let (api_key, password) =
+        (generated["api_key"].as_str().unwrap().to_owned(), generated["password"].as_str().unwrap().to_owned());
     let key_ref = app.ref_of(&api_key).await;
     let token = app.token(&api_key, &password).await;
     let account = segment(&token, 1)["acc"].as_str().unwrap().to_owned();
@@ -203,10 +206,26 @@ async fn nginx_lets_only_live_tokens_through_to_the_upstream(builder: Builder) {
     let seen: Value = r.json().await.unwrap();
     assert_eq!(seen["subject"], key_ref.as_str());
     assert_eq!(seen["account"], account.as_str());
-    // keygate grants no scopes yet: nginx sends no header for the empty value, and the
-    // client's own is suppressed all the same.
-    assert_eq!(seen["scopes"], Value::Null);
+    assert_eq!(seen["scopes"], "orders:read orders:write");
     assert_eq!(hits.load(Ordering::SeqCst), 2);
+
+    // The routes' scopes: a token narrowed to orders:read reads, but may not write.
+    let r = client
+        .post(app.url("/oauth/token"))
+        .basic_auth(&api_key, Some(&password))
+        .form(&[("grant_type", "client_credentials"), ("scope", "orders:read")])
+        .send()
+        .await
+        .unwrap();
+    let reader = r.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_owned();
+    let r = client.get(nginx.url("/orders/7")).bearer_auth(&reader).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.json::<Value>().await.unwrap()["scopes"], "orders:read");
+    let r = client.post(nginx.url("/orders")).bearer_auth(&reader).body("{}").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN, "nginx log:\n{}", nginx.error_log());
+    let challenges: Vec<_> = r.headers().get_all("www-authenticate").iter().map(|v| v.to_str().unwrap()).collect();
+    assert_eq!(challenges, ["Bearer realm=\"keygate\", error=\"insufficient_scope\", scope=\"orders:write\""]);
+    assert_eq!(hits.load(Ordering::SeqCst), 3, "the upstream saw a request without its scope");
 
     // No token, a bad token, a forged one: 401 from nginx, with keygate's challenge, and
     // the upstream never sees them.
@@ -217,14 +236,16 @@ async fn nginx_lets_only_live_tokens_through_to_the_upstream(builder: Builder) {
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     let r = client.get(nginx.url("/orders/42")).bearer_auth("not-a-token").send().await.unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
-    assert!(r.headers()["www-authenticate"].to_str().unwrap().contains("invalid_token"));
+    let challenges: Vec<_> = r.headers().get_all("www-authenticate").iter().map(|v| v.to_str().unwrap()).collect();
+    assert_eq!(challenges.len(), 1, "{challenges:?}");
+    assert!(challenges[0].contains("invalid_token"));
     let mut tampered: Vec<String> = token.split('.').map(str::to_owned).collect();
     let mut payload = segment(&token, 1);
     payload["exp"] = json!(now() + 86_400);
     tampered[1] = b64(payload.to_string().as_bytes());
     let r = client.get(nginx.url("/orders/42")).bearer_auth(tampered.join(".")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
-    assert_eq!(hits.load(Ordering::SeqCst), 2);
+    assert_eq!(hits.load(Ordering::SeqCst), 3);
 
     // A revoked token, then every token of a deleted key: refused on the very next request.
     let revoked = app.token(&api_key, &password).await;
@@ -239,13 +260,13 @@ async fn nginx_lets_only_live_tokens_through_to_the_upstream(builder: Builder) {
     let r = client.get(nginx.url("/orders/42")).bearer_auth(&revoked).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(client.get(nginx.url("/")).bearer_auth(&token).send().await.unwrap().status(), StatusCode::OK);
-    assert_eq!(hits.load(Ordering::SeqCst), 3);
+    assert_eq!(hits.load(Ordering::SeqCst), 4);
 
     let r = app.client.delete(app.url(&format!("/auth/user/{key_ref}"))).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     let r = client.get(nginx.url("/orders/42")).bearer_auth(&token).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
-    assert_eq!(hits.load(Ordering::SeqCst), 3);
+    assert_eq!(hits.load(Ordering::SeqCst), 4);
 
     // And it really was nginx answering all of that. nginx logs a request just after
     // answering it, so the last line may lag behind the response.

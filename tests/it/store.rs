@@ -101,7 +101,7 @@ async fn all_keys_reads_every_key_across_its_pages_and_stops_at_the_limit(fx: Fi
     for i in 0..4500 {
         let key = key_record(acme, i);
         refs.push(key.key_ref.to_string());
-        store.insert_key(&key).await.unwrap();
+        store.insert_key(&key, &Default::default()).await.unwrap();
     }
     refs.sort();
     let all: Vec<String> = store.all_keys(10_000).await.unwrap().iter().map(|k| k.key_ref.to_string()).collect();
@@ -120,7 +120,7 @@ async fn keys_are_found_listed_and_deleted_within_their_account(fx: Fixture) {
     let k2 = key_record(acme, now + 1);
     let k3 = key_record(other, now);
     for k in [&k2, &k1, &k3] {
-        store.insert_key(k).await.unwrap();
+        store.insert_key(k, &Default::default()).await.unwrap();
     }
 
     let found = store.find_key(&k1.api_key).await.unwrap().unwrap();
@@ -129,16 +129,16 @@ async fn keys_are_found_listed_and_deleted_within_their_account(fx: Fixture) {
     assert!(store.find_key(&ApiKeyId::generate()).await.unwrap().is_none());
 
     // Oldest first, only the account's own.
-    let listed: Vec<_> = store.list_keys(acme).await.unwrap().into_iter().map(|k| k.key_ref).collect();
+    let listed: Vec<_> = store.list_keys_page(acme, None, None, u32::MAX).await.unwrap().unwrap().into_iter().map(|k| k.key_ref).collect();
     assert_eq!(listed, vec![k1.key_ref, k2.key_ref]);
 
     // The same API key twice, or the same ref twice, is refused.
     let mut dup = key_record(acme, now);
     dup.api_key = k1.api_key.clone();
-    assert!(matches!(store.insert_key(&dup).await, Err(StoreError::Conflict)));
+    assert!(matches!(store.insert_key(&dup, &Default::default()).await, Err(StoreError::Conflict)));
     let mut dup = key_record(acme, now);
     dup.key_ref = k3.key_ref;
-    assert!(matches!(store.insert_key(&dup).await, Err(StoreError::Conflict)));
+    assert!(matches!(store.insert_key(&dup, &Default::default()).await, Err(StoreError::Conflict)));
 
     // Another account cannot delete it; its own can, once.
     assert!(!store.delete_key(other, k1.key_ref).await.unwrap());
@@ -146,7 +146,7 @@ async fn keys_are_found_listed_and_deleted_within_their_account(fx: Fixture) {
     assert!(store.delete_key(acme, k1.key_ref).await.unwrap());
     assert!(!store.delete_key(acme, k1.key_ref).await.unwrap());
     assert!(store.find_key(&k1.api_key).await.unwrap().is_none());
-    assert_eq!(store.list_keys(acme).await.unwrap().len(), 1);
+    assert_eq!(store.list_keys_page(acme, None, None, u32::MAX).await.unwrap().unwrap().len(), 1);
 }
 
 async fn sessions_are_found_touched_and_deleted(fx: Fixture) {
@@ -214,12 +214,12 @@ async fn key_lookups_by_ref_see_deletions_at_once(fx: Fixture) {
     let store = fx.open().await;
     let acme = store.create_admin(&account("acme"), &new_admin("a@example.com")).await.unwrap();
     let key = key_record(acme, keygate::clock::Clock::system().now());
-    store.insert_key(&key).await.unwrap();
-    assert_eq!(store.key_account(key.key_ref).await.unwrap(), Some(acme));
-    assert_eq!(store.key_account(KeyRef::generate()).await.unwrap(), None);
+    store.insert_key(&key, &Default::default()).await.unwrap();
+    assert_eq!(store.key_status(key.key_ref).await.unwrap().map(|s| s.account_id), Some(acme));
+    assert_eq!(store.key_status(KeyRef::generate()).await.unwrap().map(|s| s.account_id), None);
     assert!(store.delete_key(acme, key.key_ref).await.unwrap());
     // Another replica (another pool) sees the deletion on its next read.
-    assert_eq!(fx.open().await.key_account(key.key_ref).await.unwrap(), None);
+    assert_eq!(fx.open().await.key_status(key.key_ref).await.unwrap().map(|s| s.account_id), None);
 }
 
 async fn revocations_are_idempotent_shared_and_purged_after_expiry(fx: Fixture) {
@@ -251,7 +251,7 @@ async fn copy_from_sqlite_keeps_every_row_and_refuses_a_non_empty_target(fx: Fix
     let now = keygate::clock::Clock::system().now();
     let keys = [key_record(acme, now), key_record(acme, now + 1), key_record(other, now)];
     for k in &keys {
-        source.insert_key(k).await.unwrap();
+        source.insert_key(k, &Default::default()).await.unwrap();
     }
     let (_, hash) = new_session();
     source.insert_session(&hash, &session_record(&admin, acme, now)).await.unwrap();
@@ -352,7 +352,8 @@ async fn postgres_outage_is_unavailable_then_recovers() {
     db.take_down().await;
     let key = key_record(acme, keygate::clock::Clock::system().now());
     // Generous bounds: the point is "fails instead of hanging", not a latency figure.
-    let during = tokio::time::timeout(Duration::from_secs(30), store.insert_key(&key)).await.expect("hung");
+    let during =
+        tokio::time::timeout(Duration::from_secs(30), store.insert_key(&key, &Default::default())).await.expect("hung");
     assert!(matches!(during, Err(StoreError::Unavailable(_))), "{during:?}");
     let during = tokio::time::timeout(Duration::from_secs(30), store.ping()).await.expect("hung");
     assert!(matches!(during, Err(StoreError::Unavailable(_))), "{during:?}");
@@ -368,7 +369,7 @@ async fn postgres_outage_is_unavailable_then_recovers() {
     }
     assert!(recovered, "the pool did not reconnect");
     assert!(store.find_key(&key.api_key).await.unwrap().is_none(), "a write refused during the outage appeared");
-    store.insert_key(&key).await.unwrap();
+    store.insert_key(&key, &Default::default()).await.unwrap();
     assert!(store.find_key(&key.api_key).await.unwrap().is_some());
 }
 

@@ -17,7 +17,7 @@ async fn account(store: &dyn Store, name: &str) -> AccountId {
 
 async fn new_key(store: &dyn Store, account_id: AccountId, created_at: i64) -> KeyRecord {
     let key = key_record(account_id, created_at);
-    store.insert_key(&key).await.unwrap();
+    store.insert_key(&key, &Default::default()).await.unwrap();
     key
 }
 
@@ -86,20 +86,20 @@ async fn pages_are_ordered_by_creation_then_ref(fx: Fixture) {
         keys.push(new_key(store.as_ref(), acme, created_at).await);
     }
     new_key(store.as_ref(), other, 150).await;
-    let all = store.list_keys(acme).await.unwrap();
+    let all = store.list_keys_page(acme, None, None, u32::MAX).await.unwrap().unwrap();
     let mut expected: Vec<(i64, String)> = keys.iter().map(|k| (k.created_at, k.key_ref.to_string())).collect();
     expected.sort();
     assert_eq!(all.iter().map(|k| (k.created_at, k.key_ref.to_string())).collect::<Vec<_>>(), expected);
 
-    let first = store.list_keys_page(acme, None, 4).await.unwrap().unwrap();
+    let first = store.list_keys_page(acme, None, None, 4).await.unwrap().unwrap();
     assert_eq!(first, all[..4]);
-    let rest = store.list_keys_page(acme, Some(first[3].key_ref), 4).await.unwrap().unwrap();
+    let rest = store.list_keys_page(acme, None, Some(first[3].key_ref), 4).await.unwrap().unwrap();
     assert_eq!(rest, all[4..]);
-    assert_eq!(store.list_keys_page(acme, Some(all[5].key_ref), 4).await.unwrap().unwrap(), vec![]);
+    assert_eq!(store.list_keys_page(acme, None, Some(all[5].key_ref), 4).await.unwrap().unwrap(), vec![]);
     // A cursor outside the account, or gone, is no cursor.
-    let foreign = store.list_keys(other).await.unwrap()[0].key_ref;
-    assert!(store.list_keys_page(acme, Some(foreign), 4).await.unwrap().is_none());
-    assert!(store.list_keys_page(acme, Some(KeyRef::generate()), 4).await.unwrap().is_none());
+    let foreign = store.list_keys_page(other, None, None, u32::MAX).await.unwrap().unwrap()[0].key_ref;
+    assert!(store.list_keys_page(acme, None, Some(foreign), 4).await.unwrap().is_none());
+    assert!(store.list_keys_page(acme, None, Some(KeyRef::generate()), 4).await.unwrap().is_none());
 }
 
 async fn the_cache_follows_changes_made_through_another_pool(fx: Fixture) {
@@ -110,7 +110,7 @@ async fn the_cache_follows_changes_made_through_another_pool(fx: Fixture) {
     let cache = loaded_cache(&fx, true).await;
 
     // Read once: cached.
-    assert_eq!(cache.key_account(key.key_ref).await.unwrap(), Some(acme));
+    assert_eq!(cache.key_status(key.key_ref).await.unwrap().map(|s| s.account_id), Some(acme));
     assert_eq!(cache.find_key(&key.api_key).await.unwrap().unwrap().key_ref, key.key_ref);
     assert!(!cache.is_token_revoked("0123456789abcdef0123456789abcdef").await.unwrap());
 
@@ -118,7 +118,7 @@ async fn the_cache_follows_changes_made_through_another_pool(fx: Fixture) {
     // the change log closes)...
     assert!(other.delete_key(acme, key.key_ref).await.unwrap());
     other.revoke_token(&revocation(&kept, "0123456789abcdef0123456789abcdef", keygate::clock::Clock::system().now() + 600)).await.unwrap();
-    let stale = cache.key_account(key.key_ref).await.unwrap();
+    let stale = cache.key_status(key.key_ref).await.unwrap().map(|s| s.account_id);
     // (Unless this machine stalled for a whole lease since the load: then the store
     // answered, correctly, and there is no window to see.)
     if cache.is_trusted() {
@@ -126,10 +126,10 @@ async fn the_cache_follows_changes_made_through_another_pool(fx: Fixture) {
     }
     // ...until it reads the log.
     cache.sync_once().await;
-    assert_eq!(cache.key_account(key.key_ref).await.unwrap(), None);
+    assert_eq!(cache.key_status(key.key_ref).await.unwrap().map(|s| s.account_id), None);
     assert!(cache.find_key(&key.api_key).await.unwrap().is_none());
     assert!(cache.is_token_revoked("0123456789abcdef0123456789abcdef").await.unwrap());
-    assert_eq!(cache.key_account(kept.key_ref).await.unwrap(), Some(acme));
+    assert_eq!(cache.key_status(kept.key_ref).await.unwrap().map(|s| s.account_id), Some(acme));
     assert!(cache.find_key(&kept.api_key).await.unwrap().is_some());
 }
 
@@ -139,18 +139,18 @@ async fn an_unloaded_or_lapsed_cache_asks_the_store(fx: Fixture) {
     let key = new_key(other.as_ref(), acme, 100).await;
     let cache = Arc::new(CachedStore::new(fx.open().await, true));
     assert!(!cache.is_trusted());
-    assert_eq!(cache.key_account(key.key_ref).await.unwrap(), Some(acme));
+    assert_eq!(cache.key_status(key.key_ref).await.unwrap().map(|s| s.account_id), Some(acme));
     assert!(other.delete_key(acme, key.key_ref).await.unwrap());
-    assert_eq!(cache.key_account(key.key_ref).await.unwrap(), None, "an unloaded cache answered from memory");
+    assert_eq!(cache.key_status(key.key_ref).await.unwrap().map(|s| s.account_id), None, "an unloaded cache answered from memory");
 
     // Loaded, the lease runs out unless renewed; then the store answers again.
     let key = new_key(other.as_ref(), acme, 100).await;
     cache.sync_once().await;
-    assert_eq!(cache.key_account(key.key_ref).await.unwrap(), Some(acme));
+    assert_eq!(cache.key_status(key.key_ref).await.unwrap().map(|s| s.account_id), Some(acme));
     assert!(other.delete_key(acme, key.key_ref).await.unwrap());
     tokio::time::sleep(store::cache::LEASE + Duration::from_millis(50)).await;
     assert!(!cache.is_trusted());
-    assert_eq!(cache.key_account(key.key_ref).await.unwrap(), None, "a lapsed cache answered from memory");
+    assert_eq!(cache.key_status(key.key_ref).await.unwrap().map(|s| s.account_id), None, "a lapsed cache answered from memory");
 }
 
 async fn an_unknown_key_is_answered_from_memory_as_a_known_one_is(fx: Fixture) {
@@ -189,7 +189,7 @@ async fn logins_come_from_memory_only_where_allowed(fx: Fixture) {
     assert!(own.find_key(&key.api_key).await.unwrap().is_some());
     assert!(own.delete_key(acme, key.key_ref).await.unwrap());
     assert!(own.find_key(&key.api_key).await.unwrap().is_none());
-    assert_eq!(own.key_account(key.key_ref).await.unwrap(), None);
+    assert_eq!(own.key_status(key.key_ref).await.unwrap().map(|s| s.account_id), None);
     if fx.is_postgres() {
         // The backend that can wakes readers as soon as a change commits.
         let mut signal = other.change_signal().await.unwrap().expect("PostgreSQL has LISTEN");

@@ -1,7 +1,8 @@
 //! Upgrading in place: a store as the previous release left it (its schema, migrations 0001
 //! to 0004, and rows as its code wrote them) is opened by this binary, which brings the
-//! schema up to date and keeps every key, password, session, signing key, revocation,
-//! lockout and audit entry working.
+//! schema up to date (0005 onwards: bounds, retention, the key lifecycle) and keeps every
+//! key, password, session, signing key, revocation, lockout and audit entry working; the old
+//! keys take the lifecycle's changes.
 
 use std::{path::Path, sync::Arc};
 
@@ -243,6 +244,9 @@ fn release_token(release: &Release, key: &SealedKey, jti: &str) -> String {
         jti: jti.into(),
         acc: release.account.to_string(),
         api_key: release.api_key.as_str().into(),
+        // As the release wrote them: no RFC 9068 claims.
+        client_id: String::new(),
+        scope: None,
     };
     KeyRing::new(&key_sealer(&master), key, &[]).unwrap().sign(&claims).unwrap()
 }
@@ -287,6 +291,19 @@ async fn upgrade(builder: Builder, release: &Release) -> TestApp {
     let mut expected = vec![release.api_key.as_str(), release.locked_key.as_str()];
     expected.sort();
     assert_eq!(listed, expected);
+    // The release's keys gained the lifecycle's fields, each as "none" (no name, scopes,
+    // expiry or creator; enabled), and take its changes.
+    for key in &keys {
+        let none = (&key["name"], &key["scopes"], &key["expires_at"], &key["enabled"], &key["created_by"]);
+        assert_eq!(none, (&Value::Null, &serde_json::json!([]), &Value::Null, &serde_json::json!(true), &Value::Null));
+    }
+    let release_ref = release.key_ref.to_string();
+    let patch = |body: Value| old_session.patch(app.url(&format!("/auth/keys/{release_ref}"))).json(&body).send();
+    assert_eq!(patch(serde_json::json!({"name": "from the release"})).await.unwrap().status(), StatusCode::OK);
+    assert_eq!(patch(serde_json::json!({"enabled": false})).await.unwrap().status(), StatusCode::OK);
+    assert_problem(app.api_login(release.api_key.as_str(), release.api_password.expose()).await, StatusCode::UNAUTHORIZED).await;
+    assert_eq!(patch(serde_json::json!({"enabled": true})).await.unwrap().status(), StatusCode::OK);
+    app.token(release.api_key.as_str(), release.api_password.expose()).await;
 
     // The audit log keeps the release's entries, as they were, behind the new ones.
     let page: Value = old_session.get(app.url("/auth/audit?limit=200")).send().await.unwrap().json().await.unwrap();

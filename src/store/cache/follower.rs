@@ -176,7 +176,7 @@ impl CachedStore {
             for (seq, change) in &batch {
                 match change {
                     Change::KeyDeleted { key_ref, api_key } => self.keys.forget_key(*key_ref, Some(api_key), true),
-                    Change::KeyChanged { key_ref, api_key } => self.keys.forget_key(*key_ref, Some(api_key), false),
+                    Change::KeyChanged { key_ref, api_key } => self.keys.changed_elsewhere(*key_ref, api_key).await,
                     Change::TokenRevoked { jti, expires_at } => {
                         self.revocations.remember(jti, *expires_at, self.clock.now())
                     }

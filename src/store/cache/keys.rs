@@ -1,5 +1,6 @@
 //! Keys, read through. Why the answers stay right:
-//! - A key's account (for every token verification) is kept after its first read. Only
+//! - A key's status (account, scopes, expiry, enabled; for every token verification) is
+//!   kept after its first read, and dropped when the key changes anywhere. Only
 //!   existing keys are kept, so a key created anywhere is read from the store on first use;
 //!   a deleted key leaves a tombstone (refs are random and never reused), so its tokens
 //!   cost no database read either. A read that raced a deletion is dropped, never kept
@@ -31,12 +32,12 @@ use async_trait::async_trait;
 use super::CachedStore;
 use crate::{
     domain::{API_KEY_LEN, AccountId, ApiKeyId, KeyRef, Scopes},
-    store::{KeyLookupStore, KeyRecord, KeyStore, KeySummary, Result, UnixTime},
+    store::{KeyAbout, KeyLookupStore, KeyRecord, KeyStatus, KeyStore, KeyUpdate, PreviousSecret, Result, UnixTime},
 };
 
-/// At most this many keys' accounts in memory, for verification (about 40 bytes each).
+/// At most this many keys' statuses in memory, for verification (about 80 bytes each).
 const MAX_KEYS: usize = 1 << 16;
-/// At most this many keys' login records in memory (about 100 bytes each); with more,
+/// At most this many keys' login records in memory (about 130 bytes each); with more,
 /// every login reads the store.
 pub(super) const MAX_LOGINS: usize = 1 << 18;
 /// At most this many tombstones of deleted keys (about 20 bytes each).
@@ -50,6 +51,10 @@ struct Login {
     secret_hash: [u8; 32],
     created_at: UnixTime,
     scopes: Scopes,
+    expires_at: Option<UnixTime>,
+    enabled: bool,
+    /// Boxed: most keys are not in a roll's grace period.
+    previous: Option<Box<([u8; 32], UnixTime)>>,
 }
 
 #[derive(Default)]
@@ -62,7 +67,7 @@ struct Entries {
     /// again at the next poll.
     reload_soon: bool,
     /// By ref, for token verification.
-    accounts: HashMap<KeyRef, AccountId>,
+    statuses: HashMap<KeyRef, KeyStatus>,
     /// Refs known to be deleted.
     deleted: HashSet<KeyRef>,
 }
@@ -70,18 +75,25 @@ struct Entries {
 impl Entries {
     fn add(&mut self, key: &KeyRecord) {
         let Ok(secret_hash) = <[u8; 32]>::try_from(key.secret_hash.as_slice()) else { return };
+        let previous = key
+            .previous
+            .as_ref()
+            .and_then(|p| Some(Box::new((<[u8; 32]>::try_from(p.hash.as_slice()).ok()?, p.until))));
         let login = Login {
             key_ref: key.key_ref,
             account_id: key.account_id,
             secret_hash,
             created_at: key.created_at,
             scopes: key.scopes.clone(),
+            expires_at: key.expires_at,
+            enabled: key.enabled,
+            previous,
         };
         self.logins.insert(key.api_key.to_bytes(), login);
     }
 
     fn forget(&mut self, key_ref: KeyRef, api_key: Option<&ApiKeyId>) {
-        self.accounts.remove(&key_ref);
+        self.statuses.remove(&key_ref);
         match api_key {
             Some(api_key) => {
                 self.logins.remove(&api_key.to_bytes());
@@ -153,7 +165,7 @@ impl KeyCache {
         let mut entries = self.entries_mut();
         self.epoch.fetch_add(1, Ordering::AcqRel);
         entries.logins = HashMap::new();
-        entries.accounts = HashMap::new();
+        entries.statuses = HashMap::new();
         entries.logins_complete = false;
         entries.reload_soon = self.serve_logins;
     }
@@ -206,6 +218,32 @@ impl KeyCache {
         entries.add(key);
     }
 
+    /// A key whose change this process just committed, or read back after hearing of
+    /// another's: its status is read again on next use, and its login record replaced.
+    fn key_replaced(&self, key: &KeyRecord) {
+        let mut entries = self.entries_mut();
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        entries.statuses.remove(&key.key_ref);
+        if entries.logins_complete {
+            entries.add(key);
+        }
+    }
+
+    /// Another process changed a key. Logins served from memory take the key as the store
+    /// has it now, unless something else changed meanwhile; otherwise it is forgotten.
+    pub(super) async fn changed_elsewhere(&self, key_ref: KeyRef, api_key: &ApiKeyId) {
+        if self.serve_logins && self.entries().logins_complete {
+            let epoch = self.epoch.load(Ordering::Acquire);
+            if let Ok(Some(key)) = self.store.find_key(api_key).await {
+                if key.key_ref == key_ref && self.epoch.load(Ordering::Acquire) == epoch {
+                    self.key_replaced(&key);
+                    return;
+                }
+            }
+        }
+        self.forget_key(key_ref, Some(api_key), false);
+    }
+
     /// The login record of `api_key` from memory (`Some(None)`: there is none), or `None`
     /// when memory does not hold every key.
     fn login(&self, api_key: &ApiKeyId) -> Option<Option<KeyRecord>> {
@@ -220,27 +258,30 @@ impl KeyCache {
             secret_hash: login.secret_hash.to_vec(),
             created_at: login.created_at,
             scopes: login.scopes.clone(),
+            expires_at: login.expires_at,
+            enabled: login.enabled,
+            previous: login.previous.as_ref().map(|p| PreviousSecret { hash: p.0.to_vec(), until: p.1 }),
         }))
     }
 
-    /// The account of `key_ref` from memory (`Some(None)`: deleted), or `None` when unknown.
-    fn account(&self, key_ref: KeyRef) -> Option<Option<AccountId>> {
+    /// The status of `key_ref` from memory (`Some(None)`: deleted), or `None` when unknown.
+    fn status(&self, key_ref: KeyRef) -> Option<Option<KeyStatus>> {
         let entries = self.entries();
         if entries.deleted.contains(&key_ref) {
             return Some(None);
         }
-        entries.accounts.get(&key_ref).map(|account| Some(*account))
+        entries.statuses.get(&key_ref).map(|status| Some(status.clone()))
     }
 
-    fn fill_account(&self, epoch: u64, key_ref: KeyRef, account: Option<AccountId>) {
+    fn fill_status(&self, epoch: u64, key_ref: KeyRef, status: Option<&KeyStatus>) {
         let mut entries = self.entries_mut();
         if self.epoch.load(Ordering::Acquire) != epoch {
             return;
         }
-        match account {
-            Some(account) if !entries.deleted.contains(&key_ref) => {
-                make_room(&mut entries.accounts, MAX_KEYS);
-                entries.accounts.insert(key_ref, account);
+        match status {
+            Some(status) if !entries.deleted.contains(&key_ref) => {
+                make_room(&mut entries.statuses, MAX_KEYS);
+                entries.statuses.insert(key_ref, status.clone());
             }
             Some(_) => {}
             // Refs are random and never reused: not there now means deleted for good.
@@ -254,8 +295,8 @@ impl KeyCache {
 
 #[async_trait]
 impl KeyStore for CachedStore {
-    async fn insert_key(&self, key: &KeyRecord) -> Result<()> {
-        self.keys.store.insert_key(key).await?;
+    async fn insert_key(&self, key: &KeyRecord, about: &KeyAbout) -> Result<()> {
+        self.keys.store.insert_key(key, about).await?;
         if self.keys.serve_logins {
             self.keys.key_added(key);
         }
@@ -278,10 +319,6 @@ impl KeyStore for CachedStore {
         self.keys.store.all_keys(limit).await
     }
 
-    async fn list_keys(&self, account: AccountId) -> Result<Vec<KeySummary>> {
-        self.keys.store.list_keys(account).await
-    }
-
     async fn delete_key(&self, account: AccountId, key_ref: KeyRef) -> Result<bool> {
         let deleted = self.keys.store.delete_key(account, key_ref).await;
         // Forgotten whatever the answer: on an error the deletion may still have been
@@ -289,21 +326,57 @@ impl KeyStore for CachedStore {
         self.keys.forget_key(key_ref, None, matches!(deleted, Ok(true)));
         deleted
     }
+
+    async fn update_key(
+        &self,
+        account: AccountId,
+        key_ref: KeyRef,
+        update: &KeyUpdate,
+        now: UnixTime,
+    ) -> Result<Option<KeyRecord>> {
+        let updated = self.keys.store.update_key(account, key_ref, update, now).await;
+        self.keys.applied(key_ref, &updated);
+        updated
+    }
+
+    async fn roll_key(
+        &self,
+        account: AccountId,
+        key_ref: KeyRef,
+        secret_hash: &[u8],
+        previous_until: Option<UnixTime>,
+    ) -> Result<Option<KeyRecord>> {
+        let rolled = self.keys.store.roll_key(account, key_ref, secret_hash, previous_until).await;
+        self.keys.applied(key_ref, &rolled);
+        rolled
+    }
+}
+
+impl KeyCache {
+    /// After this process changed a key: memory takes the key as committed, at once. On an
+    /// error the change may still have been committed, so the key is forgotten.
+    fn applied(&self, key_ref: KeyRef, outcome: &Result<Option<KeyRecord>>) {
+        match outcome {
+            Ok(Some(key)) => self.key_replaced(key),
+            Ok(None) => {}
+            Err(_) => self.forget_key(key_ref, None, false),
+        }
+    }
 }
 
 #[async_trait]
 impl KeyLookupStore for CachedStore {
-    async fn key_account(&self, key_ref: KeyRef) -> Result<Option<AccountId>> {
+    async fn key_status(&self, key_ref: KeyRef) -> Result<Option<KeyStatus>> {
         if !self.is_trusted() {
-            return self.keys.lookup.key_account(key_ref).await;
+            return self.keys.lookup.key_status(key_ref).await;
         }
-        if let Some(account) = self.keys.account(key_ref) {
-            return Ok(account);
+        if let Some(status) = self.keys.status(key_ref) {
+            return Ok(status);
         }
         let epoch = self.keys.epoch.load(Ordering::Acquire);
-        let account = self.keys.lookup.key_account(key_ref).await?;
-        self.keys.fill_account(epoch, key_ref, account);
-        Ok(account)
+        let status = self.keys.lookup.key_status(key_ref).await?;
+        self.keys.fill_status(epoch, key_ref, status.as_ref());
+        Ok(status)
     }
 }
 
@@ -375,8 +448,11 @@ mod tests {
             secret_hash: vec![7; 32],
             created_at: 0,
             scopes: Scopes::default(),
+            expires_at: None,
+            enabled: true,
+            previous: None,
         };
-        store.insert_key(&key).await.unwrap();
+        store.insert_key(&key, &KeyAbout::default()).await.unwrap();
         let cache = CachedStore::new(store.clone(), true);
         cache.sync_once().await;
 
@@ -389,10 +465,10 @@ mod tests {
         let other = CachedStore::new(store.clone(), true);
         assert!(other.delete_key(account, key.key_ref).await.unwrap());
         cache.sync_once().await;
-        cache.keys.fill_account(epoch, key.key_ref, Some(account));
-        assert!(entries().logins.is_empty() && entries().accounts.is_empty(), "a stale read was cached");
+        cache.keys.fill_status(epoch, key.key_ref, Some(&KeyStatus::from(&key)));
+        assert!(entries().logins.is_empty() && entries().statuses.is_empty(), "a stale read was cached");
         assert!(cache.find_key(&key.api_key).await.unwrap().is_none());
-        assert_eq!(cache.key_account(key.key_ref).await.unwrap(), None);
+        assert_eq!(cache.key_status(key.key_ref).await.unwrap(), None);
     }
 
     #[test]

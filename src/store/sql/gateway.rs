@@ -6,20 +6,23 @@ use super::{Dialect, SqlStore, sql};
 use crate::{
     domain::{AccountId, KeyRef},
     store::{
-        KeyLookupStore, Result, Revocation, RevocationStore, UnixTime,
-        rows::{Columns, account_id},
+        KeyLookupStore, KeyStatus, Result, Revocation, RevocationStore, UnixTime,
+        rows::{Columns, key_status},
     },
 };
 
 #[async_trait]
 impl<D: Dialect> KeyLookupStore for SqlStore<D> {
-    async fn key_account(&self, key_ref: KeyRef) -> Result<Option<AccountId>> {
+    async fn key_status(&self, key_ref: KeyRef) -> Result<Option<KeyStatus>> {
         // `key_ref` is the primary key: one index probe per verified token.
-        let row = D::query(sql!("SELECT account_id::text AS account_id FROM api_keys WHERE key_ref = $1::uuid"))
-            .bind(key_ref.to_string())
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|row| account_id(&row, "account_id")).transpose()
+        let row = D::query(sql!(
+            "SELECT account_id::text AS account_id, scopes, expires_at, disabled_at FROM api_keys \
+             WHERE key_ref = $1::uuid"
+        ))
+        .bind(key_ref.to_string())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(key_status).transpose()
     }
 }
 

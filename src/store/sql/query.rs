@@ -109,6 +109,7 @@ pub enum Value<'q> {
     Int(i64),
     OptInt(Option<i64>),
     Bytes(&'q [u8]),
+    OptBytes(Option<&'q [u8]>),
 }
 
 impl<'q> From<&'q str> for Value<'q> {
@@ -154,6 +155,11 @@ impl From<Option<i64>> for Value<'_> {
 impl<'q> From<&'q [u8]> for Value<'q> {
     fn from(v: &'q [u8]) -> Self {
         Self::Bytes(v)
+    }
+}
+impl<'q> From<Option<&'q [u8]>> for Value<'q> {
+    fn from(v: Option<&'q [u8]>) -> Self {
+        Self::OptBytes(v)
     }
 }
 impl<'q> From<&'q Vec<u8>> for Value<'q> {
@@ -227,6 +233,7 @@ where
     for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
     for<'q> Option<String>: Encode<'q, DB> + Type<DB>,
     for<'q> Option<i64>: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<&'q [u8]>: Encode<'q, DB> + Type<DB>,
 {
     fn bind<'q>(query: Native<'q, Self>, value: Value<'q>) -> Native<'q, Self> {
         match value {
@@ -237,6 +244,7 @@ where
             Value::Int(v) => query.bind(v),
             Value::OptInt(v) => query.bind(v),
             Value::Bytes(v) => query.bind(v),
+            Value::OptBytes(v) => query.bind(v),
         }
     }
 

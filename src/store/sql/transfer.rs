@@ -8,7 +8,7 @@ use super::{
     admins::insert_admin,
     audit::insert_audit,
     dialect::Lock,
-    keys::{KEY_COLUMNS, insert_key},
+    keys::{EXPORT_COLUMNS, KEY_COLUMNS, insert_key},
     query::{Exec, Sql},
     sessions::insert_session,
     sql,
@@ -16,7 +16,7 @@ use super::{
 use crate::store::{
     Counts, Result, Snapshot, StoreError, TransferStore,
     rows::{
-        COUNTS, account_record, admin_export, audit_record, counts as counts_row, key_record, revocation,
+        COUNTS, account_record, admin_export, audit_record, counts as counts_row, key_export, revocation,
         session_export, signing_key,
     },
 };
@@ -53,9 +53,12 @@ impl<D: Dialect> TransferStore for SqlStore<D> {
             admin_export,
         )
         .await?;
-        let keys =
-            all(&mut tx, sql!("SELECT ", KEY_COLUMNS, " FROM api_keys ORDER BY created_at, key_ref"), key_record)
-                .await?;
+        let keys = all(
+            &mut tx,
+            sql!("SELECT ", KEY_COLUMNS, ", ", EXPORT_COLUMNS, " FROM api_keys ORDER BY created_at, key_ref"),
+            key_export,
+        )
+        .await?;
         let sessions = all(
             &mut tx,
             sql!(

@@ -87,5 +87,8 @@ pub fn key_record(account_id: AccountId, created_at: i64) -> KeyRecord {
         secret_hash: keygate::crypto::random_bytes::<32>().to_vec(),
         scopes: Default::default(),
         created_at,
+        expires_at: None,
+        enabled: true,
+        previous: None,
     }
 }
