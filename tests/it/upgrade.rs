@@ -301,7 +301,11 @@ async fn upgrade(builder: Builder, release: &Release) -> TestApp {
     let patch = |body: Value| old_session.patch(app.url(&format!("/auth/keys/{release_ref}"))).json(&body).send();
     assert_eq!(patch(serde_json::json!({"name": "from the release"})).await.unwrap().status(), StatusCode::OK);
     assert_eq!(patch(serde_json::json!({"enabled": false})).await.unwrap().status(), StatusCode::OK);
-    assert_problem(app.api_login(release.api_key.as_str(), release.api_password.expose()).await, StatusCode::UNAUTHORIZED).await;
+    assert_problem(
+        app.api_login(release.api_key.as_str(), release.api_password.expose()).await,
+        StatusCode::UNAUTHORIZED,
+    )
+    .await;
     assert_eq!(patch(serde_json::json!({"enabled": true})).await.unwrap().status(), StatusCode::OK);
     app.token(release.api_key.as_str(), release.api_password.expose()).await;
 
