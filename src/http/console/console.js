@@ -8,6 +8,7 @@
   const $ = (id) => document.getElementById(id);
   const PAGE_SIZE = 50;
   const dateTime = new Intl.DateTimeFormat(undefined, { dateStyle: 'medium', timeStyle: 'short' });
+  const dateOnly = new Intl.DateTimeFormat(undefined, { dateStyle: 'medium' });
 
   // ---- Talking to the API -------------------------------------------------------------
 
@@ -103,11 +104,13 @@
     return node;
   }
 
-  function time(iso, empty) {
+  /** `iso` as a <time>, its date (and time of day, unless `format` is `dateOnly`) in the
+   *  browser's locale and zone; the exact instant in its title. */
+  function time(iso, empty, format = dateTime) {
     if (!iso) return el('span', { className: 'muted', text: empty });
     const at = new Date(iso);
     if (Number.isNaN(at.getTime())) return el('span', { text: iso });
-    return el('time', { datetime: iso, title: iso, text: dateTime.format(at) });
+    return el('time', { datetime: iso, title: dateTime.format(at), text: format.format(at) });
   }
 
   function cell(label, ...content) {
@@ -283,7 +286,7 @@
     if (kept) focusKey(...kept);
     const empty = $('keys-empty');
     empty.hidden = rows.length > 0;
-    if (params.name) empty.textContent = `No key is named like “${params.name}”.`;
+    if (params.name) empty.textContent = `No key is named “${params.name}”.`;
     else if (params.after) empty.textContent = 'No more keys.';
     else empty.textContent = 'No keys yet. Generate one to let an API client sign in.';
   }
@@ -304,9 +307,9 @@
       cell('Name', key.name ? el('span', { className: 'name', text: key.name }) : el('span', { className: 'muted', text: 'Unnamed' })),
       cell('Key', el('code', { text: key.api_key })),
       cell('Scopes', scopes),
-      cell('Created', time(key.created_at, '—')),
+      cell('Created', time(key.created_at, '—', dateOnly)),
       cell('Last used', time(key.last_used_at, 'Never')),
-      cell('Expires', time(key.expires_at, 'Never')),
+      cell('Expires', time(key.expires_at, 'Never', dateOnly)),
       cell('Status', status),
       cell('Actions', el('div', { className: 'row-actions' },
         action('Edit', 'edit'),
@@ -526,6 +529,7 @@
     'key.updated': 'Key edited',
     'key.disabled': 'Key disabled',
     'key.enabled': 'Key enabled',
+    'key.expired': 'Key expired',
     'lockout': 'Locked out',
     'lockout.cleared': 'Lockout cleared',
     'signing_key.rotated': 'Signing key rotated',

@@ -118,7 +118,7 @@ fn keys(signed_in: bool, name: &str) -> Markup {
                 button #generate-open .primary type="button" { "Generate key" }
             }
             form #search .search role="search" method="get" action="/console" {
-                label for="search-name" { "Search by name" }
+                label for="search-name" { "Search by exact name" }
                 div.inline {
                     input #search-name type="search" name="name" value=(name) maxlength="100" autocomplete="off";
                     button type="submit" { "Search" }
