@@ -111,7 +111,7 @@ pub fn app(state: AppState) -> App {
         .route("/openapi.json", get(meta::openapi).with_state(Arc::new(doc)))
         // The admin console: pages for people, which the API document does not describe, each
         // answered with the console's own security headers.
-        .merge(console::router().layer(axum::middleware::map_response(console::headers)))
+        .merge(console::router().route_layer(axum::middleware::map_response(console::headers)))
         .with_state(state)
         .layer(DefaultBodyLimit::max(MAX_BODY));
     ServiceBuilder::new()
