@@ -25,8 +25,10 @@ use crate::{
 
 mod connections;
 mod defences;
+mod operations;
 pub use connections::ConnectionSettings;
 pub use defences::DefenceSettings;
+pub use operations::OperationSettings;
 
 /// Every setting that may be given as a flag, a variable or a file key. Secrets are
 /// deliberately none of these but variables alone (see `Settings::load`): command lines are
@@ -133,6 +135,24 @@ pub struct SettingsArgs {
     /// open-file limit, raised to its maximum, less 256 kept for the store and logs].
     #[arg(long, env = "KEYGATE_MAX_CONNECTIONS", global = true, value_name = "N")]
     pub max_connections: Option<Given<u64>>,
+
+    // Operations (`operations`).
+    /// Serve `/metrics` (Prometheus) on this address only, and not on the main listener
+    /// [default: on the main listener].
+    #[arg(long, env = "KEYGATE_METRICS_LISTEN", global = true, value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
+    /// Log one line per request at info: method, route, status, latency, client address and
+    /// request id [default: true].
+    #[arg(long, env = "KEYGATE_ACCESS_LOG", global = true, value_name = "BOOL")]
+    pub access_log: Option<Given<bool>>,
+    /// Seconds that requests in flight at SIGTERM or SIGINT may take to finish before they are
+    /// cut, 1 to 3600 [default: 30].
+    #[arg(long, env = "KEYGATE_SHUTDOWN_TIMEOUT", global = true, value_name = "SECONDS")]
+    pub shutdown_timeout: Option<Given<u64>>,
+    /// Seconds `serve` keeps retrying a database it cannot reach at start-up before it gives
+    /// up, 0 to 3600; 0 tries once [default: 60].
+    #[arg(long, env = "KEYGATE_DB_CONNECT_TIMEOUT", global = true, value_name = "SECONDS")]
+    pub db_connect_timeout: Option<Given<u64>>,
 }
 
 /// A setting's value as one layer gives it. A flag or a variable gives text, judged with
@@ -210,6 +230,7 @@ pub struct Settings {
     pub log_format: LogFormat,
     pub defences: DefenceSettings,
     pub connections: ConnectionSettings,
+    pub operations: OperationSettings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -299,6 +320,7 @@ impl Settings {
 
         let defences = defences::load(&layers)?;
         let connections = connections::load(&layers)?;
+        let operations = operations::load(&layers)?;
 
         let master_key = env("KEYGATE_MASTER_KEY").filter(|s| !s.is_empty()).map(SecretString::from);
         let bootstrap_admin = match (env("KEYGATE_BOOTSTRAP_ADMIN_EMAIL"), env("KEYGATE_BOOTSTRAP_ADMIN_PASSWORD")) {
@@ -338,6 +360,7 @@ impl Settings {
             log_format,
             defences,
             connections,
+            operations,
         })
     }
 

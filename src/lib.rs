@@ -1,6 +1,7 @@
 //! keygate: API keys in, signed JWTs out, and gateways that can trust them.
 //!
-//! - `config`: typed settings; `telemetry`: logging; `clock`: the time, as a parameter
+//! - `config`: typed settings; `telemetry`: logging; `monitoring`: Prometheus metrics; `clock`:
+//!   the time, as a parameter
 //! - `domain`: parsed value types, no I/O
 //! - `crypto`: hashing, secrets, signing keys; no HTTP, no storage
 //! - `store`: narrow persistence traits; one SQL implementation for SQLite and PostgreSQL
@@ -23,6 +24,7 @@ pub mod domain;
 pub mod fuzzing;
 pub mod http;
 pub mod listener;
+pub mod monitoring;
 pub mod runtime;
 pub mod service;
 pub mod startup;

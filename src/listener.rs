@@ -40,7 +40,7 @@ use tokio::{
 };
 use tower::ServiceExt;
 
-use crate::{config::ConnectionSettings, http::App};
+use crate::config::ConnectionSettings;
 
 /// Descriptors kept for everything but client connections: the store's pool (PostgreSQL
 /// connections, or SQLite's database, journal and shared-memory files per connection), log
@@ -111,13 +111,86 @@ fn raise_descriptor_limit() -> Option<u64> {
     None
 }
 
-/// Serves `app` on `listener` until `shutdown` completes, then lets open requests finish.
-pub async fn serve(
+/// Serves `app` on `listener` until `shutdown` completes; then closes the listener, so that
+/// no connection is accepted any more, and lets the requests in flight finish, for at most
+/// `drain`: those still running then are cut.
+pub async fn serve<S>(
     listener: TcpListener,
-    app: App,
+    app: S,
+    limits: Limits,
+    drain: Duration,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()>
+where
+    S: AppService,
+{
+    let graceful = accept_until(&listener, app, limits, shutdown).await;
+    drop(listener);
+    drain_connections(graceful, drain).await;
+    Ok(())
+}
+
+/// Serves `app` on `listener` until `until` completes and the requests in flight have been
+/// answered, keeping the listener open: for what is served before the app proper can be
+/// (start-up waiting for the database). Its connections are closed once idle; clients open
+/// new ones, to the app that follows.
+pub async fn serve_until<S>(
+    listener: TcpListener,
+    app: S,
+    limits: Limits,
+    until: impl Future<Output = ()> + Send + 'static,
+) -> TcpListener
+where
+    S: AppService,
+{
+    let graceful = accept_until(&listener, app, limits, until).await;
+    drain_connections(graceful, limits.header_read_timeout).await;
+    listener
+}
+
+/// What the listener can serve: the app, or the one served while starting.
+pub trait AppService:
+    tower::Service<
+        hyper::Request<axum::body::Body>,
+        Response = axum::response::Response,
+        Error = std::convert::Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<S> AppService for S where
+    S: tower::Service<
+            hyper::Request<axum::body::Body>,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
+async fn drain_connections(graceful: GracefulShutdown, limit: Duration) {
+    if tokio::time::timeout(limit, graceful.shutdown()).await.is_err() {
+        tracing::warn!(limit_s = limit.as_secs(), "requests still in flight at the shutdown timeout were cut");
+    }
+}
+
+/// The accept loop, until `shutdown`; returns what waits for the open connections.
+async fn accept_until<S>(
+    listener: &TcpListener,
+    app: S,
     limits: Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> io::Result<()> {
+) -> GracefulShutdown
+where
+    S: AppService,
+{
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let pressure = Arc::new(Pressure::default());
     let graceful = GracefulShutdown::new();
@@ -151,7 +224,7 @@ pub async fn serve(
             full_logged = false;
         }
         let (stream, peer) = tokio::select! {
-            accepted = accept(&listener) => accepted,
+            accepted = accept(listener) => accepted,
             () = &mut shutdown => break,
         };
         no_delay(&stream);
@@ -185,9 +258,7 @@ pub async fn serve(
             drop(permit);
         });
     }
-    drop(listener);
-    graceful.shutdown().await;
-    Ok(())
+    graceful
 }
 
 /// Without it Nagle's algorithm holds a small write back while an earlier one is

@@ -47,10 +47,10 @@ pub enum AuthError {
     /// A token request asked for scopes its key does not hold (RFC 6749 §5.2).
     #[error("invalid scope")]
     InvalidScope,
-    /// A bearer token that must not be honoured. The reason is for the debug log only:
-    /// callers answer every case alike.
-    #[error("invalid token: {0}")]
-    InvalidToken(&'static str),
+    /// A bearer token that must not be honoured. The reason is for the debug log and the
+    /// metrics only: callers answer every case alike.
+    #[error("invalid token: {}", crate::monitoring::LabelValue::label(*.0))]
+    InvalidToken(TokenRefusal),
     /// Too many failed logins for this identity or address; refused without checking the
     /// password until the lock ends.
     #[error("too many failed logins")]
@@ -158,6 +158,7 @@ pub struct AuthService {
     verified_tokens: token_cache::TokenCache,
     /// Notified whenever a login attempt ends, for those waiting for a place (see `lockout`).
     attempts_ended: Arc<tokio::sync::Notify>,
+    tokens_issued: metrics::Counter,
     /// Keys' latest use, until it is written in the next batch (see `key_use`).
     key_use: key_use::KeyUse,
 }
@@ -168,8 +169,8 @@ mod paging;
 mod testing;
 mod token_cache;
 pub use gateway::{
-    CLOCK_LEEWAY, MAX_KEY_RELOAD_INTERVAL, MAX_TOKEN_LEN, RevocationLimits, Revoked, Verification, VerifiedToken,
-    read_key_ring, verifies_until,
+    CLOCK_LEEWAY, MAX_KEY_RELOAD_INTERVAL, MAX_TOKEN_LEN, RevocationLimits, Revoked, TokenRefusal, Verification,
+    VerifiedToken, read_key_ring, verifies_until,
 };
 pub use key_use::KEY_USE_FLUSH_EVERY;
 pub use paging::{KeyPage, MAX_PAGE};
@@ -196,6 +197,7 @@ impl AuthService {
             last_kid_reload: Mutex::new(None),
             verified_tokens: token_cache::TokenCache::new(),
             attempts_ended: Arc::default(),
+            tokens_issued: metrics::counter!(crate::monitoring::TOKENS_ISSUED),
             key_use: key_use::KeyUse::default(),
         }
     }
@@ -204,6 +206,14 @@ impl AuthService {
     pub fn with_hot_path(mut self, hot: HotPath) -> Self {
         self.hot = hot;
         self
+    }
+
+    /// Writes out what the service holds back to write in batches: keys' last use (see
+    /// `key_use`). Called once, when the server stops, after the last request has been
+    /// answered (`startup::Application::run_until`, step 3): every batched writer flushes
+    /// from here. (Session touches are written at once.)
+    pub async fn flush(&self) -> Result<()> {
+        self.flush_key_use().await.map(|_| ())
     }
 
     pub fn store(&self) -> &dyn Store {
@@ -340,6 +350,7 @@ impl AuthService {
             scope: (!scopes.is_empty()).then(|| scopes.as_str().to_owned()),
         };
         let token = self.key_ring().sign(&claims)?;
+        self.tokens_issued.increment(1);
         Ok(IssuedToken { token, claims })
     }
 

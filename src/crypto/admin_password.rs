@@ -73,6 +73,11 @@ impl AdminPasswordHasher {
         Self { jobs, admitted: Arc::new(AtomicUsize::new(0)), max_admitted: workers + queue }
     }
 
+    /// Checks and hashes running or waiting for a thread.
+    pub fn in_use(&self) -> usize {
+        self.admitted.load(Ordering::Relaxed)
+    }
+
     /// A PHC string (`$argon2id$v=19$m=19456,t=2,p=1$…`) for a new password.
     pub async fn hash(&self, password: SecretString) -> Result<String, HashPoolError> {
         self.run(move |memory| hash_with(memory, password.expose_secret().as_bytes()).ok_or(HashPoolError::Failed))
@@ -95,7 +100,10 @@ impl AdminPasswordHasher {
         &self,
         work: impl FnOnce(&mut [Block]) -> T + Send + 'static,
     ) -> Result<T, HashPoolError> {
-        let admission = Admission::try_new(&self.admitted, self.max_admitted).ok_or(HashPoolError::Busy)?;
+        let Some(admission) = Admission::try_new(&self.admitted, self.max_admitted) else {
+            metrics::counter!(crate::monitoring::ADMIN_HASH_REJECTED).increment(1);
+            return Err(HashPoolError::Busy);
+        };
         let (done, result) = tokio::sync::oneshot::channel();
         let job: Job = Box::new(move |memory| {
             // The slot is held until the work is done, even if the caller gave up waiting:
@@ -104,7 +112,10 @@ impl AdminPasswordHasher {
             let _ = done.send(work(memory));
         });
         self.jobs.try_send(job).map_err(|e| match e {
-            mpsc::TrySendError::Full(_) => HashPoolError::Busy,
+            mpsc::TrySendError::Full(_) => {
+                metrics::counter!(crate::monitoring::ADMIN_HASH_REJECTED).increment(1);
+                HashPoolError::Busy
+            }
             mpsc::TrySendError::Disconnected(_) => HashPoolError::Failed,
         })?;
         result.await.map_err(|_| HashPoolError::Failed)

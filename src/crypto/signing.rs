@@ -316,11 +316,18 @@ impl KeyRing {
     /// revocation and expiry hold for either string. Refusing the twin would refuse half the
     /// tokens signed before keygate made only low-S signatures, for a whole token lifetime
     /// after an upgrade.
-    pub fn verify(&self, token: &str, issuer: &str, audience: &str, leeway: u64, now: u64) -> Option<AccessClaims> {
-        let header = jsonwebtoken::decode_header(token).ok()?;
-        let verifier = self.verifiers.get(header.kid.as_deref()?)?;
+    pub fn verify(
+        &self,
+        token: &str,
+        issuer: &str,
+        audience: &str,
+        leeway: u64,
+        now: u64,
+    ) -> Result<AccessClaims, Rejected> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| Rejected::Invalid)?;
+        let verifier = header.kid.as_deref().and_then(|kid| self.verifiers.get(kid)).ok_or(Rejected::Invalid)?;
         if header.alg != verifier.alg.jwt() {
-            return None;
+            return Err(Rejected::Invalid);
         }
         let mut validation = Validation::new(verifier.alg.jwt());
         // jsonwebtoken would judge `exp` and `nbf` by the system clock: they are judged below,
@@ -330,10 +337,18 @@ impl KeyRing {
         validation.set_issuer(&[issuer]);
         validation.set_audience(&[audience]);
         validation.set_required_spec_claims(&["exp", "nbf", "iat", "iss", "aud", "sub"]);
-        let claims = jsonwebtoken::decode::<AccessClaims>(token, &verifier.key, &validation).ok()?.claims;
-        let expired = claims.exp < now.saturating_sub(leeway);
-        let early = claims.nbf > now.saturating_add(leeway);
-        (!expired && !early).then_some(claims)
+        let claims = jsonwebtoken::decode::<AccessClaims>(token, &verifier.key, &validation)
+            .map_err(|_| Rejected::Invalid)?
+            .claims;
+        if claims.exp < now.saturating_sub(leeway) {
+            // Only a token whose signature verified is called expired: the difference tells a
+            // forger nothing.
+            return Err(Rejected::Expired);
+        }
+        if claims.nbf > now.saturating_add(leeway) {
+            return Err(Rejected::Invalid);
+        }
+        Ok(claims)
     }
 
     /// Whether `token` names, in a well-formed header, a key this ring does not hold: the one
@@ -358,6 +373,16 @@ impl KeyRing {
         keys.sort_by(|a, b| a.common.key_id.cmp(&b.common.key_id));
         JwkSet { keys }
     }
+}
+
+/// Why [`KeyRing::verify`] refused a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejected {
+    /// Not a token of ours, or not one for here or for now: malformed, unknown kid, wrong
+    /// algorithm, bad signature, another issuer or audience, not yet valid.
+    Invalid,
+    /// Ours and well signed, but past its `exp`.
+    Expired,
 }
 
 /// The low-S form of a fixed-width P-256 signature r || s: itself when s ≤ n/2, else
@@ -397,9 +422,9 @@ mod tests {
             let key = sealer.generate(alg).unwrap();
             let ring = KeyRing::new(&sealer, &key, &[]).unwrap();
             let token = ring.sign(&claims(NOW)).unwrap();
-            assert_eq!(ring.verify(&token, "https://issuer", "api", 0, NOW), Some(claims_of(&token)));
-            assert!(ring.verify(&token, "https://other", "api", 0, NOW).is_none());
-            assert!(ring.verify(&token, "https://issuer", "other", 0, NOW).is_none());
+            assert_eq!(ring.verify(&token, "https://issuer", "api", 0, NOW), Ok(claims_of(&token)));
+            assert!(ring.verify(&token, "https://other", "api", 0, NOW).is_err());
+            assert!(ring.verify(&token, "https://issuer", "other", 0, NOW).is_err());
             let header = jsonwebtoken::decode_header(&token).unwrap();
             assert_eq!(header.kid.as_deref(), Some(key.kid.as_str()));
             assert_eq!(header.alg, alg.jwt());
@@ -412,9 +437,11 @@ mod tests {
         let ring = KeyRing::new(&sealer, &sealer.generate(SigningAlg::Es256).unwrap(), &[]).unwrap();
         // Valid from NOW (nbf) to NOW + 60 (exp) inclusive.
         let token = ring.sign(&claims(NOW)).unwrap();
-        let at = |now: u64, leeway: u64| ring.verify(&token, "https://issuer", "api", leeway, now).is_some();
+        let at = |now: u64, leeway: u64| ring.verify(&token, "https://issuer", "api", leeway, now).is_ok();
         assert!(at(NOW, 0) && at(NOW + 60, 0));
         assert!(!at(NOW + 61, 0), "expired");
+        assert_eq!(ring.verify(&token, "https://issuer", "api", 0, NOW + 61), Err(Rejected::Expired));
+        assert_eq!(ring.verify(&token, "https://issuer", "api", 0, NOW - 1), Err(Rejected::Invalid));
         assert!(!at(NOW - 1, 0), "not yet valid");
         assert!(at(NOW + 70, 10) && !at(NOW + 71, 10));
         assert!(at(NOW - 10, 10) && !at(NOW - 11, 10));

@@ -1,5 +1,10 @@
 //! `POST /auth/login` and `POST /auth/logout`.
 
+use crate::{
+    label_values,
+    monitoring::{self, Counters},
+    service::AuthError,
+};
 use axum::{extract::State, http::StatusCode, response::IntoResponse};
 use axum_extra::extract::CookieJar;
 use secrecy::ExposeSecret;
@@ -12,6 +17,62 @@ use super::{
     extract::{Admin, Json},
     provenance::Client,
 };
+
+label_values! {
+    /// Which login `keygate_logins_total` counts.
+    pub enum LoginKind {
+        Api => "api",
+        Admin => "admin",
+        Oauth => "oauth",
+    }
+}
+
+label_values! {
+    /// How a login ended.
+    pub enum LoginOutcome {
+        Success => "success",
+        /// Wrong secret, an unknown key or email, or scopes the key does not hold.
+        Invalid => "invalid",
+        /// Refused by a lockout, or by too many attempts in flight.
+        Locked => "locked",
+        /// Not decided: the store or the hashing pool could not answer.
+        Error => "error",
+    }
+}
+
+impl LoginOutcome {
+    fn of<T>(result: &Result<T, AuthError>) -> Self {
+        match result {
+            Ok(_) => Self::Success,
+            // Credentials, or what they asked for (scopes the key does not hold), refused.
+            Err(AuthError::InvalidCredentials | AuthError::InvalidScope | AuthError::Invalid(_)) => Self::Invalid,
+            Err(AuthError::Locked { .. }) => Self::Locked,
+            Err(_) => Self::Error,
+        }
+    }
+}
+
+/// `keygate_logins_total`, one counter per kind and outcome, registered up front.
+pub struct LoginMetrics {
+    by_kind: Vec<Counters<LoginOutcome>>,
+}
+
+impl LoginMetrics {
+    pub fn register() -> Self {
+        use monitoring::LabelValue;
+        let by_kind = LoginKind::ALL
+            .iter()
+            .map(|kind| Counters::register(monitoring::LOGINS, "outcome", &[("kind", kind.label())]))
+            .collect();
+        Self { by_kind }
+    }
+
+    pub fn record<T>(&self, kind: LoginKind, result: &Result<T, AuthError>) {
+        if let Some(counters) = self.by_kind.get(kind as usize) {
+            counters.increment(LoginOutcome::of(result));
+        }
+    }
+}
 
 /// Credentials: an API key (`api_key`, or `username` as the documented schema names it)
 /// or an admin `email`, with its password.
@@ -91,12 +152,15 @@ pub async fn login(
 ) -> Result<(CookieJar, Json<LoginResponse>), ApiError> {
     match request.identity()? {
         (Identity::ApiKey(key), password) => {
-            let issued = state.auth.api_login(&key, &password, client).await?;
-            Ok((jar, Json(LoginResponse::Token(issued.token))))
+            let issued = state.auth.api_login(&key, &password, client).await;
+            state.logins.record(LoginKind::Api, &issued);
+            Ok((jar, Json(LoginResponse::Token(issued?.token))))
         }
         (Identity::Admin(email), password) => {
             let previous = jar.get(state.cookie.name()).map(|c| c.value().to_owned());
-            let session = state.auth.admin_login(&email, &password, previous.as_deref(), client).await?;
+            let session = state.auth.admin_login(&email, &password, previous.as_deref(), client).await;
+            state.logins.record(LoginKind::Admin, &session);
+            let session = session?;
             let jar = jar.add(state.cookie.issue(session.token.expose_secret().to_owned()));
             let body = AdminLogin { account_id: session.account_id.to_string(), email: session.email.to_string() };
             Ok((jar, Json(LoginResponse::Admin(body))))

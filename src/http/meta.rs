@@ -1,6 +1,6 @@
 //! Health, published keys and the API description.
 
-use std::sync::Arc;
+use std::sync::{Arc, atomic::Ordering};
 
 use axum::{
     Json,
@@ -11,6 +11,8 @@ use axum::{
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use utoipa::{ToSchema, openapi::OpenApi};
+
+use crate::monitoring::Exposition;
 
 use super::{
     AppState,
@@ -35,18 +37,22 @@ pub struct Readiness {
     pub status: &'static str,
 }
 
-/// Readiness: the store answers. A load balancer should send no traffic here while this is
-/// 503; unlike `/healthz`, it does not mean the process should be restarted.
+/// Readiness: the store answers, and the server is not shutting down. A load balancer should
+/// send no traffic here while this is 503; unlike `/healthz`, it does not mean the process
+/// should be restarted.
 #[utoipa::path(
     get,
     path = "/readyz",
     tag = "meta",
     responses(
         (status = 200, body = Readiness),
-        (status = 503, description = "The database cannot be reached", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The database cannot be reached yet or any more, or the server is shutting down", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Readiness>, ApiError> {
+    if state.draining.load(Ordering::Relaxed) {
+        return Err(ApiError::Unavailable);
+    }
     match state.auth.store().ping().await {
         Ok(()) => Ok(Json(Readiness { status: "ready" })),
         // Whatever the cause, a store that cannot answer `SELECT 1` means "not ready",
@@ -103,6 +109,19 @@ fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {
             tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == etag
         },
     )
+}
+
+/// The Prometheus exposition (docs/operations.md lists what is in it).
+pub async fn metrics(State(exposition): State<Arc<Exposition>>) -> Response {
+    let body = exposition.render();
+    ([(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"))], body)
+        .into_response()
+}
+
+/// Liveness and a 503 for everything else: what is served while start-up waits for the
+/// database, so that an orchestrator sees a live process that is not ready yet.
+pub async fn starting() -> ApiError {
+    ApiError::Unavailable
 }
 
 /// The OpenAPI document `http::app` assembled.

@@ -1,18 +1,19 @@
 //! The HTTP surface: routes, middleware and the OpenAPI document generated from them.
 
-use std::sync::Arc;
+use std::sync::{Arc, atomic::AtomicBool};
 
 use axum::{Router, extract::DefaultBodyLimit, routing::get};
-use tower::ServiceBuilder;
+use tower::{Layer, ServiceBuilder};
 use utoipa::{
     Modify, OpenApi,
     openapi::security::{ApiKey, ApiKeyValue, SecurityScheme},
 };
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use crate::service::AuthService;
+use crate::{monitoring::Exposition, service::AuthService};
 use envelope::EnvelopeLayer;
 use oauth::ClientScheme;
+use observe::{Observe, ObserveLayer, Routes};
 use verify::ForwardAuthLayer;
 
 mod audit;
@@ -25,11 +26,12 @@ mod extract;
 mod keys;
 mod meta;
 mod oauth;
+mod observe;
 mod password;
 pub mod provenance;
 mod verify;
 
-pub use auth::decode_login;
+pub use auth::{LoginMetrics, decode_login};
 pub use cookie::SessionCookie;
 pub use envelope::Envelope;
 pub use provenance::SecurityPolicy;
@@ -41,6 +43,17 @@ pub struct AppState {
     pub auth: Arc<AuthService>,
     pub cookie: SessionCookie,
     pub security: Arc<SecurityPolicy>,
+    pub logins: Arc<LoginMetrics>,
+    /// Set once shutdown has begun: `/readyz` answers 503 from then on.
+    pub draining: Arc<AtomicBool>,
+}
+
+/// What the app tells operators, besides its answers.
+pub struct Observability {
+    /// One line per request at info.
+    pub access_log: bool,
+    /// `/metrics` on this app, when it is not served on a listener of its own.
+    pub metrics: Option<Arc<Exposition>>,
 }
 
 /// Bodies beyond this are refused with 413 before they are read in full.
@@ -99,14 +112,17 @@ fn routes() -> OpenApiRouter<AppState> {
 }
 
 /// The whole HTTP application, outermost layer first.
-pub type App = Envelope<ForwardAuth<Router>>;
+pub type App = Observe<Envelope<ForwardAuth<Router>>>;
 
-pub fn app(state: AppState) -> App {
+pub fn app(state: AppState, observability: Observability) -> App {
     let auth = state.auth.clone();
+    let security = state.security.clone();
     let (router, mut doc) = routes().split_for_parts();
     // `/auth/verify` and everything under it: answered by `ForwardAuth` below, before routing.
     doc.merge(verify::ForwardAuthDoc::openapi());
-    let router = router
+    let mut templates: Vec<String> = doc.paths.paths.keys().cloned().collect();
+    templates.push("/openapi.json".into());
+    let mut router = router
         // The document does not describe itself.
         .route("/openapi.json", get(meta::openapi).with_state(Arc::new(doc)))
         // The admin console: pages for people, which the API document does not describe, each
@@ -114,7 +130,15 @@ pub fn app(state: AppState) -> App {
         .merge(console::router().route_layer(axum::middleware::map_response(console::headers)))
         .with_state(state)
         .layer(DefaultBodyLimit::max(MAX_BODY));
+    if let Some(exposition) = observability.metrics {
+        // Not in the document either: it is for scrapers, not API clients.
+        router = router.route("/metrics", get(meta::metrics).with_state(exposition));
+        templates.push("/metrics".into());
+    }
+    let routes = Routes::new(templates.iter().map(String::as_str));
     ServiceBuilder::new()
+        // Metrics and the access log: every answer, by route template.
+        .layer(ObserveLayer::new(routes, observability.access_log, security))
         // Request id, span, body-size gate, timeout, panic guard, problem+json for bare
         // errors, security headers and failure logs, for every answer below it.
         .layer(EnvelopeLayer::new())
@@ -122,4 +146,16 @@ pub fn app(state: AppState) -> App {
         // router (see `verify`).
         .layer(ForwardAuthLayer::new(auth))
         .service(router)
+}
+
+/// `/metrics` alone, for a listener of its own (`KEYGATE_METRICS_LISTEN`).
+pub fn metrics_app(exposition: Arc<Exposition>) -> Router {
+    Router::new().route("/metrics", get(meta::metrics)).with_state(exposition)
+}
+
+/// What the main listener serves while start-up waits for the database: `/healthz` 200,
+/// everything else (`/readyz` included) 503 with `Retry-After`.
+pub fn starting_app() -> Envelope<Router> {
+    let router = Router::new().route("/healthz", get(meta::healthz)).fallback(meta::starting);
+    EnvelopeLayer::new().layer(router)
 }

@@ -26,6 +26,7 @@ use utoipa::{
 
 use super::{
     AppState,
+    auth::LoginKind,
     error::{ApiError, Problem},
     provenance::Client,
 };
@@ -290,7 +291,9 @@ pub async fn token(
         OAuthError::Client(OAuthErrorCode::InvalidScope, "scope is not a list of RFC 6749 scope tokens")
     })?;
     let (client_id, client_secret) = client_credentials(&headers, &form)?;
-    let issued = state.auth.client_credentials(&client_id, &client_secret, client, requested).await?;
+    let issued = state.auth.client_credentials(&client_id, &client_secret, client, requested).await;
+    state.logins.record(LoginKind::Oauth, &issued);
+    let issued = issued?;
     let body = TokenResponse {
         access_token: issued.token,
         token_type: "Bearer",

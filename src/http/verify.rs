@@ -41,7 +41,12 @@ use super::{
     envelope,
     error::{ApiError, Problem},
 };
-use crate::{domain::Scopes, service::AuthService};
+use crate::{
+    domain::Scopes,
+    monitoring::{self as names, Counters},
+    service::{AuthError, AuthService, TokenRefusal},
+};
+use metrics::Counter;
 
 pub const SUBJECT: HeaderName = HeaderName::from_static("x-auth-subject");
 pub const ACCOUNT: HeaderName = HeaderName::from_static("x-auth-account");
@@ -54,12 +59,18 @@ pub const REQUIRED_SCOPES: HeaderName = HeaderName::from_static("x-required-scop
 /// Answers forward authentication in front of the router (see the module comment).
 #[derive(Clone)]
 pub struct ForwardAuthLayer {
+    shared: Arc<Shared>,
+}
+
+/// What every forward-auth request needs, behind one pointer.
+struct Shared {
     auth: Arc<AuthService>,
+    outcomes: Outcomes,
 }
 
 impl ForwardAuthLayer {
     pub fn new(auth: Arc<AuthService>) -> Self {
-        Self { auth }
+        Self { shared: Arc::new(Shared { auth, outcomes: Outcomes::register() }) }
     }
 }
 
@@ -67,7 +78,46 @@ impl<S> Layer<S> for ForwardAuthLayer {
     type Service = ForwardAuth<S>;
 
     fn layer(&self, router: S) -> ForwardAuth<S> {
-        ForwardAuth { auth: self.auth.clone(), router }
+        ForwardAuth { shared: self.shared.clone(), router }
+    }
+}
+
+/// `keygate_verifications_total`: a token that passed, no token at all, one refused (by
+/// its `TokenRefusal`, or for a scope it lacks), a request that named no valid scopes, or
+/// no answer from the store.
+struct Outcomes {
+    valid: Counter,
+    missing: Counter,
+    insufficient_scope: Counter,
+    bad_request: Counter,
+    error: Counter,
+    refused: Counters<TokenRefusal>,
+}
+
+impl Outcomes {
+    fn register() -> Self {
+        let outcome = |label: &'static str| metrics::counter!(names::VERIFICATIONS, "outcome" => label);
+        Self {
+            valid: outcome("valid"),
+            missing: outcome("missing"),
+            insufficient_scope: outcome("insufficient_scope"),
+            bad_request: outcome("bad_request"),
+            error: outcome("error"),
+            refused: Counters::register(names::VERIFICATIONS, "outcome", &[]),
+        }
+    }
+
+    fn record(&self, result: &Result<Response, ApiError>, refusal: Option<TokenRefusal>) {
+        match (result, refusal) {
+            (Ok(_), _) => self.valid.increment(1),
+            (Err(_), Some(refusal)) => self.refused.increment(refusal),
+            (Err(ApiError::MissingToken), None) => self.missing.increment(1),
+            // A header that holds no well-formed token.
+            (Err(ApiError::InvalidToken), None) => self.refused.increment(TokenRefusal::Invalid),
+            (Err(ApiError::InsufficientScope(_)), None) => self.insufficient_scope.increment(1),
+            (Err(ApiError::BadRequest(_)), None) => self.bad_request.increment(1),
+            (Err(_), None) => self.error.increment(1),
+        }
     }
 }
 
@@ -75,7 +125,7 @@ impl<S> Layer<S> for ForwardAuthLayer {
 /// everything else goes to `router`.
 #[derive(Clone)]
 pub struct ForwardAuth<S> {
-    auth: Arc<AuthService>,
+    shared: Arc<Shared>,
     router: S,
 }
 
@@ -93,7 +143,7 @@ where
 
     fn call(&mut self, request: Request) -> Self::Future {
         if is_forward_auth(request.uri().path()) {
-            Either::Left(Box::pin(answer(self.auth.clone(), request)))
+            Either::Left(Box::pin(answer(self.shared.clone(), request)))
         } else {
             Either::Right(self.router.call(request))
         }
@@ -102,13 +152,15 @@ where
 
 /// `/auth/verify`, `/auth/verify/` and anything under it, whatever the method: the whole
 /// routing table of [`ForwardAuth`].
-fn is_forward_auth(path: &str) -> bool {
+pub(super) fn is_forward_auth(path: &str) -> bool {
     path.strip_prefix("/auth/verify").is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
-/// The response to a forward-authentication request, success or refusal.
-async fn answer(auth: Arc<AuthService>, request: Request) -> Result<Response, Infallible> {
-    let verified = verify(&auth, request.headers(), request.uri().query()).await;
+/// The response to a forward-authentication request, success or refusal, counted.
+async fn answer(shared: Arc<Shared>, request: Request) -> Result<Response, Infallible> {
+    let mut refusal = None;
+    let verified = verify(&shared.auth, request.headers(), request.uri().query(), &mut refusal).await;
+    shared.outcomes.record(&verified, refusal);
     Ok(verified.unwrap_or_else(IntoResponse::into_response))
 }
 
@@ -174,9 +226,18 @@ impl Modify for BearerScheme {
         (status = 503, description = "The store is unavailable; retry", body = Problem, content_type = "application/problem+json"),
     )
 )]
-async fn verify(auth: &AuthService, headers: &HeaderMap, query: Option<&str>) -> Result<Response, ApiError> {
+async fn verify(
+    auth: &AuthService,
+    headers: &HeaderMap,
+    query: Option<&str>,
+    refusal: &mut Option<TokenRefusal>,
+) -> Result<Response, ApiError> {
     let token = bearer_token(headers)?;
-    let verified = auth.verify_token(token).await?;
+    let verified = auth.verify_token(token).await.inspect_err(|e| {
+        if let AuthError::InvalidToken(why) = e {
+            *refusal = Some(*why);
+        }
+    })?;
     if let Some(required) = required_scopes(headers, query)? {
         if !required.is_subset_of(&verified.scopes) {
             return Err(ApiError::InsufficientScope(required));

@@ -172,6 +172,7 @@ impl Ending {
             }
             if started {
                 tracing::warn!(subject = %key, until = c.locked_until, "login lockout");
+                metrics::counter!(crate::monitoring::LOCKOUTS).increment(1);
                 let account = if subject.is_identity() { account } else { None };
                 audit::record(
                     self.audit.as_ref(),

@@ -15,7 +15,7 @@ use std::{
 
 use super::{AuthError, AuthService, AuthenticatedKey, Result};
 use crate::{
-    crypto::signing::{AccessClaims, KeyRing, KeySealer, SealedKey, SigningError},
+    crypto::signing::{AccessClaims, KeyRing, KeySealer, Rejected, SealedKey, SigningError},
     domain::{AccountId, INTROSPECT_SCOPE, KeyRef, Scopes},
     store::{Revocation, SigningKeyRecord, Store, UnixTime},
 };
@@ -57,6 +57,26 @@ const UNKNOWN_KID_RELOAD_GAP: Duration = Duration::from_secs(1);
 const PURGE_EVERY: Duration = Duration::from_secs(600);
 /// Our jtis are 32 hex digits; a longer one cannot be ours.
 const MAX_JTI_LEN: usize = 64;
+
+crate::label_values! {
+    /// Why a bearer token is not honoured, as `keygate_verifications_total` counts it. A new
+    /// reason is one line here; its counter comes with it.
+    pub enum TokenRefusal {
+        /// Not a token of ours for here and now: malformed, too long, unknown kid, wrong
+        /// algorithm or signature, another issuer or audience, not yet valid.
+        Invalid => "invalid",
+        /// Past its `exp` (and the leeway).
+        Expired => "expired",
+        /// Its key has been deleted.
+        KeyDeleted => "key_deleted",
+        /// Its key is disabled.
+        Disabled => "disabled",
+        /// Its key has passed its expiry.
+        KeyExpired => "key_expired",
+        /// Revoked (RFC 7009) before its expiry.
+        Revoked => "revoked",
+    }
+}
 
 /// What a revocation request did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,7 +136,7 @@ impl AuthService {
     /// Signature and claims at `now`, with no store access unless the kid is new to us.
     async fn check_signature(&self, token: &str, now: u64) -> Result<VerifiedToken> {
         if token.is_empty() || token.len() > MAX_TOKEN_LEN {
-            return Err(AuthError::InvalidToken("length"));
+            return Err(AuthError::InvalidToken(TokenRefusal::Invalid));
         }
         let mut ring = self.key_ring();
         if ring.is_unknown_kid(token) && self.may_reload_for_unknown_kid() {
@@ -126,9 +146,13 @@ impl AuthService {
             }
             ring = self.key_ring();
         }
-        let claims = ring
-            .verify(token, &self.policy.issuer, &self.policy.audience, CLOCK_LEEWAY, now)
-            .ok_or(AuthError::InvalidToken("signature, algorithm, kid or claims"))?;
+        let claims =
+            ring.verify(token, &self.policy.issuer, &self.policy.audience, CLOCK_LEEWAY, now).map_err(|e| {
+                AuthError::InvalidToken(match e {
+                    Rejected::Invalid => TokenRefusal::Invalid,
+                    Rejected::Expired => TokenRefusal::Expired,
+                })
+            })?;
         parse_claims(claims)
     }
 
@@ -142,13 +166,14 @@ impl AuthService {
             self.hot.revocations.is_token_revoked(&token.claims.jti)
         )?;
         let Some(status) = status.filter(|s| s.account_id == token.account_id) else {
-            return Err(AuthError::InvalidToken("key deleted"));
+            return Err(AuthError::InvalidToken(TokenRefusal::KeyDeleted));
         };
         if !status.is_usable(i64::try_from(now).unwrap_or(i64::MAX)) {
-            return Err(AuthError::InvalidToken("key disabled or expired"));
+            let refusal = if status.enabled { TokenRefusal::KeyExpired } else { TokenRefusal::Disabled };
+            return Err(AuthError::InvalidToken(refusal));
         }
         if revoked {
-            return Err(AuthError::InvalidToken("revoked"));
+            return Err(AuthError::InvalidToken(TokenRefusal::Revoked));
         }
         Ok(token.scopes.intersection(&status.scopes))
     }
@@ -181,7 +206,10 @@ impl AuthService {
                 Ok(None)
             }
             Err(AuthError::InvalidToken(reason)) => {
-                tracing::debug!(reason, "introspection of an invalid token: inactive");
+                tracing::debug!(
+                    reason = crate::monitoring::LabelValue::label(reason),
+                    "introspection of an invalid token: inactive"
+                );
                 Ok(None)
             }
             Err(e) => Err(e),
@@ -198,7 +226,10 @@ impl AuthService {
         let verified = match self.check_signature(token, now.max(0) as u64).await {
             Ok(v) => v,
             Err(AuthError::InvalidToken(reason)) => {
-                tracing::debug!(reason, "revocation of an invalid token: nothing to do");
+                tracing::debug!(
+                    reason = crate::monitoring::LabelValue::label(reason),
+                    "revocation of an invalid token: nothing to do"
+                );
                 return Ok(Revoked::Nothing);
             }
             Err(e) => return Err(e),
@@ -265,13 +296,13 @@ impl AuthService {
 /// Our own signature vouches for these claims, but a parse costs nothing and keeps a bad
 /// claim from reaching the store or a response header.
 fn parse_claims(claims: AccessClaims) -> Result<VerifiedToken> {
-    let key_ref = KeyRef::parse(&claims.sub).map_err(|_| AuthError::InvalidToken("sub"))?;
-    let account_id = AccountId::parse(&claims.acc).map_err(|_| AuthError::InvalidToken("acc"))?;
+    let key_ref = KeyRef::parse(&claims.sub).map_err(|_| AuthError::InvalidToken(TokenRefusal::Invalid))?;
+    let account_id = AccountId::parse(&claims.acc).map_err(|_| AuthError::InvalidToken(TokenRefusal::Invalid))?;
     if claims.jti.is_empty() || claims.jti.len() > MAX_JTI_LEN {
-        return Err(AuthError::InvalidToken("jti"));
+        return Err(AuthError::InvalidToken(TokenRefusal::Invalid));
     }
-    let scopes =
-        Scopes::parse_list(claims.scope.as_deref().unwrap_or("")).map_err(|_| AuthError::InvalidToken("scope"))?;
+    let scopes = Scopes::parse_list(claims.scope.as_deref().unwrap_or(""))
+        .map_err(|_| AuthError::InvalidToken(TokenRefusal::Invalid))?;
     Ok(VerifiedToken { claims, key_ref, account_id, scopes })
 }
 

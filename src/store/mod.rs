@@ -369,6 +369,19 @@ pub trait Store:
 {
     /// Cheap round trip, for readiness.
     async fn ping(&self) -> Result<()>;
+    /// The connection pool right now, for the metrics.
+    fn pool_state(&self) -> PoolState;
+    /// Makes the store whole in its main file, for a copy of that file alone to hold
+    /// everything: SQLite merges its write-ahead log in and empties it; PostgreSQL has
+    /// nothing to do. The one checkpoint there is: at shutdown, and on a `migrate` target.
+    async fn checkpoint(&self) -> Result<()>;
+}
+
+/// A pool's connections: open, and of those idle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolState {
+    pub open: u32,
+    pub idle: u32,
 }
 
 /// The storage engines keygate runs on, told apart by the database URL's scheme.

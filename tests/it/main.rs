@@ -4,10 +4,12 @@
 #[macro_use]
 mod common;
 
+mod access_log;
 mod admins;
 mod bad_input;
 mod bounds;
 mod cache;
+mod caddy;
 mod connections;
 mod console;
 mod contract;
@@ -15,6 +17,7 @@ mod gateway;
 mod keys;
 mod lifecycle;
 mod load;
+mod metrics;
 mod migrate;
 mod nginx;
 mod outage;
@@ -22,6 +25,7 @@ mod paging;
 mod replicas;
 mod retention;
 mod security;
+mod shutdown;
 mod signing_keys;
 mod store;
 mod store_cache;

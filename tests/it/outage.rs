@@ -113,3 +113,44 @@ async fn killed_connections_are_replaced_without_errors() {
         assert_eq!(app.list_keys().await.len(), 1);
     }
 }
+
+/// A database that is not there at start: the process is live (`/healthz`) but not ready
+/// (`/readyz`, and every other call, 503) while it retries, and ready once the database is.
+#[tokio::test]
+async fn serve_waits_for_a_database_that_is_not_there_yet() {
+    let Some(builder) = Builder::postgres_absent().await else { return };
+    let app = builder.live_only().spawn().await;
+    let client = Client::new();
+    assert_eq!(status(&client, app.url("/healthz")).await, StatusCode::OK);
+    assert_unavailable(client.get(app.url("/readyz")).send().await.unwrap()).await;
+    assert_unavailable(app.api_login("46SQZ49LT100U2QWQ3SI", "kgp_x").await).await;
+
+    app.db().unwrap().create_now().await;
+    assert!(wait_ready(&app).await, "never ready:\n{}", app.logs());
+    app.admin_login().await;
+    let (api_key, password) = app.generate_key().await;
+    app.token(&api_key, &password).await;
+    assert!(app.logs().contains("cannot reach the database yet"), "{}", app.logs());
+}
+
+/// Nobody listens where the database should be: retried for `KEYGATE_DB_CONNECT_TIMEOUT`,
+/// then one line saying so, and a non-zero exit.
+#[tokio::test]
+async fn serve_gives_up_on_an_unreachable_database_after_the_connect_timeout() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut app = Builder::sqlite()
+        .env("KEYGATE_DATABASE_URL", &format!("postgres://keygate@127.0.0.1:{port}/keygate"))
+        .env("KEYGATE_MASTER_KEY", &random_master_key())
+        .env("KEYGATE_DB_CONNECT_TIMEOUT", "2")
+        .live_only()
+        .spawn()
+        .await;
+    assert_eq!(status(&Client::new(), app.url("/healthz")).await, StatusCode::OK);
+    let exit = app.wait_for_exit(Duration::from_secs(60)).await;
+    assert!(!exit.success(), "{exit:?}");
+    let logs = app.logs();
+    let errors: Vec<&str> = logs.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{logs}");
+    assert!(errors[0].contains("cannot reach the database within 2 s (KEYGATE_DB_CONNECT_TIMEOUT)"), "{logs}");
+    assert!(!errors[0].contains(&port.to_string()), "the URL is not repeated: {logs}");
+}

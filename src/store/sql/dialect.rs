@@ -51,6 +51,9 @@ pub trait Dialect: Run {
         subjects: &'c [String],
     ) -> impl Future<Output = Result<Vec<Self::Row>>> + Send;
 
+    /// Merges what the database keeps beside its main file into it (`Store::checkpoint`).
+    fn checkpoint(pool: &Pool<Self>) -> impl Future<Output = Result<()>> + Send;
+
     /// A wake-up for change-log readers, where the database can send one.
     fn change_signal(pool: &Pool<Self>) -> impl Future<Output = Result<Option<Box<dyn ChangeSignal>>>> + Send;
 }

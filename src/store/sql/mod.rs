@@ -5,7 +5,7 @@
 use async_trait::async_trait;
 use sqlx::Pool;
 
-use super::{Result, Store};
+use super::{PoolState, Result, Store};
 
 mod admins;
 mod audit;
@@ -53,5 +53,13 @@ impl<D: Dialect> Store for SqlStore<D> {
     async fn ping(&self) -> Result<()> {
         D::query(sql!("SELECT 1")).execute(&self.pool).await?;
         Ok(())
+    }
+
+    fn pool_state(&self) -> PoolState {
+        PoolState { open: self.pool.size(), idle: u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX) }
+    }
+
+    async fn checkpoint(&self) -> Result<()> {
+        D::checkpoint(&self.pool).await
     }
 }

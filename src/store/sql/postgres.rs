@@ -159,6 +159,11 @@ impl Dialect for Postgres {
         Self::fetch_all(query, on).await
     }
 
+    async fn checkpoint(_: &Pool<Self>) -> Result<()> {
+        // The server keeps its own files whole; a copy is `pg_dump`'s.
+        Ok(())
+    }
+
     async fn change_signal(pool: &Pool<Self>) -> Result<Option<Box<dyn ChangeSignal>>> {
         // Holds one of the pool's connections for as long as the signal lives.
         let mut listener = PgListener::connect_with(pool).await?;

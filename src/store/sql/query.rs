@@ -249,25 +249,48 @@ where
     }
 
     async fn execute<'q, 'c>(query: Native<'q, Self>, on: Exec<'c, Self>) -> Result<u64> {
+        let timer = QueryTimer::start();
         let done = match on {
             Exec::Pool(pool) => query.execute(pool).await?,
             Exec::Conn(conn) => query.execute(conn).await?,
         };
+        timer.stop();
         Ok(done.rows())
     }
 
     async fn fetch_optional<'q, 'c>(query: Native<'q, Self>, on: Exec<'c, Self>) -> Result<Option<Self::Row>> {
-        Ok(match on {
+        let timer = QueryTimer::start();
+        let row = match on {
             Exec::Pool(pool) => query.fetch_optional(pool).await?,
             Exec::Conn(conn) => query.fetch_optional(conn).await?,
-        })
+        };
+        timer.stop();
+        Ok(row)
     }
 
     async fn fetch_all<'q, 'c>(query: Native<'q, Self>, on: Exec<'c, Self>) -> Result<Vec<Self::Row>> {
-        Ok(match on {
+        let timer = QueryTimer::start();
+        let rows = match on {
             Exec::Pool(pool) => query.fetch_all(pool).await?,
             Exec::Conn(conn) => query.fetch_all(conn).await?,
-        })
+        };
+        timer.stop();
+        Ok(rows)
+    }
+}
+
+/// Times a statement that succeeded into `keygate_store_query_duration_seconds` (waiting for
+/// a pooled connection included: that is what a request waits for). Failed ones are not
+/// timed: an outage would fill the histogram with timeouts, which the 503s already count.
+struct QueryTimer(std::time::Instant);
+
+impl QueryTimer {
+    fn start() -> Self {
+        Self(std::time::Instant::now())
+    }
+
+    fn stop(self) {
+        metrics::histogram!(crate::monitoring::STORE_QUERY_DURATION).record(self.0.elapsed().as_secs_f64());
     }
 }
 

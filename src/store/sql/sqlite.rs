@@ -93,6 +93,18 @@ impl Dialect for Sqlite {
         Self::fetch_all(query, on).await
     }
 
+    async fn checkpoint(pool: &Pool<Self>) -> Result<()> {
+        // TRUNCATE: every frame copied into the database file and the log emptied, so the
+        // `.db` alone is the whole store. A reader elsewhere (the CLI) may hold frames back:
+        // then SQLite reports busy, and the log stays for the next checkpoint to merge.
+        let (busy, frames, copied): (i64, i64, i64) =
+            sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)").fetch_one(pool).await?;
+        if busy != 0 {
+            tracing::warn!(frames, copied, "the write-ahead log is not fully merged: another process is reading");
+        }
+        Ok(())
+    }
+
     async fn change_signal(_: &Pool<Self>) -> Result<Option<Box<dyn ChangeSignal>>> {
         Ok(None)
     }

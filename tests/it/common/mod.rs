@@ -57,6 +57,7 @@ pub struct Builder {
     process: bool,
     alone: bool,
     clock: Option<ManualClock>,
+    live_only: bool,
 }
 
 /// A client that presents `cookie` (`name=value`) on every request, as a browser holding
@@ -116,6 +117,11 @@ impl Builder {
         Some(Self::on_postgres(PgDatabase::create().await?))
     }
 
+    /// As `postgres`, on a database that does not exist yet (`PgDatabase::create_now`).
+    pub async fn postgres_absent() -> Option<Self> {
+        Some(Self::on_postgres(PgDatabase::not_yet_created().await?))
+    }
+
     fn on_postgres(db: PgDatabase) -> Self {
         let mut builder =
             TestApp::builder().env("KEYGATE_DATABASE_URL", &db.url).env("KEYGATE_MASTER_KEY", &random_master_key());
@@ -173,6 +179,14 @@ impl Builder {
         self
     }
 
+    /// A process returned as soon as it is live (`/healthz`), not once it is ready
+    /// (`/readyz`): for tests of what it serves while it waits for its database.
+    pub fn live_only(mut self) -> Self {
+        self.live_only = true;
+        self.process = true;
+        self
+    }
+
     /// No other test's server runs beside this test's: for tests that measure the server.
     pub fn alone(mut self) -> Self {
         self.alone = true;
@@ -199,7 +213,7 @@ impl Builder {
             }
         }
         let turn = server::take_turn(self.alone).await;
-        TestApp::start(dir, env, self.db, self.process, self.clock, turn).await
+        TestApp::start(dir, env, self.db, self.process, self.live_only, self.clock, turn).await
     }
 }
 
@@ -231,7 +245,16 @@ pub fn run_with_timeout(cmd: &mut Command, limit: Duration) -> Output {
 
 impl TestApp {
     pub fn builder() -> Builder {
-        Builder { env: Vec::new(), dir: None, bootstrap: true, db: None, process: false, alone: false, clock: None }
+        Builder {
+            env: Vec::new(),
+            dir: None,
+            bootstrap: true,
+            db: None,
+            process: false,
+            alone: false,
+            clock: None,
+            live_only: false,
+        }
     }
 
     pub async fn spawn() -> TestApp {
@@ -243,6 +266,7 @@ impl TestApp {
         env: Vec<(String, String)>,
         db: Option<Arc<PgDatabase>>,
         process: bool,
+        live_only: bool,
         clock: Option<ManualClock>,
         turn: Arc<Turn>,
     ) -> TestApp {
@@ -250,7 +274,7 @@ impl TestApp {
         let (base, server) = match process {
             true => {
                 assert!(clock.is_none(), "a process runs on the system clock");
-                let (base, process) = Process::start(&env, &logs).await;
+                let (base, process) = Process::start(&env, &logs, live_only).await;
                 (base, Server::Process(process))
             }
             false => {
@@ -326,6 +350,7 @@ impl TestApp {
             self.env.clone(),
             self.db.clone(),
             process,
+            false,
             self.clock.clone(),
             self.turn.clone(),
         )
@@ -337,6 +362,15 @@ impl TestApp {
         match &mut self.server {
             Server::InProcess(app) => app.kill(),
             Server::Process(process) => process.kill(),
+        }
+    }
+
+    /// Waits until the server process exits by itself; how it exited, once all it logged is
+    /// in `logs`.
+    pub async fn wait_for_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        match &mut self.server {
+            Server::Process(process) => process.wait(limit).await,
+            Server::InProcess(_) => panic!("only a process exits by itself: build it with `.process()`"),
         }
     }
 

@@ -48,6 +48,24 @@ impl PgDatabase {
         Some(PgDatabase::create_from(server, Some(template)).await)
     }
 
+    /// A database with a name of its own that does not exist yet: `create_now` makes it
+    /// (empty), and it is dropped like the others.
+    pub async fn not_yet_created() -> Option<Self> {
+        let server = server_url(&std::env::var("KEYGATE_TEST_POSTGRES").ok().or_else(|| {
+            skip_postgres_notice();
+            None
+        })?);
+        let name = format!("keygate_test_{}", uuid::Uuid::new_v4().simple());
+        let url = format!("{server}/{name}");
+        Some(PgDatabase { server, name, url })
+    }
+
+    pub async fn create_now(&self) {
+        let mut admin = self.admin().await;
+        sqlx::query(&format!("CREATE DATABASE {}", self.name)).execute(&mut admin).await.expect("create test database");
+        admin.close().await.ok();
+    }
+
     async fn create_from(server: String, template: Option<&str>) -> Self {
         let name = format!("keygate_test_{}", uuid::Uuid::new_v4().simple());
         let url = format!("{server}/{name}");

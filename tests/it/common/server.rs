@@ -2,7 +2,8 @@
 //! and threads of its own, as the binary would run it, with the address known as soon as it
 //! is bound. As the real binary (`Builder::process`) for what only a process has: signals,
 //! exit codes, its stderr, its memory, its umask; its address is then chosen here and it is
-//! ready once `/healthz` answers. Neither waits for a log line.
+//! ready once `/readyz` answers (`/healthz` answers earlier, while it waits for its
+//! database). Neither waits for a log line.
 
 use std::{
     cell::RefCell,
@@ -180,15 +181,15 @@ pub struct Process {
 }
 
 impl Process {
-    /// Starts `keygate serve` with `env` on a port picked here; returns once `/healthz`
-    /// answers there.
-    pub async fn start(env: &[(String, String)], logs: &Logs) -> (String, Process) {
-        Self::start_with(env, logs, |env| {
+    /// Starts `keygate serve` with `env` on a port picked here; returns once `/readyz`
+    /// answers there, or with `live_only` once `/healthz` does.
+    pub async fn start(env: &[(String, String)], logs: &Logs, live_only: bool) -> (String, Process) {
+        let command = |env: &[(String, String)]| {
             let mut command = super::keygate_command(env);
             command.arg("serve");
             command
-        })
-        .await
+        };
+        Self::start_waiting(env, logs, command, if live_only { "/healthz" } else { "/readyz" }).await
     }
 
     /// As `start`, with the process started by `command` from the settings it is to have.
@@ -196,6 +197,15 @@ impl Process {
         env: &[(String, String)],
         logs: &Logs,
         command: impl Fn(&[(String, String)]) -> Command,
+    ) -> (String, Process) {
+        Self::start_waiting(env, logs, command, "/readyz").await
+    }
+
+    async fn start_waiting(
+        env: &[(String, String)],
+        logs: &Logs,
+        command: impl Fn(&[(String, String)]) -> Command,
+        probe: &str,
     ) -> (String, Process) {
         // The port is free when picked, but something may bind it before keygate does: then
         // keygate stops at once, and another port is tried.
@@ -206,7 +216,7 @@ impl Process {
             env.push(("KEYGATE_LISTEN".into(), format!("127.0.0.1:{port}")));
             let mut process = Process::spawn(command(&env), logs);
             let base = format!("http://127.0.0.1:{port}");
-            match process.wait_until_serving(&base).await {
+            match process.wait_until_serving(&base, probe).await {
                 Ok(()) => return (base, process),
                 Err(_) if logs.text().contains("cannot listen on") => continue,
                 Err(status) => panic!("keygate did not start ({status:?}):\n{}", logs.text()),
@@ -230,9 +240,9 @@ impl Process {
         Process { child, stderr: Some(stderr) }
     }
 
-    /// Polls `base`'s `/healthz` until it answers 200; the exit status instead if the process
+    /// Polls `base`'s `probe` until it answers 200; the exit status instead if the process
     /// ends first (`None`: still running at the limit, and now killed).
-    async fn wait_until_serving(&mut self, base: &str) -> Result<(), Option<ExitStatus>> {
+    async fn wait_until_serving(&mut self, base: &str, probe: &str) -> Result<(), Option<ExitStatus>> {
         let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
         let deadline = Instant::now() + START_LIMIT;
         loop {
@@ -240,7 +250,7 @@ impl Process {
                 self.finish_logs();
                 return Err(Some(status));
             }
-            let health = client.get(format!("{base}/healthz")).send().await;
+            let health = client.get(format!("{base}{probe}")).send().await;
             if health.is_ok_and(|r| r.status().is_success()) {
                 return Ok(());
             }
@@ -254,6 +264,19 @@ impl Process {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Waits until the process exits by itself; its exit status, once its stderr is read.
+    pub async fn wait(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                self.finish_logs();
+                return status;
+            }
+            assert!(Instant::now() < deadline, "still running after {limit:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     pub fn kill(&mut self) {
