@@ -30,13 +30,17 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'
      img-src 'self'; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'; \
      require-trusted-types-for 'script'; trusted-types 'none'";
 
+/// The console's paths, as the router matches them (and the metrics label them).
+pub const PATHS: [&str; 4] = ["/", "/console", "/console/audit", "/console/assets/{file}"];
+
 /// The console's routes; `http::app` adds `headers` to each of their answers.
 pub fn router() -> Router<AppState> {
+    let [root_path, keys_path, audit_path, asset_path] = PATHS;
     Router::new()
-        .route("/", get(root))
-        .route("/console", get(keys))
-        .route("/console/audit", get(audit))
-        .route("/console/assets/{file}", get(asset))
+        .route(root_path, get(root))
+        .route(keys_path, get(keys))
+        .route(audit_path, get(audit))
+        .route(asset_path, get(asset))
 }
 
 /// What every console answer carries besides the envelope's headers: its policy, and no

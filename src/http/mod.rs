@@ -122,6 +122,7 @@ pub fn app(state: AppState, observability: Observability) -> App {
     doc.merge(verify::ForwardAuthDoc::openapi());
     let mut templates: Vec<String> = doc.paths.paths.keys().cloned().collect();
     templates.push("/openapi.json".into());
+    templates.extend(console::PATHS.map(String::from));
     let mut router = router
         // The document does not describe itself.
         .route("/openapi.json", get(meta::openapi).with_state(Arc::new(doc)))
