@@ -28,9 +28,8 @@ impl Browser {
     /// The tools, or `None` with the notice that says which is missing.
     pub fn find() -> Option<Browser> {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/console");
-        let chromium = std::env::var_os("CHROMIUM").map(PathBuf::from).or_else(|| {
-            ["/usr/bin/chromium", "/usr/bin/chromium-browser"].map(PathBuf::from).into_iter().find(|p| p.is_file())
-        });
+        let chromium =
+            ["/usr/bin/chromium", "/usr/bin/chromium-browser"].map(PathBuf::from).into_iter().find(|p| p.is_file());
         let node = on_path("node");
         let packages = ["playwright-core", "axe-core"].iter().all(|p| dir.join("node_modules").join(p).is_dir());
         let missing = match (&chromium, &node, packages) {
