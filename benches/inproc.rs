@@ -23,6 +23,9 @@ const ADMIN_EMAIL: &str = "admin@example.com";
 const ADMIN_PASSWORD: &str = "correct horse battery staple 1";
 
 fn main() -> anyhow::Result<()> {
+    // reqwest's rustls (a dev-dependency feature, for the TLS tests) takes the process's
+    // crypto provider: keygate's own, aws-lc.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let requests: u32 = std::env::args().skip(1).find(|a| a != "--bench").map_or(Ok(50_000), |a| a.parse())?;
     // keygate's default subscriber and level, as `keygate serve` runs.
     let _log = keygate::telemetry::init("info", LogFormat::Text);

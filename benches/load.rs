@@ -26,9 +26,9 @@ use keygate::{
     bootstrap,
     clock::Clock,
     config::{Settings, SettingsArgs},
-    domain::{ApiKeyId, ApiPassword, Email, KeyRef, Scopes},
+    domain::{ApiKeyId, ApiPassword, Consistency, Email, KeyRef, LimitInput, Limits, Scopes},
     startup,
-    store::KeyRecord,
+    store::{KeyAbout, KeyRecord},
 };
 
 // The hello-world runs in this process: the same allocator as keygate, so the baseline is
@@ -46,6 +46,8 @@ const SCENARIOS: [&str; 6] = ["verify", "login", "token", "admin", "mixed", "lis
 
 const BASELINE: &str = "hello-world baseline (GET)";
 const VERIFY: &str = "GET /auth/verify";
+const VERIFY_FAST: &str = "GET /auth/verify, one fast limit";
+const VERIFY_STRICT: &str = "GET /auth/verify, one strict limit (SQLite: in memory)";
 const SHAPED: &str = "  hello-world answering as a verify 200";
 const LOGIN: &str = "POST /auth/login (API key)";
 const TOKEN: &str = "POST /oauth/token";
@@ -257,6 +259,9 @@ struct Row {
 }
 
 fn main() -> anyhow::Result<()> {
+    // reqwest's rustls (a dev-dependency feature, for the TLS tests) takes the process's
+    // crypto provider: keygate's own, aws-lc.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     if std::env::args().nth(1).as_deref() == Some("__hello") {
         return hello_server(std::env::args().skip(2).collect());
     }
@@ -280,7 +285,7 @@ fn main() -> anyhow::Result<()> {
     eprintln!("seeding {} keys…", opts.keys);
     let mut first = Server::start(&env)?;
     first.stop();
-    let hot = runtime.block_on(seed(dir.path(), opts.keys))?;
+    let (hot, fast_hot, strict_hot) = runtime.block_on(seed(dir.path(), opts.keys))?;
 
     // 2. Start-up time on the seeded store.
     let started = Instant::now();
@@ -296,19 +301,24 @@ fn main() -> anyhow::Result<()> {
     };
 
     let client = reqwest::Client::builder().cookie_store(true).build()?;
-    let tokens: Vec<String> = runtime.block_on(async {
-        let mut tokens = Vec::new();
-        for (key, password) in &hot {
-            let r = client
-                .post(format!("{base}/auth/login"))
-                .json(&serde_json::json!({"api_key": key, "password": password}))
-                .send()
-                .await?;
-            tokens.push(r.json::<String>().await?);
-        }
-        anyhow::Ok(tokens)
-    })?;
+    let login_all = |keys: &[(String, String)]| {
+        runtime.block_on(async {
+            let mut tokens = Vec::new();
+            for (key, password) in keys {
+                let r = client
+                    .post(format!("{base}/auth/login"))
+                    .json(&serde_json::json!({"api_key": key, "password": password}))
+                    .send()
+                    .await?;
+                tokens.push(r.json::<String>().await?);
+            }
+            anyhow::Ok(tokens)
+        })
+    };
+    let tokens = login_all(&hot)?;
     let scripts = Scripts::write(dir.path(), &hot, &tokens)?;
+    let verify_fast = verify_script(dir.path(), "verify_fast.lua", &login_all(&fast_hot)?)?;
+    let verify_strict = verify_script(dir.path(), "verify_strict.lua", &login_all(&strict_hot)?)?;
 
     let d = opts.duration;
     let c = opts.connections;
@@ -327,6 +337,8 @@ fn main() -> anyhow::Result<()> {
     let mut compared = vec![Series::new(BASELINE, hello.child.id(), format!("{}/", hello.base), None)];
     if let Some(shaped) = &shaped {
         compared.push(Series::new(VERIFY, keygate, format!("{base}/auth/verify"), Some(&scripts.verify)));
+        compared.push(Series::new(VERIFY_FAST, keygate, format!("{base}/auth/verify"), Some(&verify_fast)));
+        compared.push(Series::new(VERIFY_STRICT, keygate, format!("{base}/auth/verify"), Some(&verify_strict)));
         let url = format!("{}/auth/verify", shaped.base);
         compared.push(Series::new(SHAPED, shaped.child.id(), url, Some(&scripts.verify)));
     }
@@ -381,6 +393,12 @@ fn main() -> anyhow::Result<()> {
     if let (Some(verify), Some(shaped)) = (series(VERIFY), series(SHAPED)) {
         let ceiling = format!("verify at {:.2}× of this", verify.ratio(shaped));
         record(VERIFY, verify.summary(), Some(verify.ratio(baseline)), "≥ 0.80× baseline, p99 ≤ 5 ms".into(), &server);
+        for (name, target) in [(VERIFY_FAST, "≥ 0.90× plain verify"), (VERIFY_STRICT, "printed")] {
+            if let Some(limited) = series(name) {
+                let target = format!("{target}: {:.2}× plain verify", limited.ratio(verify));
+                record(name, limited.summary(), Some(limited.ratio(baseline)), target, &server);
+            }
+        }
         record(SHAPED, shaped.summary(), Some(shaped.ratio(baseline)), ceiling, &server);
     }
     if let Some(login) = series(LOGIN) {
@@ -461,8 +479,13 @@ fn server_env(dir: &Path) -> Vec<(String, String)> {
     ]
 }
 
-/// Writes `count` keys into the admin's account; returns the first `HOT_KEYS` credentials.
-async fn seed(dir: &Path, count: usize) -> anyhow::Result<Vec<(String, String)>> {
+/// Credentials of the keys the load scripts use.
+type Hot = Vec<(String, String)>;
+
+/// Writes `count` keys into the admin's account, and `HOT_KEYS` more with one fast limit and
+/// as many with one strict limit (too large to be reached); returns the credentials of the
+/// first `HOT_KEYS` plain keys, then of the limited ones.
+async fn seed(dir: &Path, count: usize) -> anyhow::Result<(Hot, Hot, Hot)> {
     let args = SettingsArgs { data_dir: Some(dir.join("data")), ..Default::default() };
     let settings = Settings::load(&args, |_| None)?;
     let store = startup::open_store(&settings).await?;
@@ -472,8 +495,25 @@ async fn seed(dir: &Path, count: usize) -> anyhow::Result<Vec<(String, String)>>
         .await?
         .context("the bootstrap admin exists")?
         .account_id;
-    let mut hot = Vec::new();
-    for i in 0..count {
+    let (mut hot, mut fast, mut strict) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..count + 2 * HOT_KEYS {
+        let limited = match i.checked_sub(count) {
+            None => None,
+            Some(j) if j < HOT_KEYS => Some("fast"),
+            Some(_) => Some("strict"),
+        };
+        let limits = match limited {
+            None => Limits::default(),
+            Some(consistency) => {
+                let limit = LimitInput {
+                    name: "bench".into(),
+                    limit: 1_000_000_000_000,
+                    window_seconds: 60,
+                    consistency: if consistency == "fast" { Consistency::Fast } else { Consistency::Strict },
+                };
+                Limits::parse(&[limit]).map_err(|e| anyhow::anyhow!(e))?
+            }
+        };
         let password = ApiPassword::generate();
         let record = KeyRecord {
             key_ref: KeyRef::generate(),
@@ -487,12 +527,33 @@ async fn seed(dir: &Path, count: usize) -> anyhow::Result<Vec<(String, String)>>
             enabled: true,
             previous: None,
         };
-        store.insert_key(&record, &Default::default()).await?;
-        if i < HOT_KEYS {
-            hot.push((record.api_key.to_string(), password.expose().to_owned()));
+        store.insert_key(&record, &KeyAbout { limits, ..Default::default() }).await?;
+        let credentials = (record.api_key.to_string(), password.expose().to_owned());
+        match limited {
+            None if i < HOT_KEYS => hot.push(credentials),
+            None => {}
+            Some("fast") => fast.push(credentials),
+            Some(_) => strict.push(credentials),
         }
     }
-    Ok(hot)
+    Ok((hot, fast, strict))
+}
+
+/// A wrk script verifying `tokens` in turn, as the plain verify scenario does.
+fn verify_script(dir: &Path, name: &str, tokens: &[String]) -> anyhow::Result<PathBuf> {
+    let list: String = tokens
+        .iter()
+        .map(|t| format!("    wrk.format(\"GET\", \"/auth/verify?scope=orders:read\", {{[\"Authorization\"] = \"Bearer {t}\"}}),\n"))
+        .collect();
+    let path = dir.join(name);
+    std::fs::write(
+        &path,
+        format!(
+            "local requests = {{}}\nlocal i = 0\ninit = function()\n  requests = {{\n{list}  }}\nend\n\
+             request = function()\n  i = i % #requests + 1\n  return requests[i]\nend\n"
+        ),
+    )?;
+    Ok(path)
 }
 
 /// A verify 200's headers as keygate sends them, minus those hyper adds itself.

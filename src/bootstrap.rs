@@ -36,28 +36,61 @@ pub fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
 }
 
 /// The master key: from the settings, or kept in the data directory for the embedded store
-/// (made there at the first start).
+/// (made there at the first start). A key found wrong is a setting error (exit code 2).
 pub fn master_key(settings: &Settings) -> anyhow::Result<MasterKey> {
-    match &settings.master_key {
-        Some(encoded) => MasterKey::from_base64(encoded.expose_secret()).context("invalid setting KEYGATE_MASTER_KEY"),
-        None if settings.is_embedded() => {
+    match master_key_source(settings)? {
+        MasterKeySource::Setting(encoded) => MasterKey::from_base64(encoded.expose_secret())
+            .map_err(|e| setting_error("KEYGATE_MASTER_KEY", e.to_string())),
+        MasterKeySource::File(path) => {
             create_private_dir(&settings.data_dir)?;
-            let path = settings.data_dir.join(MASTER_KEY_FILE);
-            // A key file found wrong is a setting error like a wrong variable (exit code 2).
-            MasterKey::load_or_create(&path).map_err(|e| {
-                anyhow::Error::new(ConfigError {
-                    name: "KEYGATE_MASTER_KEY",
-                    reason: format!("from the data directory: {e}"),
-                })
-            })
+            MasterKey::load_or_create(&path)
+                .map_err(|e| setting_error("KEYGATE_MASTER_KEY", format!("from the data directory: {e}")))
         }
+    }
+}
+
+/// Where the master key comes from, judged as `serve` judges it but without making a key:
+/// for `keygate config check`. Describes it (never shows it).
+pub fn check_master_key(settings: &Settings) -> anyhow::Result<String> {
+    match master_key_source(settings)? {
+        MasterKeySource::Setting(encoded) => {
+            MasterKey::from_base64(encoded.expose_secret())
+                .map_err(|e| setting_error("KEYGATE_MASTER_KEY", e.to_string()))?;
+            Ok("(set, hidden)".to_owned())
+        }
+        MasterKeySource::File(path) if !path.exists() => {
+            Ok(format!("(none yet: the first start generates one into {})", path.display()))
+        }
+        MasterKeySource::File(path) => {
+            MasterKey::load(&path)
+                .map_err(|e| setting_error("KEYGATE_MASTER_KEY", format!("from the data directory: {e}")))?;
+            Ok(format!("(in {}, hidden)", path.display()))
+        }
+    }
+}
+
+enum MasterKeySource<'a> {
+    Setting(&'a SecretString),
+    File(std::path::PathBuf),
+}
+
+fn master_key_source(settings: &Settings) -> anyhow::Result<MasterKeySource<'_>> {
+    match &settings.master_key {
+        Some(encoded) => Ok(MasterKeySource::Setting(encoded)),
+        None if settings.is_embedded() => Ok(MasterKeySource::File(settings.data_dir.join(MASTER_KEY_FILE))),
         // A key generated here would differ on every replica: tokens signed by one would
         // not verify on another, and no replica could open the others' signing keys.
-        None => anyhow::bail!(
-            "invalid setting KEYGATE_MASTER_KEY: required with PostgreSQL, and the same on every replica \
-             (32 random bytes, base64, e.g. `openssl rand -base64 32`)"
-        ),
+        None => Err(setting_error(
+            "KEYGATE_MASTER_KEY",
+            "required with PostgreSQL, and the same on every replica (32 random bytes, base64, e.g. \
+             `openssl rand -base64 32`)",
+        )),
     }
+}
+
+/// A setting that only start-up can judge, refused as `Settings::load` refuses one.
+pub fn setting_error(name: &'static str, reason: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(ConfigError::new(name, reason))
 }
 
 /// The master key for a command other than `serve`: never created here, since a new one

@@ -10,7 +10,7 @@
 //! - `service`: what keygate does, in domain terms
 //! - `http`: every API route with its OpenAPI entry and the tower layers, in `http::app`; the
 //!   one error type; the admin console's pages (`http::console`); `listener`: connections,
-//!   their limits and timeouts
+//!   their limits and timeouts; `tls`: the listener's certificate, reloaded while it serves
 //! - `startup`: wiring it all together; `bootstrap`: what a first start creates;
 //!   `runtime`: the async runtime the server runs on
 //! - `cli`: the command line
@@ -30,3 +30,4 @@ pub mod service;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+pub mod tls;

@@ -31,13 +31,17 @@ use std::{
 use axum::extract::ConnectInfo;
 use http_body::Body as _;
 use hyper::{body::Incoming, server::conn::http1};
-use hyper_util::{rt::TokioIo, server::graceful::GracefulShutdown};
+use hyper_util::{
+    rt::TokioIo,
+    server::graceful::{GracefulShutdown, Watcher},
+};
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
     sync::{Notify, Semaphore},
     time::Instant,
 };
+use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
 use crate::config::ConnectionSettings;
@@ -66,11 +70,15 @@ impl Limits {
         let descriptors = raise_descriptor_limit();
         let room = connection_room(descriptors);
         let max_connections = match settings.max_connections {
-            Some(n) if n > room => anyhow::bail!(
-                "invalid setting KEYGATE_MAX_CONNECTIONS: at most {room} here (the open-file limit {} \
-                 less descriptors kept for the store and logs)",
-                descriptors.map_or_else(|| "unknown".to_owned(), |d| d.to_string())
-            ),
+            Some(n) if n > room => {
+                return Err(anyhow::Error::new(crate::config::ConfigError::new(
+                    "KEYGATE_MAX_CONNECTIONS",
+                    format!(
+                        "at most {room} here (the open-file limit {} less descriptors kept for the store and logs)",
+                        descriptors.map_or_else(|| "unknown".to_owned(), |d| d.to_string())
+                    ),
+                )));
+            }
             Some(n) => n,
             None => room,
         };
@@ -113,18 +121,21 @@ fn raise_descriptor_limit() -> Option<u64> {
 
 /// Serves `app` on `listener` until `shutdown` completes; then closes the listener, so that
 /// no connection is accepted any more, and lets the requests in flight finish, for at most
-/// `drain`: those still running then are cut.
+/// `drain`: those still running then are cut. With `tls`, each connection is a TLS one,
+/// whose handshake counts as the first request's head: it must be done within the
+/// header-read timeout of connecting.
 pub async fn serve<S>(
     listener: TcpListener,
     app: S,
     limits: Limits,
+    tls: Option<TlsAcceptor>,
     drain: Duration,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()>
 where
     S: AppService,
 {
-    let graceful = accept_until(&listener, app, limits, shutdown).await;
+    let graceful = accept_until(&listener, app, limits, tls, shutdown).await;
     drop(listener);
     drain_connections(graceful, drain).await;
     Ok(())
@@ -138,12 +149,13 @@ pub async fn serve_until<S>(
     listener: TcpListener,
     app: S,
     limits: Limits,
+    tls: Option<TlsAcceptor>,
     until: impl Future<Output = ()> + Send + 'static,
 ) -> TcpListener
 where
     S: AppService,
 {
-    let graceful = accept_until(&listener, app, limits, until).await;
+    let graceful = accept_until(&listener, app, limits, tls, until).await;
     drain_connections(graceful, limits.header_read_timeout).await;
     listener
 }
@@ -186,6 +198,7 @@ async fn accept_until<S>(
     listener: &TcpListener,
     app: S,
     limits: Limits,
+    tls: Option<TlsAcceptor>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> GracefulShutdown
 where
@@ -228,37 +241,78 @@ where
             () = &mut shutdown => break,
         };
         no_delay(&stream);
-        let http = http.clone();
-        let app = app.clone();
+        let connection = Connection {
+            http: http.clone(),
+            app: app.clone(),
+            peer,
+            limits,
+            pressure: pressure.clone(),
+            activity: Arc::new(Activity::new()),
+        };
         let watcher = graceful.watcher();
-        let pressure = pressure.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let activity = Arc::new(Activity::new());
-            let io = TokioIo::new(Watched { inner: stream, activity: activity.clone() });
-            let service = hyper::service::service_fn({
-                let activity = activity.clone();
-                move |request: hyper::Request<Incoming>| {
-                    let serving = Serving::begin(activity.clone(), !request.body().is_end_stream());
-                    let mut request =
-                        request.map(|body| axum::body::Body::new(Receiving { body, activity: activity.clone() }));
-                    // What `into_make_service_with_connect_info::<SocketAddr>` inserts.
-                    request.extensions_mut().insert(ConnectInfo(peer));
-                    let response = app.clone().oneshot(request);
-                    async move {
-                        let response = response.await;
-                        drop(serving);
-                        response
+            let end = match tls {
+                None => connection.serve(stream, watcher).await,
+                Some(acceptor) => {
+                    let deadline = connection.activity.accepted + limits.header_read_timeout;
+                    match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => connection.serve(stream, watcher).await,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            End::Closed
+                        }
+                        Err(_) => End::TimedOut,
                     }
                 }
-            });
-            let conn = watcher.watch(http.serve_connection(io, service));
-            if watch(conn, &activity, &limits, &pressure).await == End::TimedOut {
+            };
+            if end == End::TimedOut {
                 tracing::debug!(%peer, "connection closed: timed out");
             }
             drop(permit);
         });
     }
     graceful
+}
+
+/// One accepted connection, before its first byte of HTTP.
+struct Connection<S> {
+    http: http1::Builder,
+    app: S,
+    peer: SocketAddr,
+    limits: Limits,
+    pressure: Arc<Pressure>,
+    activity: Arc<Activity>,
+}
+
+impl<S: AppService> Connection<S> {
+    /// Serves HTTP/1.1 on `io` (the socket, or the TLS stream over it) until the connection
+    /// ends or times out, under `watcher`'s graceful shutdown.
+    async fn serve<I>(self, io: I, watcher: Watcher) -> End
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Self { http, app, peer, limits, pressure, activity } = self;
+        let io = TokioIo::new(Watched { inner: io, activity: activity.clone() });
+        let service = hyper::service::service_fn({
+            let activity = activity.clone();
+            move |request: hyper::Request<Incoming>| {
+                let serving = Serving::begin(activity.clone(), !request.body().is_end_stream());
+                let mut request =
+                    request.map(|body| axum::body::Body::new(Receiving { body, activity: activity.clone() }));
+                // What `into_make_service_with_connect_info::<SocketAddr>` inserts.
+                request.extensions_mut().insert(ConnectInfo(peer));
+                let response = app.clone().oneshot(request);
+                async move {
+                    let response = response.await;
+                    drop(serving);
+                    response
+                }
+            }
+        });
+        let conn = watcher.watch(http.serve_connection(io, service));
+        watch(conn, &activity, &limits, &pressure).await
+    }
 }
 
 /// Without it Nagle's algorithm holds a small write back while an earlier one is
@@ -509,13 +563,14 @@ impl Drop for Receiving {
     }
 }
 
-/// The socket, reporting each byte moved to the connection's `Activity`.
-struct Watched {
-    inner: TcpStream,
+/// The socket (or the TLS stream over it), reporting each byte moved to the connection's
+/// `Activity`.
+struct Watched<I> {
+    inner: I,
     activity: Arc<Activity>,
 }
 
-impl AsyncRead for Watched {
+impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
@@ -526,7 +581,7 @@ impl AsyncRead for Watched {
     }
 }
 
-impl AsyncWrite for Watched {
+impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.inner).poll_write(cx, data);
         self.activity.wrote(polled.is_pending());

@@ -26,6 +26,8 @@ pub const STORE_POOL_CONNECTIONS: &str = "keygate_store_pool_connections";
 pub const STORE_QUERY_DURATION: &str = "keygate_store_query_duration_seconds";
 pub const CACHE_LEASE_VALID: &str = "keygate_cache_lease_valid";
 pub const BUILD_INFO: &str = "keygate_build_info";
+pub const LIMIT_STATE_OUTAGES: &str = "keygate_limit_state_outages_total";
+pub const LIMIT_STATE_SLOW: &str = "keygate_limit_state_slow_total";
 
 /// Seconds: from a cached verification to a request held up by the database.
 const DURATION_BUCKETS: &[f64] =
@@ -130,6 +132,11 @@ fn describe() {
     describe_counter!(TOKENS_ISSUED, "Access tokens signed");
     describe_counter!(VERIFICATIONS, "Forward-auth verifications, by outcome");
     describe_counter!(LOCKOUTS, "Lockouts started (an identity or address locked after failed logins)");
+    describe_counter!(LIMIT_STATE_OUTAGES, "Outages of the replicas' shared rate-limit state (each counted once)");
+    describe_counter!(
+        LIMIT_STATE_SLOW,
+        "Strict rate-limit checks decided by KEYGATE_LIMITS_ON_FAILURE for want of an answer within 100 ms"
+    );
     describe_gauge!(ADMIN_HASH_QUEUE, "Admin password checks running or waiting for a hashing thread");
     describe_counter!(ADMIN_HASH_REJECTED, "Admin password checks refused because the hashing queue was full");
     describe_gauge!(STORE_POOL_CONNECTIONS, "Database pool connections, by state (idle, busy)");

@@ -8,7 +8,9 @@ mod attempt;
 pub mod audit;
 mod key_use;
 mod keys;
+pub mod limits;
 pub mod lockout;
+mod owners;
 pub mod sweep;
 
 use secrecy::SecretString;
@@ -55,6 +57,12 @@ pub enum AuthError {
     /// password until the lock ends.
     #[error("too many failed logins")]
     Locked { retry_after: u64 },
+    /// Over a limit, or out of credits: nothing was counted.
+    #[error("quota exceeded")]
+    QuotaExceeded(Box<limits::Refusal>),
+    /// A strict limit or credits could not be checked, and the settings say refuse.
+    #[error("the limits' shared state is unavailable")]
+    LimitsUnavailable,
     /// The token's key or account holds as many live revocations as it may.
     #[error("too many live revocations")]
     RevocationLimit { retry_after: u64 },
@@ -128,9 +136,10 @@ impl From<KeyRecord> for AuthenticatedKey {
 
 pub use crate::store::KeyDetails;
 pub use keys::{
-    DEFAULT_ROLL_GRACE, Expiry, GeneratedKey, KeyChange, KeyOptions, MAX_KEY_LIFETIME, MAX_ROLL_GRACE,
+    CreditsEdit, DEFAULT_ROLL_GRACE, Expiry, GeneratedKey, KeyChange, KeyOptions, MAX_KEY_LIFETIME, MAX_ROLL_GRACE,
     MIN_KEY_LIFETIME, RolledKey,
 };
+pub use owners::{OwnerLimits, Usage};
 
 /// Session activity is written back at most this often (or a quarter of the idle timeout,
 /// if shorter), so that browsing does not cost a database write per request.
@@ -161,6 +170,8 @@ pub struct AuthService {
     tokens_issued: metrics::Counter,
     /// Keys' latest use, until it is written in the next batch (see `key_use`).
     key_use: key_use::KeyUse,
+    /// Rate limits and credits (see `limits`).
+    limiter: limits::Limiter,
 }
 
 mod gateway;
@@ -185,6 +196,7 @@ impl AuthService {
         keys: KeyRing,
         sealer: KeySealer,
     ) -> Self {
+        let limiter = limits::Limiter::new(None, store_as_credits(&store), limits::OnFailure::Open);
         Self {
             hot: HotPath::direct(&store),
             store,
@@ -199,7 +211,43 @@ impl AuthService {
             attempts_ended: Arc::default(),
             tokens_issued: metrics::counter!(crate::monitoring::TOKENS_ISSUED),
             key_use: key_use::KeyUse::default(),
+            limiter,
         }
+    }
+
+    /// Limits decided with `limiter` (shared state for replicas) instead of in memory alone.
+    pub fn with_limiter(mut self, limiter: limits::Limiter) -> Self {
+        self.limiter = limiter;
+        self
+    }
+
+    /// The limits' upkeep for as long as the server runs: counts shared (replicas) or
+    /// balances written (one server) every `limits::SYNC_EVERY`; old shared windows purged.
+    pub async fn keep_limits_synced(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(limits::SYNC_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut next_purge = std::time::Instant::now();
+        loop {
+            tick.tick().await;
+            let now = self.clock.now();
+            self.limiter.sync(now).await;
+            if std::time::Instant::now() >= next_purge {
+                if let Err(e) = self.limiter.purge(now).await {
+                    tracing::debug!(error = %e, "cannot purge old limit windows; next time");
+                }
+                next_purge = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            }
+        }
+    }
+
+    /// Writes out what the limits hold back (counts, balances), as the server stops.
+    pub async fn flush_limits(&self) {
+        self.limiter.sync(self.clock.now()).await;
+    }
+
+    /// How many outages of the limits' shared state this server has seen.
+    pub fn limit_state_outages(&self) -> u64 {
+        self.limiter.outages.count()
     }
 
     /// The hot paths answered by `hot` (a cache in front of this service's store) instead.
@@ -209,10 +257,12 @@ impl AuthService {
     }
 
     /// Writes out what the service holds back to write in batches: keys' last use (see
-    /// `key_use`). Called once, when the server stops, after the last request has been
-    /// answered (`startup::Application::run_until`, step 3): every batched writer flushes
-    /// from here. (Session touches are written at once.)
+    /// `key_use`), and the limits' counts and credit balances (see `limits`). Called once,
+    /// when the server stops, after the last request has been answered
+    /// (`startup::Application::run_until`, step 3): every batched writer flushes from here.
+    /// (Session touches are written at once.)
     pub async fn flush(&self) -> Result<()> {
+        self.flush_limits().await;
         self.flush_key_use().await.map(|_| ())
     }
 
@@ -464,6 +514,10 @@ impl AuthService {
     pub async fn audit_log(&self, session: &AdminSession, before: Option<i64>, limit: u32) -> Result<Vec<AuditRecord>> {
         Ok(self.store.audit_events(&AuditScope::Account(session.account_id), before, limit).await?)
     }
+}
+
+fn store_as_credits(store: &Arc<dyn Store>) -> Arc<dyn crate::store::CreditStore> {
+    store.clone()
 }
 
 /// What a login attempt is counted against: its identity, when it names a well-formed one

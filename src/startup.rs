@@ -30,7 +30,10 @@ use crate::{
     monitoring::{self, Exposition},
     service::{self, AuthService, Policy, admins::AdminDirectory},
     store::{self, CachedStore, ConnectError, Store, StoreError},
+    telemetry,
+    tls::Certificates,
 };
+use tokio_rustls::TlsAcceptor;
 
 /// HKDF labels: one per derived key, never reused for anything else.
 const API_PASSWORD_HMAC_LABEL: &str = "keygate/api-password-hmac/v1";
@@ -47,6 +50,8 @@ pub struct Application {
     sweep_interval: Duration,
     cache: Arc<CachedStore>,
     limits: Limits,
+    tls: Option<Arc<Certificates>>,
+    acceptor: Option<TlsAcceptor>,
     shutdown_timeout: Duration,
     draining: Arc<AtomicBool>,
     /// The metrics' own listener (`KEYGATE_METRICS_LISTEN`), with what it serves.
@@ -66,10 +71,12 @@ impl Application {
     pub async fn build_with_clock(settings: &Settings, clock: Clock) -> anyhow::Result<Self> {
         // The master key first: a replica without the shared key must stop before it
         // touches the database, whatever state the database is in.
+        bootstrap::check_master_key(settings)?;
+        let Preflight { limits, tls } = preflight(settings)?;
+        // Made (on a first start) only once every setting has been found good.
         let master = bootstrap::master_key(settings)?;
-        require_shared_issuer(settings)?;
-        // Also before the store: the pool's descriptors come out of the raised limit.
-        let limits = Limits::resolve(&settings.connections)?;
+        // The listener before the store: it serves /healthz while the database is awaited.
+        let acceptor = tls.as_ref().map(|c| c.server_config().map(TlsAcceptor::from)).transpose()?;
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
@@ -83,7 +90,7 @@ impl Application {
         };
         // Before anything registers a metric: handles made without a recorder record nothing.
         let handle = monitoring::install();
-        let (store, listener) = open_store_while_starting(settings, listener, limits).await?;
+        let (store, listener) = open_store_while_starting(settings, listener, limits, acceptor.clone()).await?;
         // One argon2 at a time per core: more would only queue inside the OS scheduler.
         let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
         let admin_hasher = AdminPasswordHasher::new(workers, 64);
@@ -98,7 +105,7 @@ impl Application {
         // The default issuer names the address actually bound, so port 0 gives a usable one.
         let issuer = match &settings.issuer {
             Some(issuer) => issuer.clone(),
-            None => format!("http://{}", listener.local_addr()?),
+            None => format!("{}://{}", scheme(settings), listener.local_addr()?),
         };
         let policy = Policy {
             issuer,
@@ -114,8 +121,17 @@ impl Application {
         // The hot paths' reads from memory. Logins too on the embedded store, whose keys
         // only this process deletes; see store::cache::keys for why not with PostgreSQL.
         let cache = Arc::new(CachedStore::new(store.clone(), settings.is_embedded()).with_clock(clock.clone()));
+        // Replicas share their limits' counts through the database; one server keeps them
+        // in memory.
+        let shared: Option<Arc<dyn service::limits::SharedCounters>> = match settings.is_embedded() {
+            true => None,
+            false => Some(Arc::new(service::limits::StoreCounters(store.clone()))),
+        };
+        let credits: Arc<dyn store::CreditStore> = store.clone();
+        let limiter = service::limits::Limiter::new(shared, credits, settings.limits_on_failure);
         let auth = AuthService::new(store, policy, clock, api_hasher, admin_hasher.clone(), ring, sealer)
-            .with_hot_path(cache.hot_path());
+            .with_hot_path(cache.hot_path())
+            .with_limiter(limiter);
         let auth = Arc::new(auth);
         let exposition = handle.clone().map(|handle| Arc::new(exposition(handle, &auth, &cache, &admin_hasher)));
         let draining = Arc::new(AtomicBool::new(false));
@@ -139,11 +155,18 @@ impl Application {
             sweep_interval: Duration::from_secs(settings.sweep_interval),
             cache,
             limits,
+            tls,
+            acceptor,
             shutdown_timeout: settings.operations.shutdown_timeout,
             draining,
             metrics_listener,
             metrics: handle,
         })
+    }
+
+    /// The certificate being served, with native TLS: `keygate serve` reloads it on SIGHUP.
+    pub fn certificates(&self) -> Option<Arc<Certificates>> {
+        self.tls.clone()
     }
 
     /// The HTTP application alone, for in-process callers (the fuzz harness).
@@ -175,7 +198,13 @@ impl Application {
     /// Steps 3 and 4 also follow a server that stopped for another reason. An error from
     /// either is returned, for a non-zero exit: something written was not kept.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-        tracing::info!("listening on http://{}", self.local_addr()?);
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        tracing::info!("listening on {scheme}://{}", self.local_addr()?);
+        if let Some(certificates) = &self.tls {
+            tracing::info!(sha256 = %certificates.fingerprint(), "serving TLS");
+        }
+        // Replaces the certificate when its files change.
+        let reloads = self.tls.clone().map(|certificates| tokio::spawn(certificates.watch()));
         // Picks up signing-key rotations made elsewhere (CLI, other replicas) while we run.
         let upkeep = tokio::spawn(self.auth.clone().maintain(self.key_reload_interval));
         let sweeper = tokio::spawn(self.auth.clone().keep_swept(self.sweep_interval));
@@ -183,6 +212,7 @@ impl Application {
         // simply pass every call through, so start-up does not wait for it.
         let sync = tokio::spawn(self.cache.keep_in_sync());
         let key_use = tokio::spawn(self.auth.clone().keep_key_use_flushed(service::KEY_USE_FLUSH_EVERY));
+        let limits = tokio::spawn(self.auth.clone().keep_limits_synced());
         let metrics_upkeep = self.metrics.map(|handle| tokio::spawn(Exposition::keep_up(handle)));
 
         let (stopping, stop) = watch::channel(false);
@@ -203,12 +233,18 @@ impl Application {
             });
             tokio::spawn(async move { served.await })
         });
-        let served = listener::serve(self.listener, self.app, self.limits, self.shutdown_timeout, signalled).await;
+        let served =
+            listener::serve(self.listener, self.app, self.limits, self.acceptor, self.shutdown_timeout, signalled)
+                .await;
 
         upkeep.abort();
         sweeper.abort();
         sync.abort();
         key_use.abort();
+        if let Some(reloads) = reloads {
+            reloads.abort();
+        }
+        limits.abort();
         if let Some(task) = metrics_upkeep {
             task.abort();
         }
@@ -228,6 +264,22 @@ impl Application {
     }
 }
 
+/// What start-up judges of the settings after the master key (`bootstrap::check_master_key`)
+/// and before it makes anything or opens the store, in this order: also what `keygate config
+/// check` judges.
+pub struct Preflight {
+    pub limits: Limits,
+    pub tls: Option<Arc<Certificates>>,
+}
+
+pub fn preflight(settings: &Settings) -> anyhow::Result<Preflight> {
+    require_shared_issuer(settings)?;
+    // Before the store: the pool's descriptors come out of the raised limit.
+    let limits = Limits::resolve(&settings.connections)?;
+    let tls = settings.tls.as_ref().map(Certificates::load).transpose()?;
+    Ok(Preflight { limits, tls })
+}
+
 /// The `/metrics` exposition, with what is sampled at each scrape. Registers the counters of
 /// rare events too, so that they are there at 0 before the first.
 fn exposition(
@@ -237,6 +289,8 @@ fn exposition(
     admin_hasher: &AdminPasswordHasher,
 ) -> Exposition {
     let _ = metrics::counter!(monitoring::LOCKOUTS);
+    let _ = metrics::counter!(monitoring::LIMIT_STATE_OUTAGES);
+    let _ = metrics::counter!(monitoring::LIMIT_STATE_SLOW);
     let _ = metrics::counter!(monitoring::ADMIN_HASH_REJECTED);
     let (idle, busy) = (
         metrics::gauge!(monitoring::STORE_POOL_CONNECTIONS, "state" => "idle"),
@@ -263,9 +317,10 @@ async fn open_store_while_starting(
     settings: &Settings,
     listener: TcpListener,
     limits: Limits,
+    tls: Option<TlsAcceptor>,
 ) -> anyhow::Result<(Arc<dyn Store>, TcpListener)> {
     let (opened, until) = tokio::sync::oneshot::channel::<()>();
-    let starting = tokio::spawn(listener::serve_until(listener, http::starting_app(), limits, async move {
+    let starting = tokio::spawn(listener::serve_until(listener, http::starting_app(), limits, tls, async move {
         let _ = until.await;
     }));
     let store = open_store_patiently(settings).await;
@@ -293,13 +348,14 @@ async fn open_store_patiently(settings: &Settings) -> anyhow::Result<Arc<dyn Sto
         attempts += 1;
         if tokio::time::Instant::now() + pause > deadline {
             anyhow::bail!(
-                "cannot reach the database within {} s (KEYGATE_DB_CONNECT_TIMEOUT), after {attempts} attempts: {error:#}",
-                limit.as_secs()
+                "cannot reach the database within {} s (KEYGATE_DB_CONNECT_TIMEOUT), after {attempts} attempts: {}",
+                limit.as_secs(),
+                telemetry::Chain(&error)
             );
         }
         // The cause without the URL, which may hold a password.
         tracing::warn!(
-            error = format!("{error:#}"),
+            error = %telemetry::Chain(&error),
             retry_in_ms = pause.as_millis() as u64,
             "cannot reach the database yet"
         );
@@ -347,14 +403,20 @@ pub fn api_password_hasher(master: &MasterKey) -> ApiPasswordHasher {
     ApiPasswordHasher::new(master.derive(API_PASSWORD_HMAC_LABEL))
 }
 
+/// The scheme clients reach this listener by.
+pub fn scheme(settings: &Settings) -> &'static str {
+    if settings.tls.is_some() { "https" } else { "http" }
+}
+
 /// On PostgreSQL the issuer must be given: the default names the address this replica bound,
 /// so each replica would stamp its own `iss` and refuse every other replica's tokens.
 fn require_shared_issuer(settings: &Settings) -> anyhow::Result<()> {
     if settings.issuer.is_none() && !settings.is_embedded() {
-        anyhow::bail!(
-            "invalid setting KEYGATE_ISSUER: required with PostgreSQL, and the same on every replica \
-             (the URL clients and gateways know keygate by, e.g. https://auth.example.com)"
-        );
+        return Err(bootstrap::setting_error(
+            "KEYGATE_ISSUER",
+            "required with PostgreSQL, and the same on every replica (the URL clients and gateways \
+             know keygate by, e.g. https://auth.example.com)",
+        ));
     }
     Ok(())
 }

@@ -31,3 +31,42 @@ pub fn init(filter: &str, format: LogFormat) -> WorkerGuard {
     };
     guard
 }
+
+/// An error and its causes on one line, each said once: many errors already include their
+/// cause's text in their own (`database unavailable: {0}`), and `{:#}` would repeat it.
+pub struct Chain<'a>(pub &'a anyhow::Error);
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut line = String::new();
+        for cause in self.0.chain() {
+            let text = cause.to_string().split_whitespace().collect::<Vec<_>>().join(" ");
+            if text.is_empty() || line.contains(&text) {
+                continue;
+            }
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&text);
+        }
+        f.write_str(&line)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Chain;
+
+    #[test]
+    fn each_cause_is_said_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("database unavailable: {0}")]
+        struct Outer(#[source] std::io::Error);
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "Connection refused (os error 111)");
+        let e = anyhow::Error::new(Outer(io)).context("cannot open the database");
+        let said = Chain(&e).to_string();
+        assert_eq!(said, "cannot open the database: database unavailable: Connection refused (os error 111)");
+        let e = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(Chain(&e).to_string(), "outer: inner");
+    }
+}

@@ -6,7 +6,7 @@ use std::io::{IsTerminal, Read};
 
 use clap::{Args, Subcommand};
 
-use super::InputError;
+use super::{InputError, StoreArgs};
 use crate::{
     clock::Clock,
     config::Settings,
@@ -15,13 +15,24 @@ use crate::{
     startup,
 };
 
+#[derive(Debug, Args)]
+pub struct AdminArgs {
+    #[command(subcommand)]
+    pub command: AdminCommand,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum AdminCommand {
     /// Add an admin to an account (creating the account if new).
     Create {
+        /// The new admin's email, their login name; unique across all accounts.
         #[arg(long)]
         email: String,
-        #[arg(long)]
+        /// The account they administer, by name (e.g. acme), created if new: 1 to 64 of
+        /// A-Z, a-z, 0-9, '.', '_' and '-'.
+        #[arg(long, value_name = "NAME")]
         account: String,
         /// Read the password from standard input instead of asking twice on the terminal.
         /// (There is no option that takes the password itself: every user of the machine
@@ -37,6 +48,7 @@ pub enum AdminCommand {
     },
     /// Set a new password for an admin, and end every session of theirs.
     Passwd {
+        /// The admin's email.
         #[arg(long)]
         email: String,
         /// Read the new password from standard input instead of asking twice on the terminal.
@@ -45,6 +57,7 @@ pub enum AdminCommand {
     },
     /// Remove an admin and their sessions. Never the last admin of an account.
     Delete {
+        /// The admin's email.
         #[arg(long)]
         email: String,
     },
@@ -59,6 +72,7 @@ pub enum AdminCommand {
 pub enum SessionsCommand {
     /// End every session of an admin (e.g. after a stolen laptop).
     Revoke {
+        /// The admin's email.
         #[arg(long)]
         email: String,
     },

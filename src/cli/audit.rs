@@ -23,6 +23,8 @@ pub struct AuditArgs {
     /// One JSON object per line instead of a table.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    pub store: super::StoreArgs,
 }
 
 pub async fn run(args: AuditArgs, settings: &Settings) -> anyhow::Result<()> {

@@ -3,7 +3,7 @@
 //! (`KEYGATE_KEY_RELOAD_INTERVAL`), or at once when they meet a token signed with it.
 
 use anyhow::Context;
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 
 use crate::{
     bootstrap,
@@ -13,6 +13,16 @@ use crate::{
     service, startup,
     store::{SigningKeyRecord, UnixTime},
 };
+
+use super::audit::utc;
+
+#[derive(Debug, Args)]
+pub struct SigningKeyArgs {
+    #[command(subcommand)]
+    pub command: SigningKeyCommand,
+    #[command(flatten)]
+    pub store: super::StoreArgs,
+}
 
 #[derive(Debug, Subcommand)]
 pub enum SigningKeyCommand {
@@ -57,13 +67,14 @@ pub async fn run(command: SigningKeyCommand, settings: &Settings, clock: Clock) 
             println!("active signing key: {} ({})", key.kid, key.alg);
             if let Some(previous) = previous {
                 println!(
-                    "retired: {previous}, verifying until {} (Unix time) for tokens it signed",
-                    service::verifies_until(now, settings.token_ttl)
+                    "retired: {previous}, verifying until {} for tokens it signed",
+                    utc(service::verifies_until(now, settings.token_ttl))
                 );
             }
             Ok(())
         }
         SigningKeyCommand::List => {
+            println!("KID\tALG\tSTATE\tCREATED\tRETIRED\tVERIFIES UNTIL");
             for record in store.signing_keys().await? {
                 if let Some(line) = describe(&record, now, settings.token_ttl) {
                     println!("{line}");
@@ -78,14 +89,16 @@ fn parse_alg(raw: &str) -> Result<SigningAlg, String> {
     raw.parse().map_err(|_| "expected ES256 or EdDSA".to_owned())
 }
 
-/// One line per key that still matters; `None` for keys past their verification window.
+/// One line per key that still matters, times in RFC 3339; `None` for keys past their
+/// verification window.
 fn describe(record: &SigningKeyRecord, now: UnixTime, token_ttl: u64) -> Option<String> {
     let key = &record.key;
+    let created = utc(record.created_at);
     match record.retired_at {
-        None => Some(format!("{}  {}  active   created {}", key.kid, key.alg, record.created_at)),
+        None => Some(format!("{}\t{}\tactive\t{created}\t-\t-", key.kid, key.alg)),
         Some(at) => {
             let until = service::verifies_until(at, token_ttl);
-            (now < until).then(|| format!("{}  {}  retired  {} (verifies until {until})", key.kid, key.alg, at))
+            (now < until).then(|| format!("{}\t{}\tretired\t{created}\t{}\t{}", key.kid, key.alg, utc(at), utc(until)))
         }
     }
 }

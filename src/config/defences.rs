@@ -65,7 +65,7 @@ pub(super) fn load(layers: &Layers) -> Result<DefenceSettings, ConfigError> {
             100_000,
         )?,
     };
-    Ok(DefenceSettings { http: SecurityPolicy { trusted_proxies, public_origin }, lockout, revocations })
+    Ok(DefenceSettings { http: SecurityPolicy { trusted_proxies, public_origin, https: false }, lockout, revocations })
 }
 
 #[cfg(test)]

@@ -28,6 +28,13 @@ impl MasterKey {
         Ok(Self(SecretBox::new(Box::new(key))))
     }
 
+    /// Reads the key file, refused as `load_or_create` refuses it; never creates one.
+    pub fn load(path: &Path) -> Result<Self, MasterKeyError> {
+        let file = std::fs::File::open(path)
+            .map_err(|source| MasterKeyError::Io { path: path.display().to_string(), source })?;
+        Self::read_private(file, path)
+    }
+
     /// Reads the key file, or creates it with a fresh key, readable by its owner alone.
     /// `create_new` makes a race between two starts end with one key, not two. A file that
     /// other users may read or write is refused, not used.

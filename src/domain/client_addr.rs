@@ -112,6 +112,11 @@ impl TrustedProxies {
         self.0.is_empty()
     }
 
+    /// The list as `parse` reads it back: `10.0.0.0/8,::1/128`.
+    pub fn to_list(&self) -> String {
+        self.0.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+    }
+
     pub fn contains(&self, ip: IpAddr) -> bool {
         let ip = ip.to_canonical();
         self.0.iter().any(|net| net.contains(&ip))

@@ -8,6 +8,7 @@ mod client_addr;
 mod email;
 mod key_info;
 mod key_ref;
+mod limits;
 mod origin;
 mod scopes;
 
@@ -18,6 +19,10 @@ pub use client_addr::{ClientAddr, TrustedProxies};
 pub use email::Email;
 pub use key_info::{KeyName, Metadata};
 pub use key_ref::KeyRef;
+pub use limits::{
+    CREDITS, Consistency, Credits, CreditsInput, Interval, Limit, LimitInput, LimitName, Limits, MAX_AMOUNT, OwnerId,
+    Refill, RefillInput, parse_amount,
+};
 pub use origin::Origin;
 pub use scopes::{INTROSPECT_SCOPE, Scopes};
 

@@ -29,6 +29,10 @@ impl Origin {
         Ok(Self { scheme, host, port: port.filter(|&p| p != default) })
     }
 
+    pub fn is_https(&self) -> bool {
+        self.scheme == "https"
+    }
+
     /// Whether this origin names the same host and port as a `Host` header. The scheme is
     /// not compared: behind a TLS-terminating proxy keygate cannot know it.
     pub fn matches_host(&self, host_header: &str) -> bool {

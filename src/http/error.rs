@@ -11,18 +11,30 @@ use axum::{
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::{crypto::HashPoolError, domain::Scopes, service::AuthError, store::StoreError};
+use crate::{
+    crypto::HashPoolError,
+    domain::Scopes,
+    service::{AuthError, limits::Refusal},
+    store::StoreError,
+};
 
 /// An RFC 9457 problem details object.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Problem {
-    /// Always `about:blank`: the status and title say what happened.
+    /// `about:blank` (the status and title say what happened), or for a request over its
+    /// limits `https://iana.org/assignments/http-problem-types#quota-exceeded`.
     #[serde(rename = "type")]
     pub kind: &'static str,
     pub title: String,
     pub status: u16,
     pub detail: String,
+    /// The names of the limits the request would exceed (quota-exceeded only).
+    #[serde(rename = "violated-policies", skip_serializing_if = "Option::is_none")]
+    pub violated_policies: Option<Vec<String>>,
 }
+
+/// The problem type of draft-ietf-httpapi-ratelimit-headers for a request over its limits.
+pub const QUOTA_EXCEEDED: &str = "https://iana.org/assignments/http-problem-types#quota-exceeded";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -57,6 +69,10 @@ pub enum ApiError {
     /// A key or account that would hold more live revocations than it may.
     #[error("too many revoked tokens of this key or account are still live; delete the key to end all its tokens")]
     TooManyRevocations { retry_after: u64 },
+    /// Over one or more of the token's limits, or out of credits; `headers` are the
+    /// `RateLimit-Policy` and `RateLimit` values.
+    #[error("the request exceeds the quota of {}", .violated.join(", "))]
+    QuotaExceeded { violated: Vec<String>, retry_after: u64, headers: Option<(HeaderValue, HeaderValue)> },
     #[error("request body must be application/json")]
     UnsupportedMediaType,
     #[error("request body is too large")]
@@ -77,7 +93,9 @@ impl ApiError {
             }
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::CrossSite | Self::WrongPassword | Self::InsufficientScope(_) => StatusCode::FORBIDDEN,
-            Self::TooManyRequests { .. } | Self::TooManyRevocations { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::TooManyRequests { .. } | Self::TooManyRevocations { .. } | Self::QuotaExceeded { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -93,6 +111,7 @@ pub fn problem(status: StatusCode, detail: impl Into<String>) -> Response {
         title: status.canonical_reason().unwrap_or("Error").to_owned(),
         status: status.as_u16(),
         detail: detail.into(),
+        violated_policies: None,
     };
     let mut response = (status, axum::Json(body)).into_response();
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
@@ -106,6 +125,22 @@ pub(crate) struct FailureCause(pub Arc<anyhow::Error>);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        if let Self::QuotaExceeded { violated, retry_after, headers } = self {
+            let detail = format!("the request exceeds the quota of {}", violated.join(", "));
+            let body = Problem {
+                kind: QUOTA_EXCEEDED,
+                title: "Request cannot be satisfied as assigned quota has been exceeded".into(),
+                status: StatusCode::TOO_MANY_REQUESTS.as_u16(),
+                detail,
+                violated_policies: Some(violated),
+            };
+            let mut response = (StatusCode::TOO_MANY_REQUESTS, axum::Json(body)).into_response();
+            let h = response.headers_mut();
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+            h.insert(header::RETRY_AFTER, HeaderValue::from(retry_after.max(1)));
+            super::ratelimit::insert(h, headers);
+            return response;
+        }
         let mut response = problem(self.status(), self.to_string());
         match self {
             // The cause goes to the log, in the envelope's line for this response; the client
@@ -191,6 +226,13 @@ impl From<AuthError> for ApiError {
             AuthError::InvalidToken(_) => Self::InvalidToken,
             AuthError::Locked { retry_after } => Self::TooManyRequests { retry_after },
             AuthError::RevocationLimit { retry_after } => Self::TooManyRevocations { retry_after },
+            AuthError::QuotaExceeded(refusal) => match *refusal {
+                Refusal::Exceeded { policies, violated, retry_after } => {
+                    Self::QuotaExceeded { violated, retry_after, headers: super::ratelimit::headers(&policies) }
+                }
+                Refusal::Unavailable => Self::Unavailable,
+            },
+            AuthError::LimitsUnavailable => Self::Unavailable,
             AuthError::Hashing(HashPoolError::Busy) => Self::Unavailable,
             AuthError::Hashing(e) => Self::Internal(e.into()),
             AuthError::Store(e) => e.into(),

@@ -12,14 +12,17 @@ use serde_json::value::RawValue;
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 use utoipa::{IntoParams, ToSchema};
 
+use super::owners::{
+    CreditsSpec, CreditsView, LimitSpec, LimitView, credits_view, limit_views, parse_credits, parse_limits,
+};
 use super::{
     AppState,
     error::{ApiError, Problem},
     extract::{Admin, Json},
 };
 use crate::{
-    domain::{KeyName, KeyRef, Metadata, ParseError, Scopes},
-    service::{DEFAULT_ROLL_GRACE, Expiry, KeyChange, KeyDetails, KeyOptions, MAX_PAGE},
+    domain::{KeyName, KeyRef, Metadata, OwnerId, ParseError, Scopes, parse_amount},
+    service::{CreditsEdit, DEFAULT_ROLL_GRACE, Expiry, KeyChange, KeyDetails, KeyOptions, MAX_PAGE},
     store::UnixTime,
 };
 
@@ -54,6 +57,13 @@ pub struct KeyResponse {
     /// The JSON object given at generation or by an update; null when none.
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<Box<RawValue>>,
+    /// The key's own limits, each with what is used of it now.
+    pub limits: Vec<LimitView>,
+    /// The key's credits; null when it has none.
+    pub credits: Option<CreditsView>,
+    /// The customer the key belongs to, whose limits it shares; null when none.
+    #[schema(example = "cus_42")]
+    pub owner: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -72,6 +82,9 @@ pub struct GeneratedKey {
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<Box<RawValue>>,
     pub enabled: bool,
+    pub limits: Vec<LimitView>,
+    pub credits: Option<CreditsView>,
+    pub owner: Option<String>,
 }
 
 fn expose<S: serde::Serializer>(secret: &SecretString, s: S) -> Result<S::Ok, S::Error> {
@@ -106,9 +119,15 @@ impl From<&KeyDetails> for KeyListItem {
     }
 }
 
-impl From<&KeyDetails> for KeyResponse {
-    fn from(k: &KeyDetails) -> Self {
-        Self { key: k.into(), metadata: metadata_json(k.metadata.as_ref()) }
+impl KeyResponse {
+    fn new(k: &KeyDetails, usage: &[crate::service::limits::PolicyState]) -> Self {
+        Self {
+            key: k.into(),
+            metadata: metadata_json(k.metadata.as_ref()),
+            limits: limit_views(&k.limits, usage, ""),
+            credits: k.credits.map(credits_view),
+            owner: k.owner.as_ref().map(|o| o.to_string()),
+        }
     }
 }
 
@@ -159,6 +178,16 @@ pub struct GenerateRequest {
     /// A JSON object of at most 4 KiB, kept with the key and shown to admins.
     #[schema(value_type = Option<Object>, example = json!({"team": "billing"}))]
     pub metadata: Option<Box<RawValue>>,
+    /// Up to 5 named limits, counted at every verification and active introspection.
+    #[serde(default)]
+    pub limits: Vec<LimitSpec>,
+    /// A credit balance, spent by verifications; with a refill, set back to its amount at
+    /// each interval's edge.
+    pub credits: Option<CreditsSpec>,
+    /// The customer the key belongs to in your own system (1 to 256 characters): keys of
+    /// one owner share the owner's limits.
+    #[schema(example = "cus_42")]
+    pub owner: Option<String>,
 }
 
 /// A JSON body that may be left out: empty means `T::default()`.
@@ -214,6 +243,9 @@ pub async fn generate(
         scopes: Scopes::parse(&request.scopes).map_err(unprocessable)?,
         expiry,
         metadata: parse_metadata(request.metadata)?,
+        limits: parse_limits(&request.limits)?,
+        owner: parse_owner(request.owner)?,
+        credits: request.credits.as_ref().map(parse_credits).transpose()?,
     };
     let generated = state.auth.generate_key(&session, options).await?;
     let k = &generated.key;
@@ -227,7 +259,14 @@ pub async fn generate(
         expires_at: k.expires_at.map(time),
         metadata: metadata_json(k.metadata.as_ref()),
         enabled: k.enabled,
+        limits: limit_views(&k.limits, &[], ""),
+        credits: k.credits.map(credits_view),
+        owner: k.owner.as_ref().map(|o| o.to_string()),
     }))
+}
+
+fn parse_owner(owner: Option<String>) -> Result<Option<OwnerId>, ApiError> {
+    owner.map(|o| OwnerId::parse(&o)).transpose().map_err(unprocessable)
 }
 
 /// Optional filter and paging for `GET /auth/keys/list`. Without `limit` or `after` the
@@ -339,7 +378,8 @@ pub async fn get(
     Path(key_ref): Path<String>,
 ) -> Result<Json<KeyResponse>, ApiError> {
     let key = state.auth.key(&session, &key_ref).await?;
-    Ok(Json(KeyResponse::from(&key)))
+    let usage = state.auth.key_usage(&key, session.account_id);
+    Ok(Json(KeyResponse::new(&key, &usage)))
 }
 
 /// The fields of `PATCH /auth/keys/{ref}`; each left out stays as it is.
@@ -364,6 +404,50 @@ pub struct UpdateRequest {
     /// false: the key stops logging in and its tokens stop passing, everywhere within a
     /// second; true: both work again.
     pub enabled: Option<bool>,
+    /// The key's limits from now on (an empty list for none); counts so far are kept for
+    /// limits whose name and window stay.
+    pub limits: Option<Vec<LimitSpec>>,
+    /// New credits (`remaining` and `refill`), a top-up (`{"add": 500}`), or null for none.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<CreditsPatch>)]
+    pub credits: Option<Option<CreditsPatch>>,
+    /// A new owner, or null for none.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>, example = "cus_42")]
+    pub owner: Option<Option<String>>,
+}
+
+/// A change of a key's credits: either `add`, or `remaining` (with an optional `refill`).
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreditsPatch {
+    /// Credits to add to the balance, 1 to 1000000000000.
+    #[schema(example = 500)]
+    pub add: Option<i64>,
+    /// The balance from now on.
+    pub remaining: Option<i64>,
+    pub refill: Option<super::owners::RefillSpec>,
+}
+
+fn parse_credits_patch(patch: Option<CreditsPatch>) -> Result<CreditsEdit, ApiError> {
+    let Some(patch) = patch else { return Ok(CreditsEdit::Clear) };
+    match (patch.add, patch.remaining) {
+        (Some(add), None) if patch.refill.is_none() => {
+            let add =
+                parse_amount(add, "credits.add: a whole number from 1 to 1000000000000").map_err(unprocessable)?;
+            if add == 0 {
+                return Err(ApiError::Unprocessable("credits.add: a whole number from 1 to 1000000000000".into()));
+            }
+            Ok(CreditsEdit::Add(add))
+        }
+        (None, Some(remaining)) => {
+            let spec = CreditsSpec { remaining, refill: patch.refill };
+            Ok(CreditsEdit::Set(parse_credits(&spec)?))
+        }
+        _ => Err(ApiError::Unprocessable(
+            "credits: give add (a top-up) or remaining (with an optional refill), not both".into(),
+        )),
+    }
 }
 
 #[utoipa::path(
@@ -402,9 +486,13 @@ pub async fn update(
         expiry,
         metadata: request.metadata.map(parse_metadata).transpose()?,
         enabled: request.enabled,
+        limits: request.limits.as_deref().map(parse_limits).transpose()?,
+        owner: request.owner.map(parse_owner).transpose()?,
+        credits: request.credits.map(parse_credits_patch).transpose()?,
     };
     let key = state.auth.update_key(&session, &key_ref, change).await?;
-    Ok(Json(KeyResponse::from(&key)))
+    let usage = state.auth.key_usage(&key, session.account_id);
+    Ok(Json(KeyResponse::new(&key, &usage)))
 }
 
 /// Optional options for `POST /auth/keys/{ref}/roll`.

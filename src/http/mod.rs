@@ -27,8 +27,10 @@ mod keys;
 mod meta;
 mod oauth;
 mod observe;
+mod owners;
 mod password;
 pub mod provenance;
+pub mod ratelimit;
 mod verify;
 
 pub use auth::{LoginMetrics, decode_login};
@@ -67,6 +69,7 @@ pub const MAX_BODY: usize = 64 * 1024;
     tags(
         (name = "auth", description = "Logging in and out"),
         (name = "keys", description = "API key management (admin session)"),
+        (name = "owners", description = "Limits shared by the keys of one owner (admin session)"),
         (name = "meta", description = "Health and published keys"),
         (name = "audit", description = "The account's audit log (admin session)"),
         (name = "oauth", description = "OAuth 2.0 client credentials, introspection and revocation"),
@@ -101,6 +104,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(keys::get, keys::update))
         .routes(routes!(keys::roll))
         .routes(routes!(keys::delete))
+        .routes(routes!(owners::get, owners::put))
         .routes(routes!(audit::list))
         .routes(routes!(meta::healthz))
         .routes(routes!(meta::readyz))

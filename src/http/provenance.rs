@@ -19,6 +19,9 @@ pub struct SecurityPolicy {
     /// The origin the admin console is served from (`KEYGATE_PUBLIC_ORIGIN`); when unset,
     /// a request's own `Host` is taken as its origin.
     pub public_origin: Option<Origin>,
+    /// keygate serves HTTPS itself: without a public origin, only an `https://` origin
+    /// naming the request's `Host` is its own.
+    pub https: bool,
 }
 
 /// The request's client address: the socket peer, or the client a trusted proxy names.
@@ -69,7 +72,10 @@ pub fn check_same_origin(method: &Method, headers: &HeaderMap, policy: &Security
     let origin = origin.to_str().ok().and_then(|o| Origin::parse(o).ok()).ok_or(ApiError::CrossSite)?;
     let same = match &policy.public_origin {
         Some(public) => origin == *public,
-        None => headers.get(header::HOST).and_then(|h| h.to_str().ok()).is_some_and(|host| origin.matches_host(host)),
+        None => {
+            (!policy.https || origin.is_https())
+                && headers.get(header::HOST).and_then(|h| h.to_str().ok()).is_some_and(|host| origin.matches_host(host))
+        }
     };
     if same { Ok(()) } else { Err(ApiError::CrossSite) }
 }
@@ -114,6 +120,11 @@ mod tests {
         assert!(ok(&[("host", "10.0.0.5:8080"), ("origin", "https://auth.example.com")], &fixed));
         assert!(!ok(&[("host", "auth.example.com"), ("origin", "http://auth.example.com")], &fixed));
         assert!(!ok(&[("host", "evil.io"), ("origin", "https://evil.io")], &fixed));
+
+        // Served over TLS: the request's Host, on https only.
+        let tls = SecurityPolicy { https: true, ..Default::default() };
+        assert!(ok(&[("host", "a.io:8443"), ("origin", "https://a.io:8443")], &tls));
+        assert!(!ok(&[("host", "a.io:8443"), ("origin", "http://a.io:8443")], &tls));
     }
 
     proptest! {

@@ -40,11 +40,12 @@ use utoipa::{
 use super::{
     envelope,
     error::{ApiError, Problem},
+    ratelimit,
 };
 use crate::{
     domain::Scopes,
     monitoring::{self as names, Counters},
-    service::{AuthError, AuthService, TokenRefusal},
+    service::{AuthError, AuthService, TokenRefusal, limits::MAX_COST},
 };
 use metrics::Counter;
 
@@ -89,6 +90,7 @@ struct Outcomes {
     valid: Counter,
     missing: Counter,
     insufficient_scope: Counter,
+    quota_exceeded: Counter,
     bad_request: Counter,
     error: Counter,
     refused: Counters<TokenRefusal>,
@@ -101,6 +103,7 @@ impl Outcomes {
             valid: outcome("valid"),
             missing: outcome("missing"),
             insufficient_scope: outcome("insufficient_scope"),
+            quota_exceeded: outcome("quota_exceeded"),
             bad_request: outcome("bad_request"),
             error: outcome("error"),
             refused: Counters::register(names::VERIFICATIONS, "outcome", &[]),
@@ -115,6 +118,7 @@ impl Outcomes {
             // A header that holds no well-formed token.
             (Err(ApiError::InvalidToken), None) => self.refused.increment(TokenRefusal::Invalid),
             (Err(ApiError::InsufficientScope(_)), None) => self.insufficient_scope.increment(1),
+            (Err(ApiError::QuotaExceeded { .. }), None) => self.quota_exceeded.increment(1),
             (Err(ApiError::BadRequest(_)), None) => self.bad_request.increment(1),
             (Err(_), None) => self.error.increment(1),
         }
@@ -207,6 +211,9 @@ impl Modify for BearerScheme {
         ("scope" = Option<String>, Query, description = "Space-separated scopes the token must all hold (RFC 6749 scope tokens)",
             example = "orders:read orders:write"),
         ("X-Required-Scopes" = Option<String>, Header, description = "The same, as a header; both may be given"),
+        ("cost" = Option<u32>, Query, description = "What the request counts against the token's limits and credits, 0 to 1000 (default 1)",
+            minimum = 0, maximum = 1000),
+        ("X-Request-Cost" = Option<u32>, Header, description = "The same, as a header (it wins over the query)"),
     ),
     responses(
         (status = 200, description = "The token is live; copy the X-Auth-* headers onto the upstream request",
@@ -215,8 +222,17 @@ impl Modify for BearerScheme {
                 ("X-Auth-Account" = String, description = "The account id"),
                 ("X-Auth-Key" = String, description = "The API key the token was issued to"),
                 ("X-Auth-Scopes" = String, description = "The token's scopes that its key still holds, space-separated"),
+                ("RateLimit-Policy" = String, description = "When the key or its owner has limits or credits: each policy, as a Structured Field list (`\"burst\";q=100;w=60`), draft-ietf-httpapi-ratelimit-headers-10"),
+                ("RateLimit" = String, description = "Where each policy stands after this request (`\"burst\";r=42;t=17`)"),
             )),
-        (status = 400, description = "The required scopes are not a list of scope tokens", body = Problem,
+        (status = 429, description = "Over a limit, or out of credits: nothing was counted. A `quota-exceeded` problem naming the violated policies",
+            body = Problem, content_type = "application/problem+json",
+            headers(
+                ("Retry-After" = u64, description = "Seconds, never less than the violated policies' `t`"),
+                ("RateLimit-Policy" = String, description = "As on a 200"),
+                ("RateLimit" = String, description = "As on a 200"),
+            )),
+        (status = 400, description = "The required scopes are not a list of scope tokens, or the cost is not 0 to 1000", body = Problem,
             content_type = "application/problem+json"),
         (status = 403, description = "The token lacks a required scope", body = Problem, content_type = "application/problem+json",
             headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"keygate\", error=\"insufficient_scope\", scope=\"…\"` (RFC 6750 §3.1)"))),
@@ -243,16 +259,23 @@ async fn verify(
             return Err(ApiError::InsufficientScope(required));
         }
     }
+    let cost = request_cost(headers, query)?;
+    // A key that nothing limits costs this one branch.
+    let limited = match verified.quota {
+        None => None,
+        Some(_) => auth.count(&verified, cost).await?.and_then(|a| ratelimit::headers(&a.policies)),
+    };
     // Every value comes from a claim we signed and then parsed, so it is a valid header;
     // `sub` and `acc` are the key ref and account id as they were written.
     let value = |s: &str| HeaderValue::from_str(s).map_err(|e| ApiError::Internal(e.into()));
     let claims = &verified.token.claims;
     // Room for the envelope's headers too, so the map is allocated once and never grown.
-    let mut headers = HeaderMap::with_capacity(4 + envelope::ADDED_HEADERS);
+    let mut headers = HeaderMap::with_capacity(6 + envelope::ADDED_HEADERS);
     headers.insert(SUBJECT, value(&claims.sub)?);
     headers.insert(ACCOUNT, value(&claims.acc)?);
     headers.insert(KEY, value(&claims.api_key)?);
     headers.insert(SCOPES, value(verified.scopes.as_str())?);
+    ratelimit::insert(&mut headers, limited);
     // Not `(StatusCode, HeaderMap)`, which would copy the headers into a fresh map.
     let mut response = Response::new(Body::empty());
     *response.headers_mut() = headers;
@@ -273,6 +296,23 @@ fn required_scopes(headers: &HeaderMap, query: Option<&str>) -> Result<Option<Sc
     }
     let scopes = Scopes::parse_list(&lists.join(" ")).map_err(|_| bad_scopes())?;
     Ok((!scopes.is_empty()).then_some(scopes))
+}
+
+/// What the gateway charges for the request: `?cost=N` or `X-Request-Cost: N`, 0 to 1000;
+/// 1 when it says nothing.
+fn request_cost(headers: &HeaderMap, query: Option<&str>) -> Result<u64, ApiError> {
+    let bad = || ApiError::BadRequest("cost (query) and X-Request-Cost: a whole number from 0 to 1000".into());
+    let parse = |raw: &str| raw.trim().parse::<u64>().ok().filter(|n| *n <= MAX_COST).ok_or_else(bad);
+    if let Some(value) = headers.get(ratelimit::REQUEST_COST) {
+        return parse(value.to_str().map_err(|_| bad())?);
+    }
+    match query.filter(|q| q.contains("cost=")) {
+        Some(q) => match form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "cost") {
+            Some((_, v)) => parse(&v),
+            None => Ok(1),
+        },
+        None => Ok(1),
+    }
 }
 
 fn bad_scopes() -> ApiError {

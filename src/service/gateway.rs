@@ -13,11 +13,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{AuthError, AuthService, AuthenticatedKey, Result};
+use super::{
+    AuthError, AuthService, AuthenticatedKey, Result,
+    limits::{Admission, Refusal},
+};
 use crate::{
     crypto::signing::{AccessClaims, KeyRing, KeySealer, Rejected, SealedKey, SigningError},
     domain::{AccountId, INTROSPECT_SCOPE, KeyRef, Scopes},
-    store::{Revocation, SigningKeyRecord, Store, UnixTime},
+    store::{Quota, Revocation, SigningKeyRecord, Store, UnixTime},
 };
 
 /// Seconds of clock difference tolerated on `exp` and `nbf`: servers running NTP agree far
@@ -105,6 +108,8 @@ pub struct Verification {
     pub token: Arc<VerifiedToken>,
     /// What it may do now: its scopes that its key still holds.
     pub scopes: Scopes,
+    /// Its key's limits and credits, and its owner's; `None` when nothing limits it.
+    pub quota: Option<Arc<Quota>>,
 }
 
 impl AuthService {
@@ -124,11 +129,11 @@ impl AuthService {
                 Err(e)
             }
             Err(e) => Err(e),
-            Ok(scopes) if remembered => Ok(Verification { token: verified, scopes }),
-            Ok(scopes) => {
+            Ok((scopes, quota)) if remembered => Ok(Verification { token: verified, scopes, quota }),
+            Ok((scopes, quota)) => {
                 let valid_until = verified.claims.exp.saturating_add(CLOCK_LEEWAY);
                 self.verified_tokens.insert(token, verified.clone(), valid_until, now);
-                Ok(Verification { token: verified, scopes })
+                Ok(Verification { token: verified, scopes, quota })
             }
         }
     }
@@ -160,7 +165,7 @@ impl AuthService {
     /// expired at `now`, and the token is not revoked; then the token's scopes that the key
     /// still holds. Two point reads, run together, answered by the store's cache while its
     /// lease holds, which keeps "a deleted or disabled key's tokens fail within a second".
-    async fn check_not_withdrawn(&self, token: &VerifiedToken, now: u64) -> Result<Scopes> {
+    async fn check_not_withdrawn(&self, token: &VerifiedToken, now: u64) -> Result<(Scopes, Option<Arc<Quota>>)> {
         let (status, revoked) = tokio::try_join!(
             self.hot.key_lookup.key_status(token.key_ref),
             self.hot.revocations.is_token_revoked(&token.claims.jti)
@@ -175,7 +180,18 @@ impl AuthService {
         if revoked {
             return Err(AuthError::InvalidToken(TokenRefusal::Revoked));
         }
-        Ok(token.scopes.intersection(&status.scopes))
+        Ok((token.scopes.intersection(&status.scopes), status.quota))
+    }
+
+    /// Counts a verification of `cost` against the token's limits and credits (nothing when
+    /// it has none): what the gateway's answer says of them, or why it is refused.
+    pub async fn count(&self, verification: &Verification, cost: u64) -> Result<Option<Admission>> {
+        let Some(quota) = &verification.quota else { return Ok(None) };
+        match self.limiter.admit(quota, cost, self.clock.now()).await {
+            Ok(admission) => Ok(Some(admission)),
+            Err(Refusal::Unavailable) => Err(AuthError::LimitsUnavailable),
+            Err(refusal) => Err(AuthError::QuotaExceeded(Box::new(refusal))),
+        }
     }
 
     fn may_reload_for_unknown_kid(&self) -> bool {
@@ -199,7 +215,16 @@ impl AuthService {
                 if v.token.account_id == caller.account_id
                     && (v.token.key_ref == caller.key_ref || caller.scopes.contains(INTROSPECT_SCOPE)) =>
             {
-                Ok(Some(v))
+                // An active answer counts like a verification; a token over its limits is
+                // inactive until they allow it again.
+                match self.count(&v, 1).await {
+                    Ok(_) => Ok(Some(v)),
+                    Err(AuthError::QuotaExceeded(_) | AuthError::LimitsUnavailable) => {
+                        tracing::debug!(caller = %caller.key_ref, "introspection of a token over its limits: inactive");
+                        Ok(None)
+                    }
+                    Err(e) => Err(e),
+                }
             }
             Ok(_) => {
                 tracing::debug!(caller = %caller.key_ref, "introspection of another key's token: inactive");

@@ -4,8 +4,11 @@
 
 use super::{AdminSession, AuthError, AuthService, Result, audit};
 use crate::{
-    domain::{ApiKeyId, ApiPassword, KeyName, KeyRef, Metadata, Scopes},
-    store::{AuditAction, KeyAbout, KeyDetails, KeyRecord, KeyUpdate, StoreError, UnixTime},
+    domain::{ApiKeyId, ApiPassword, Credits, KeyName, KeyRef, Limits, Metadata, OwnerId, Scopes},
+    store::{
+        AuditAction, CreditScope, CreditsChange, KeyAbout, KeyDetails, KeyRecord, KeyUpdate, StoreError, StoredCredits,
+        UnixTime,
+    },
 };
 
 /// The shortest and longest lifetime a key may be given.
@@ -31,6 +34,20 @@ pub struct KeyOptions {
     pub scopes: Scopes,
     pub expiry: Option<Expiry>,
     pub metadata: Option<Metadata>,
+    pub limits: Limits,
+    pub owner: Option<OwnerId>,
+    pub credits: Option<Credits>,
+}
+
+/// What a change does to a key's credits, as an admin says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CreditsEdit {
+    /// This balance and refill from now on.
+    Set(Credits),
+    /// A top-up of the balance there is.
+    Add(u64),
+    /// No credits any more.
+    Clear,
 }
 
 /// A freshly generated key. The password exists in clear only here, to be shown once.
@@ -56,13 +73,33 @@ pub struct KeyChange {
     pub expiry: Option<Option<Expiry>>,
     pub metadata: Option<Option<Metadata>>,
     pub enabled: Option<bool>,
+    pub limits: Option<Limits>,
+    pub owner: Option<Option<OwnerId>>,
+    pub credits: Option<CreditsEdit>,
+}
+
+/// Credits as stored from `credits` set at `now`: their period is the current one, so the
+/// first refill comes at the next edge.
+pub(super) fn stored_credits(credits: Credits, now: UnixTime) -> StoredCredits {
+    StoredCredits {
+        remaining: credits.remaining as i64,
+        refill: credits.refill,
+        period: credits.refill.map_or(0, |r| r.period(now)),
+    }
 }
 
 impl AuthService {
     pub async fn generate_key(&self, session: &AdminSession, options: KeyOptions) -> Result<GeneratedKey> {
         let now = self.clock.now();
         let expires_at = options.expiry.map(|e| expires_at(e, now)).transpose()?;
-        let about = KeyAbout { name: options.name, metadata: options.metadata, created_by: Some(session.admin_id) };
+        let about = KeyAbout {
+            name: options.name,
+            metadata: options.metadata,
+            created_by: Some(session.admin_id),
+            limits: options.limits,
+            owner: options.owner,
+            credits: options.credits.map(|c| stored_credits(c, now)),
+        };
         // A clash of 20-character keys (~2^103 space) is practically impossible, but a
         // retry costs nothing and turns "practically" into "certainly not a 500".
         for _ in 0..3 {
@@ -93,6 +130,9 @@ impl AuthService {
                         enabled: true,
                         created_by: None,
                         metadata: about.metadata,
+                        limits: about.limits,
+                        owner: about.owner,
+                        credits: about.credits,
                     };
                     return Ok(GeneratedKey { password, key });
                 }
@@ -107,21 +147,79 @@ impl AuthService {
     pub async fn key(&self, session: &AdminSession, key_ref: &str) -> Result<KeyDetails> {
         let key_ref = parse_ref(key_ref)?;
         let key = self.store.key_details(session.account_id, key_ref).await?.ok_or(AuthError::NotFound)?;
-        Ok(self.with_recent_use(key))
+        Ok(self.with_recent_balance(self.with_recent_use(key)))
+    }
+
+    /// `key` with this server's balance of its credits, if newer than the stored one (one
+    /// server), and the refill due applied.
+    fn with_recent_balance(&self, mut key: KeyDetails) -> KeyDetails {
+        if let Some(credits) = key.credits.as_mut() {
+            let now = self.clock.now();
+            let scope = CreditScope::Key(key.key_ref);
+            match self.limiter.balance(&scope, credits.refill, now) {
+                Some(left) => credits.remaining = left,
+                None => {
+                    if let Some(refill) = credits.refill.filter(|r| credits.period < r.period(now)) {
+                        credits.remaining = refill.amount as i64;
+                    }
+                }
+            }
+        }
+        key
     }
 
     pub async fn update_key(&self, session: &AdminSession, key_ref: &str, change: KeyChange) -> Result<KeyDetails> {
         let key_ref = parse_ref(key_ref)?;
         let now = self.clock.now();
+        // A top-up refills first when the key's refill is due, as a spend would.
+        let refill = match change.credits {
+            Some(CreditsEdit::Add(_)) => self
+                .store
+                .key_details(session.account_id, key_ref)
+                .await?
+                .ok_or(AuthError::NotFound)?
+                .credits
+                .and_then(|c| c.refill),
+            _ => None,
+        };
+        let credits = change.credits.map(|edit| match edit {
+            CreditsEdit::Set(c) => CreditsChange::Set(stored_credits(c, now)),
+            CreditsEdit::Add(amount) => CreditsChange::Add {
+                amount: amount as i64,
+                period: refill.map_or(0, |r| r.period(now)),
+                refill_amount: refill.map_or(0, |r| r.amount as i64),
+            },
+            CreditsEdit::Clear => CreditsChange::Clear,
+        });
         let update = KeyUpdate {
             expires_at: change.expiry.map(|e| e.map(|e| expires_at(e, now)).transpose()).transpose()?,
             name: change.name,
             scopes: change.scopes,
             metadata: change.metadata,
             enabled: change.enabled,
+            limits: change.limits,
+            owner: change.owner,
+            credits,
         };
-        if self.hot.keys.update_key(session.account_id, key_ref, &update, now).await?.is_none() {
+        let scope = CreditScope::Key(key_ref);
+        let write = self.hot.keys.update_key(session.account_id, key_ref, &update, now);
+        let updated = match &update.credits {
+            None => write.await?,
+            Some(credits) => {
+                let credits = credits.clone();
+                let change = move |current: Option<i64>| match credits {
+                    CreditsChange::Set(c) => Some((c.remaining, c.period)),
+                    CreditsChange::Add { amount, period, .. } => current.map(|left| (left + amount, period)),
+                    CreditsChange::Clear => None,
+                };
+                self.limiter.change_balance(&scope, change, write).await?
+            }
+        };
+        if updated.is_none() {
             return Err(AuthError::NotFound);
+        }
+        if update.limits.is_some() || update.owner.is_some() || update.credits.is_some() {
+            self.audit_key(session, AuditAction::KeyLimitsChanged, key_ref).await;
         }
         tracing::info!(account = %session.account_id, key_ref = %key_ref, "api key updated");
         let fields = update.name.is_some() || update.scopes.is_some() || update.expires_at.is_some();

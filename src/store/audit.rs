@@ -33,10 +33,14 @@ pub enum AuditAction {
     KeyRolled,
     /// A key's expiry passed (recorded by the sweep, by whichever server saw it first).
     KeyExpired,
+    /// A key's limits, credits or owner changed.
+    KeyLimitsChanged,
+    /// An owner's limits or credits were set.
+    OwnerLimitsChanged,
 }
 
 impl AuditAction {
-    pub const ALL: [Self; 18] = [
+    pub const ALL: [Self; 20] = [
         Self::AdminLogin,
         Self::AdminLoginFailed,
         Self::AdminLogout,
@@ -55,6 +59,8 @@ impl AuditAction {
         Self::KeyEnabled,
         Self::KeyRolled,
         Self::KeyExpired,
+        Self::KeyLimitsChanged,
+        Self::OwnerLimitsChanged,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -77,6 +83,8 @@ impl AuditAction {
             Self::KeyEnabled => "key.enabled",
             Self::KeyRolled => "key.rolled",
             Self::KeyExpired => "key.expired",
+            Self::KeyLimitsChanged => "key.limits_changed",
+            Self::OwnerLimitsChanged => "owner.limits_changed",
         }
     }
 }

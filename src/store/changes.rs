@@ -17,6 +17,8 @@ pub enum Change {
     KeyChanged { key_ref: KeyRef, api_key: ApiKeyId },
     /// A token was revoked until `expires_at`.
     TokenRevoked { jti: String, expires_at: UnixTime },
+    /// An owner's limits or credits changed: every key's status may name them.
+    OwnerChanged,
     /// A failed-login counter was cleared from outside the server (`keygate admin unlock`).
     FailuresCleared { subject: String },
     /// A row this version cannot read (written by a newer one, or by hand). A cache that
@@ -57,6 +59,7 @@ pub(super) fn change_from_row(row: &impl Columns) -> Result<(i64, Change)> {
     let change = match row.text("kind")?.as_str() {
         "key_deleted" => key().map_or(Change::Unreadable, |(key_ref, api_key)| Change::KeyDeleted { key_ref, api_key }),
         "key_changed" => key().map_or(Change::Unreadable, |(key_ref, api_key)| Change::KeyChanged { key_ref, api_key }),
+        "owner_changed" => Change::OwnerChanged,
         "failures_cleared" => {
             row.opt_text("subject")?.map_or(Change::Unreadable, |subject| Change::FailuresCleared { subject })
         }

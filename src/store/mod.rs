@@ -24,13 +24,14 @@ use uuid::Uuid;
 
 use crate::{
     crypto::{session::SessionHash, signing::SealedKey},
-    domain::{AccountId, AccountName, ApiKeyId, Email, KeyName, KeyRef, Metadata, Scopes},
+    domain::{AccountId, AccountName, ApiKeyId, Email, KeyName, KeyRef, Limits, Metadata, OwnerId, Scopes},
 };
 
 mod admins;
 mod audit;
 pub mod cache;
 mod changes;
+mod limits;
 mod lockout;
 mod paging;
 mod retention;
@@ -42,6 +43,10 @@ mod usage;
 pub use admins::{AdminDeletion, AdminManagementStore, AdminSummary};
 pub use cache::{CachedStore, HotPath};
 pub use changes::{Change, ChangeFeed, ChangeSignal};
+pub use limits::{
+    CounterStore, CounterTake, CreditScope, CreditStore, CreditTake, OwnerRecord, OwnerStore, Quota, StoredCredits,
+    Taken,
+};
 pub use paging::KeyPageStore;
 pub use retention::RetentionStore;
 pub use transfer::{
@@ -74,6 +79,12 @@ pub enum StoreError {
     /// An import found rows already there; nothing was written.
     #[error("the target store is not empty")]
     NotEmpty,
+    /// The file is not a keygate store (a backup, say): missing, or not keygate's schema.
+    #[error("{0} is not a keygate store")]
+    NotAStore(String),
+    /// This store cannot do that; the text says what to do instead.
+    #[error("{0}")]
+    Unsupported(&'static str),
     /// Opening an existing store found none at this location (a path, or a database name).
     #[error(
         "no keygate store at {0}: start `keygate serve` with these settings once to create it, or point \
@@ -181,6 +192,9 @@ pub struct KeyAbout {
     pub metadata: Option<Metadata>,
     /// The admin who generated it.
     pub created_by: Option<AdminId>,
+    pub limits: Limits,
+    pub owner: Option<OwnerId>,
+    pub credits: Option<StoredCredits>,
 }
 
 /// A key as admins see it: no secret in it.
@@ -198,6 +212,10 @@ pub struct KeyDetails {
     pub created_by: Option<Email>,
     /// Read for one key, not for listings.
     pub metadata: Option<Metadata>,
+    pub limits: Limits,
+    pub owner: Option<OwnerId>,
+    /// As stored: a single server's latest spending may not be written yet.
+    pub credits: Option<StoredCredits>,
 }
 
 /// The changes `PATCH /auth/keys/{ref}` asks for; `None` leaves a field as it is, and an
@@ -209,6 +227,20 @@ pub struct KeyUpdate {
     pub expires_at: Option<Option<UnixTime>>,
     pub metadata: Option<Option<Metadata>>,
     pub enabled: Option<bool>,
+    pub limits: Option<Limits>,
+    pub owner: Option<Option<OwnerId>>,
+    pub credits: Option<CreditsChange>,
+}
+
+/// What a change does to a key's credits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CreditsChange {
+    /// This balance and refill from now on.
+    Set(StoredCredits),
+    /// A top-up of the current balance (refilled first, if its period is over).
+    Add { amount: i64, period: i64, refill_amount: i64 },
+    /// No credits any more.
+    Clear,
 }
 
 /// What every token verification must know of its key, from the store or its cache.
@@ -219,6 +251,8 @@ pub struct KeyStatus {
     pub expires_at: Option<UnixTime>,
     /// The key's scopes now: a token is worth no more than these, whatever it was issued with.
     pub scopes: Scopes,
+    /// Its limits and credits, and its owner's; `None` when nothing limits it.
+    pub quota: Option<std::sync::Arc<Quota>>,
 }
 
 impl KeyStatus {
@@ -234,6 +268,7 @@ impl From<&KeyRecord> for KeyStatus {
             enabled: key.enabled,
             expires_at: key.expires_at,
             scopes: key.scopes.clone(),
+            quota: None,
         }
     }
 }
@@ -366,6 +401,9 @@ pub trait Store:
     + KeyUsageStore
     + ChangeFeed
     + RetentionStore
+    + OwnerStore
+    + CreditStore
+    + CounterStore
 {
     /// Cheap round trip, for readiness.
     async fn ping(&self) -> Result<()>;
@@ -375,6 +413,9 @@ pub trait Store:
     /// everything: SQLite merges its write-ahead log in and empties it; PostgreSQL has
     /// nothing to do. The one checkpoint there is: at shutdown, and on a `migrate` target.
     async fn checkpoint(&self) -> Result<()>;
+    /// A consistent copy of the whole store, written while others use it, into the new file
+    /// `path` (the embedded store only).
+    async fn backup_into(&self, path: &std::path::Path) -> Result<()>;
 }
 
 /// A pool's connections: open, and of those idle.
@@ -425,6 +466,19 @@ pub async fn open_existing(url: &str) -> Result<std::sync::Arc<dyn Store>, Conne
         Some(Backend::Postgres) => Ok(std::sync::Arc::new(postgres::PgStore::open(url, false).await?)),
         None => Err(ConnectError::UnsupportedScheme),
     }
+}
+
+/// A backup file written by `Store::backup_into`, opened read-only and as it is (its schema
+/// is not brought up to date): to count what it holds, check it, and restore it.
+pub async fn open_backup(path: &std::path::Path) -> Result<std::sync::Arc<dyn Store>, ConnectError> {
+    Ok(std::sync::Arc::new(sqlite::SqliteStore::open_backup(path).await?))
+}
+
+/// The file of a `sqlite://` database URL.
+pub fn sqlite_path(url: &str) -> Option<std::path::PathBuf> {
+    use std::str::FromStr;
+    let options = sqlx::sqlite::SqliteConnectOptions::from_str(url).ok()?;
+    (Backend::of(url) == Some(Backend::Sqlite)).then(|| options.get_filename().to_owned())
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -8,12 +8,12 @@ use sqlx::{ColumnIndex, Decode, Row, Type};
 
 use super::{
     AccountRecord, AdminExport, AdminId, AdminRecord, AuditEvent, AuditRecord, Counts, KeyAbout, KeyDetails, KeyExport,
-    KeyRecord, KeyStatus, NewAdmin, PreviousSecret, Result, Revocation, SessionExport, SessionRecord, SigningKeyRecord,
-    StoreError, corrupt,
+    KeyRecord, KeyStatus, NewAdmin, OwnerRecord, PreviousSecret, Quota, Result, Revocation, SessionExport,
+    SessionRecord, SigningKeyRecord, StoreError, StoredCredits, corrupt,
 };
 use crate::{
     crypto::signing::{SealedKey, SigningAlg},
-    domain::{AccountId, AccountName, ApiKeyId, Email, KeyName, KeyRef, Metadata, Scopes},
+    domain::{AccountId, AccountName, ApiKeyId, Email, KeyName, KeyRef, Limits, Metadata, OwnerId, Refill, Scopes},
 };
 
 /// The column reads the decoders need, by name: what both backends' rows offer.
@@ -97,14 +97,62 @@ pub(super) fn key_record(row: &impl Columns) -> Result<KeyRecord> {
     })
 }
 
-/// `account_id, scopes, expires_at, disabled_at`.
-pub(super) fn key_status(row: &impl Columns) -> Result<KeyStatus> {
+/// `account_id, scopes, expires_at, disabled_at`, the key's `limits, owner,
+/// credits_remaining, credits_refill` and its owner's `owner_limits, owner_credits_remaining,
+/// owner_credits_refill`.
+pub(super) fn key_status(row: &impl Columns, key_ref: KeyRef) -> Result<KeyStatus> {
+    let account = account_id(row, "account_id")?;
+    let plan = |remaining: &str, refill_col: &str| -> Result<Option<Option<Refill>>> {
+        Ok(match row.opt_int(remaining)? {
+            Some(_) => Some(refill(row, refill_col)?),
+            None => None,
+        })
+    };
+    let quota = Quota {
+        key_ref,
+        account_id: account,
+        limits: limits(row, "limits")?,
+        credits: plan("credits_remaining", "credits_refill")?,
+        owner: owner(row)?,
+        owner_limits: limits(row, "owner_limits")?,
+        owner_credits: plan("owner_credits_remaining", "owner_credits_refill")?,
+    };
     Ok(KeyStatus {
-        account_id: account_id(row, "account_id")?,
+        account_id: account,
         enabled: row.opt_int("disabled_at")?.is_none(),
         expires_at: row.opt_int("expires_at")?,
         scopes: scopes(row)?,
+        quota: quota.of(),
     })
+}
+
+pub(super) fn limits(row: &impl Columns, col: &str) -> Result<Limits> {
+    Limits::from_stored(row.opt_text(col)?.as_deref()).map_err(corrupt("limits"))
+}
+
+fn owner(row: &impl Columns) -> Result<Option<OwnerId>> {
+    row.opt_text("owner")?.map(|o| OwnerId::parse(&o).map_err(corrupt("owner"))).transpose()
+}
+
+fn refill(row: &impl Columns, col: &str) -> Result<Option<Refill>> {
+    row.opt_text(col)?.map(|r| Refill::from_stored(&r).map_err(corrupt("credit refill"))).transpose()
+}
+
+/// `credits_remaining, credits_refill, credits_period`.
+pub(super) fn stored_credits(row: &impl Columns) -> Result<Option<StoredCredits>> {
+    Ok(match row.opt_int("credits_remaining")? {
+        Some(remaining) => Some(StoredCredits {
+            remaining,
+            refill: refill(row, "credits_refill")?,
+            period: row.int("credits_period")?,
+        }),
+        None => None,
+    })
+}
+
+/// `limits` and the credits' columns of `owners`.
+pub(super) fn owner_record(row: &impl Columns) -> Result<OwnerRecord> {
+    Ok(OwnerRecord { limits: limits(row, "limits")?, credits: stored_credits(row)? })
 }
 
 fn key_name(row: &impl Columns) -> Result<Option<KeyName>> {
@@ -128,6 +176,9 @@ pub(super) fn key_details(row: &impl Columns, with_metadata: bool) -> Result<Key
         enabled: row.opt_int("disabled_at")?.is_none(),
         created_by: row.opt_text("created_by")?.map(|e| Email::parse(&e).map_err(corrupt("email"))).transpose()?,
         metadata: if with_metadata { metadata(row)? } else { None },
+        limits: limits(row, "limits")?,
+        owner: owner(row)?,
+        credits: stored_credits(row)?,
     })
 }
 
@@ -142,6 +193,9 @@ pub(super) fn key_export(row: &impl Columns) -> Result<KeyExport> {
             created_by: created_by
                 .map(|id| uuid::Uuid::try_parse(&id).map(AdminId).map_err(corrupt("admin id")))
                 .transpose()?,
+            limits: limits(row, "limits")?,
+            owner: owner(row)?,
+            credits: stored_credits(row)?,
         },
         last_used_at: row.opt_int("last_used_at")?,
         expiry_audited: row.int("expiry_audited")? != 0,

@@ -59,7 +59,7 @@ async fn generate_accepts_an_empty_body_and_shows_the_password_once(builder: Bui
     let mut fields: Vec<_> = first.as_object().unwrap().keys().cloned().collect();
     fields.sort();
     let generated =
-        ["api_key", "api_key_ref", "created_at", "enabled", "expires_at", "metadata", "name", "password", "scopes"];
+        ["api_key", "api_key_ref", "created_at", "credits", "enabled", "expires_at", "limits", "metadata", "name", "owner", "password", "scopes"];
     assert_eq!(fields, generated);
     assert_eq!((&first["name"], &first["expires_at"], &first["enabled"]), (&Value::Null, &Value::Null, &json!(true)));
 

@@ -183,7 +183,7 @@ backends! {
             (json!({"name": "new", "scopes": ["bad scope"]}), "scopes"),
             (json!({"name": "new", "expires_at": "2001-01-01T00:00:00Z"}), "expires_at"),
             (json!({"name": "new", "enabled": "no"}), "enabled"),
-            (json!({"name": "new", "owner": "x"}), "owner"),
+            (json!({"name": "new", "owner": ""}), "owner"),
             (json!({"name": "new", "metadata": "text"}), "metadata"),
         ] {
             let problem = assert_problem(patch(&app, key_ref, &body).await, StatusCode::UNPROCESSABLE_ENTITY).await;

@@ -34,6 +34,8 @@ const FAMILIES: &[&str] = &[
     "keygate_store_query_duration_seconds",
     "keygate_cache_lease_valid",
     "keygate_build_info",
+    "keygate_limit_state_outages_total",
+    "keygate_limit_state_slow_total",
 ];
 
 /// The exposition's samples: `name{labels}` (labels sorted) to value.

@@ -281,4 +281,50 @@ async fn nginx_lets_only_live_tokens_through_to_the_upstream(builder: Builder) {
     assert!(log.contains("\"GET /orders/42?x=1 HTTP/1.1\" 200"), "{log}");
     assert_eq!(log.matches("\" 401 ").count(), 6, "{log}");
 }
+
+async fn nginx_answers_keygates_429_as_a_429_and_copies_the_ratelimit_headers(builder: Builder) {
+    let Some(binary) = nginx_binary() else {
+        println!("SKIPPED-NGINX: nginx is not installed (apt-get install -y nginx); the gateway test did not run");
+        return;
+    };
+    let app = builder.spawn().await;
+    let (upstream, hits) = start_upstream().await;
+    let keygate = app.base.trim_start_matches("http://").to_owned();
+    let nginx = Nginx::start(&binary, &keygate, &upstream).await;
+    let client = Client::new();
+    app.admin_login().await;
+    let body = json!({"scopes": ["orders:read"], "limits": [{"name": "burst", "limit": 2, "window_seconds": 3600}]});
+    let generated: Value = app.post_json("/auth/keys/generate", &body).await.json().await.unwrap();
+    let token = app.token(generated["api_key"].as_str().unwrap(), generated["password"].as_str().unwrap()).await;
+
+    for remaining in [1, 0] {
+        let r = client.get(nginx.url("/orders/1")).bearer_auth(&token).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "nginx log:\n{}", nginx.error_log());
+        assert_eq!(r.headers()["ratelimit-policy"], "\"burst\";q=2;w=3600");
+        let state = r.headers()["ratelimit"].to_str().unwrap().to_owned();
+        assert!(state.starts_with(&format!("\"burst\";r={remaining};t=")), "{state}");
+    }
+    let r = client.get(nginx.url("/orders/1")).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS, "nginx log:\n{}", nginx.error_log());
+    let retry_after: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    let state = r.headers()["ratelimit"].to_str().unwrap().to_owned();
+    let t: u64 = state.rsplit("t=").next().unwrap().parse().unwrap();
+    assert!(state.starts_with("\"burst\";r=0;") && retry_after >= t, "{state}, Retry-After {retry_after}");
+    assert_eq!(r.headers()["ratelimit-policy"], "\"burst\";q=2;w=3600");
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    let problem: Value = r.json().await.unwrap();
+    assert_eq!(problem["type"], "https://iana.org/assignments/http-problem-types#quota-exceeded");
+    assert_eq!(hits.load(Ordering::SeqCst), 2, "the upstream saw a request over the limit");
+
+    // A key without limits: no RateLimit headers; a keygate that is gone: still a 500.
+    let plain: Value = app.post_json("/auth/keys/generate", &json!({"scopes": ["orders:read"]})).await.json().await.unwrap();
+    let plain = app.token(plain["api_key"].as_str().unwrap(), plain["password"].as_str().unwrap()).await;
+    let r = client.get(nginx.url("/orders/1")).bearer_auth(&plain).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(r.headers().get("ratelimit").is_none() && r.headers().get("ratelimit-policy").is_none());
+    drop(app);
+    let r = client.get(nginx.url("/orders/1")).bearer_auth(&plain).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(r.headers().get("retry-after").is_none());
+}
 }

@@ -273,6 +273,8 @@ async fn upgrade(builder: Builder, release: &Release) -> TestApp {
         let r = verify(&app, &release_token(release, key, &keygate::crypto::token_id())).await;
         assert_eq!(r.status(), StatusCode::OK, "a token of signing key {} was refused", key.kid);
         assert_eq!(r.headers()["x-auth-subject"], release.key_ref.to_string().as_str());
+        // An upgraded key has no limits: nothing counted, no RateLimit headers.
+        assert!(r.headers().get("ratelimit").is_none() && r.headers().get("ratelimit-policy").is_none());
     }
     let revoked = verify(&app, &release_token(release, &release.active, &release.revoked_jti)).await;
     assert_eq!(revoked.status(), StatusCode::UNAUTHORIZED, "a revoked token came back");
@@ -291,6 +293,9 @@ async fn upgrade(builder: Builder, release: &Release) -> TestApp {
     let mut expected = vec![release.api_key.as_str(), release.locked_key.as_str()];
     expected.sort();
     assert_eq!(listed, expected);
+    let r = old_session.get(app.url(&format!("/auth/keys/{}", release.key_ref))).send().await.unwrap();
+    let key: Value = r.json().await.unwrap();
+    assert_eq!((&key["limits"], &key["credits"], &key["owner"]), (&serde_json::json!([]), &Value::Null, &Value::Null));
     // The release's keys gained the lifecycle's fields, each as "none" (no name, scopes,
     // expiry or creator; enabled), and take its changes.
     for key in &keys {

@@ -181,6 +181,7 @@ impl CachedStore {
                         self.revocations.remember(jti, *expires_at, self.clock.now())
                     }
                     Change::FailuresCleared { subject } => self.counters.changed_elsewhere(subject).await,
+                    Change::OwnerChanged => self.keys.forget_statuses(),
                     Change::Unreadable => self.keys.forget_all(),
                 }
                 cursor.seq = *seq;

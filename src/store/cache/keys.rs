@@ -161,6 +161,13 @@ impl KeyCache {
         }
     }
 
+    /// Every key's status is read again on next use (an owner's limits changed), logins kept.
+    pub(super) fn forget_statuses(&self) {
+        let mut entries = self.entries_mut();
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        entries.statuses = HashMap::new();
+    }
+
     pub(super) fn forget_all(&self) {
         let mut entries = self.entries_mut();
         self.epoch.fetch_add(1, Ordering::AcqRel);

@@ -12,8 +12,11 @@
 
 use std::sync::Arc;
 
-use super::{KeyLookupStore, KeyStore, LockoutStore, RevocationStore, Store};
+use async_trait::async_trait;
+
+use super::{KeyLookupStore, KeyStore, LockoutStore, OwnerRecord, OwnerStore, RevocationStore, Store, StoredCredits};
 use crate::clock::Clock;
+use crate::domain::{AccountId, Limits, OwnerId};
 
 mod counters;
 mod follower;
@@ -35,12 +38,20 @@ pub struct HotPath {
     pub revocations: Arc<dyn RevocationStore>,
     /// Every login's admission and outcome.
     pub lockout: Arc<dyn LockoutStore>,
+    /// Owners' limits, which the key statuses carry.
+    pub owners: Arc<dyn OwnerStore>,
 }
 
 impl HotPath {
     /// Every call to the store: for a service without a cache.
     pub fn direct(store: &Arc<dyn Store>) -> Self {
-        Self { keys: store.clone(), key_lookup: store.clone(), revocations: store.clone(), lockout: store.clone() }
+        Self {
+            keys: store.clone(),
+            key_lookup: store.clone(),
+            revocations: store.clone(),
+            lockout: store.clone(),
+            owners: store.clone(),
+        }
     }
 }
 
@@ -49,6 +60,7 @@ pub struct CachedStore {
     revocations: revocations::RevocationSet,
     counters: counters::FailureCounters,
     follower: follower::Follower,
+    owners: Arc<dyn OwnerStore>,
     /// The service's time, which revocations' expiries are written in.
     clock: Clock,
 }
@@ -62,6 +74,7 @@ impl CachedStore {
             keys: keys::KeyCache::new(store.clone(), store.clone(), serve_logins),
             revocations: revocations::RevocationSet::new(store.clone()),
             counters: counters::FailureCounters::new(store.clone(), serve_logins),
+            owners: store.clone(),
             follower: follower::Follower::new(store),
             clock: Clock::system(),
         }
@@ -74,6 +87,33 @@ impl CachedStore {
 
     /// The hot paths, answered by this cache.
     pub fn hot_path(self: &Arc<Self>) -> HotPath {
-        HotPath { keys: self.clone(), key_lookup: self.clone(), revocations: self.clone(), lockout: self.clone() }
+        HotPath {
+            keys: self.clone(),
+            key_lookup: self.clone(),
+            revocations: self.clone(),
+            lockout: self.clone(),
+            owners: self.clone(),
+        }
+    }
+}
+
+#[async_trait]
+impl OwnerStore for CachedStore {
+    async fn put_owner(
+        &self,
+        account: AccountId,
+        owner: &OwnerId,
+        limits: &Limits,
+        credits: Option<&StoredCredits>,
+        now: crate::store::UnixTime,
+    ) -> crate::store::Result<()> {
+        let put = self.owners.put_owner(account, owner, limits, credits, now).await;
+        // Whatever the answer: on an error the change may still have been committed.
+        self.keys.forget_statuses();
+        put
+    }
+
+    async fn owner(&self, account: AccountId, owner: &OwnerId) -> crate::store::Result<Option<OwnerRecord>> {
+        self.owners.owner(account, owner).await
     }
 }

@@ -54,6 +54,11 @@ pub trait Dialect: Run {
     /// Merges what the database keeps beside its main file into it (`Store::checkpoint`).
     fn checkpoint(pool: &Pool<Self>) -> impl Future<Output = Result<()>> + Send;
 
+    /// Writes a consistent copy of the whole store into the new file `path`, while others
+    /// read and write (SQLite's `VACUUM INTO`); `Unsupported` where the database has tools of
+    /// its own for that (PostgreSQL: `pg_dump`).
+    fn backup_into(pool: &Pool<Self>, path: &std::path::Path) -> impl Future<Output = Result<()>> + Send;
+
     /// A wake-up for change-log readers, where the database can send one.
     fn change_signal(pool: &Pool<Self>) -> impl Future<Output = Result<Option<Box<dyn ChangeSignal>>>> + Send;
 }

@@ -15,14 +15,18 @@ use crate::{
 impl<D: Dialect> KeyLookupStore for SqlStore<D> {
     async fn key_status(&self, key_ref: KeyRef) -> Result<Option<KeyStatus>> {
         // `key_ref` is the primary key: one index probe per verified token.
+        // Its owner's limits come along: one more probe, by primary key, for keys that name one.
         let row = D::query(sql!(
-            "SELECT account_id::text AS account_id, scopes, expires_at, disabled_at FROM api_keys \
-             WHERE key_ref = $1::uuid"
+            "SELECT k.account_id::text AS account_id, k.scopes, k.expires_at, k.disabled_at, k.limits, k.owner, \
+             k.credits_remaining, k.credits_refill, o.limits AS owner_limits, \
+             o.credits_remaining AS owner_credits_remaining, o.credits_refill AS owner_credits_refill \
+             FROM api_keys k LEFT JOIN owners o ON o.account_id = k.account_id AND o.owner = k.owner \
+             WHERE k.key_ref = $1::uuid"
         ))
         .bind(key_ref.to_string())
         .fetch_optional(&self.pool)
         .await?;
-        row.as_ref().map(key_status).transpose()
+        row.as_ref().map(|row| key_status(row, key_ref)).transpose()
     }
 }
 

@@ -5,9 +5,10 @@ use async_trait::async_trait;
 
 use super::{Dialect, SqlStore, query::Exec, sql};
 use crate::{
-    domain::{AccountId, ApiKeyId, KeyName, KeyRef},
+    domain::{AccountId, ApiKeyId, KeyName, KeyRef, Limits},
     store::{
-        KeyAbout, KeyDetails, KeyExport, KeyPageStore, KeyRecord, KeyStore, KeyUpdate, KeyUsageStore, Result, UnixTime,
+        CreditsChange, KeyAbout, KeyDetails, KeyExport, KeyPageStore, KeyRecord, KeyStore, KeyUpdate, KeyUsageStore,
+        Result, UnixTime,
         rows::{Columns, account_id, key_details, key_record, key_ref},
     },
 };
@@ -17,11 +18,13 @@ pub(super) const KEY_COLUMNS: &str = "key_ref::text AS key_ref, account_id::text
      secret_hash, created_at, scopes, expires_at, disabled_at, previous_secret_hash, previous_expires_at";
 
 /// What `rows::key_export` reads besides `KEY_COLUMNS`.
-pub(super) const EXPORT_COLUMNS: &str = "name, metadata, created_by::text AS created_by, last_used_at, expiry_audited";
+pub(super) const EXPORT_COLUMNS: &str = "name, metadata, created_by::text AS created_by, last_used_at, expiry_audited, \
+     limits, owner, credits_remaining, credits_refill, credits_period";
 
 /// What `rows::key_details` reads, from `api_keys k` joined to its creator `a`.
 const DETAILS: &str = "SELECT k.key_ref::text AS key_ref, k.api_key, k.name, k.scopes, k.created_at, \
-     k.expires_at, k.last_used_at, k.disabled_at, a.email AS created_by, k.metadata \
+     k.expires_at, k.last_used_at, k.disabled_at, a.email AS created_by, k.metadata, k.limits, k.owner, \
+     k.credits_remaining, k.credits_refill, k.credits_period \
      FROM api_keys k LEFT JOIN admins a ON a.id = k.created_by ";
 
 /// The listing's order, which its index (account_id[, name], created_at, key_ref) keeps.
@@ -34,8 +37,9 @@ pub(super) async fn insert_key<D: Dialect>(on: Exec<'_, D>, export: &KeyExport) 
     D::query(sql!(
         "INSERT INTO api_keys (key_ref, account_id, api_key, secret_hash, created_at, scopes, expires_at, \
          disabled_at, previous_secret_hash, previous_expires_at, name, metadata, created_by, last_used_at, \
-         expiry_audited) \
-         VALUES ($1::uuid, $2::uuid, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13::uuid, $14, $15)"
+         expiry_audited, limits, owner, credits_remaining, credits_refill, credits_period) \
+         VALUES ($1::uuid, $2::uuid, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13::uuid, $14, $15, $16, $17, $18, \
+         $19, $20)"
     ))
     .bind(key.key_ref.to_string())
     .bind(key.account_id.to_string())
@@ -52,6 +56,11 @@ pub(super) async fn insert_key<D: Dialect>(on: Exec<'_, D>, export: &KeyExport) 
     .bind(about.created_by.map(|a| a.0.to_string()))
     .bind(*last_used_at)
     .bind(i64::from(*expiry_audited))
+    .bind(about.limits.to_stored())
+    .bind(about.owner.as_ref().map(|o| o.as_str()))
+    .bind(about.credits.map(|c| c.remaining))
+    .bind(about.credits.and_then(|c| c.refill).map(|r| r.to_stored()))
+    .bind(about.credits.map_or(0, |c| c.period))
     .execute(on)
     .await?;
     Ok(())
@@ -128,6 +137,16 @@ impl<D: Dialect> KeyStore for SqlStore<D> {
         // One statement whatever is asked: each field has a flag saying whether to set it.
         // A new expiry is audited afresh when it passes; disabling keeps the first time.
         let flag = |set: bool| i64::from(set);
+        // Credits: 1 sets them, 2 tops them up (refilling first when their period is over),
+        // 3 clears them.
+        let (credits_op, credits_amount, credits_refill, credits_period, refill_amount) = match &update.credits {
+            None => (0, None, None, 0, 0),
+            Some(CreditsChange::Set(c)) => (1, Some(c.remaining), c.refill.map(|r| r.to_stored()), c.period, 0),
+            Some(CreditsChange::Add { amount, period, refill_amount }) => {
+                (2, Some(*amount), None, *period, *refill_amount)
+            }
+            Some(CreditsChange::Clear) => (3, None, None, 0, 0),
+        };
         let row = D::query(sql!(
             "UPDATE api_keys SET \
              name = CASE WHEN $3 = 1 THEN $4 ELSE name END, \
@@ -136,7 +155,16 @@ impl<D: Dialect> KeyStore for SqlStore<D> {
              expiry_audited = CASE WHEN $7 = 1 THEN 0 ELSE expiry_audited END, \
              metadata = CASE WHEN $9 = 1 THEN $10 ELSE metadata END, \
              disabled_at = CASE WHEN $11 = 1 THEN NULL WHEN $11 = 0 THEN COALESCE(disabled_at, $12) \
-                 ELSE disabled_at END \
+                 ELSE disabled_at END, \
+             limits = CASE WHEN $13 = 1 THEN $14 ELSE limits END, \
+             owner = CASE WHEN $15 = 1 THEN $16 ELSE owner END, \
+             credits_remaining = CASE WHEN $17 = 1 THEN $18::bigint \
+                 WHEN $17 = 2 AND credits_remaining IS NOT NULL THEN \
+                     (CASE WHEN credits_period < $20 THEN $21 ELSE credits_remaining END) + $18 \
+                 WHEN $17 = 3 THEN NULL ELSE credits_remaining END, \
+             credits_refill = CASE WHEN $17 = 1 THEN $19 WHEN $17 = 3 THEN NULL ELSE credits_refill END, \
+             credits_period = CASE WHEN $17 = 1 OR ($17 = 2 AND credits_period < $20) THEN $20 \
+                 ELSE credits_period END \
              WHERE key_ref = $1::uuid AND account_id = $2::uuid RETURNING ",
             KEY_COLUMNS
         ))
@@ -152,6 +180,15 @@ impl<D: Dialect> KeyStore for SqlStore<D> {
         .bind(update.metadata.as_ref().and_then(|m| m.as_ref()).map(|m| m.as_str()))
         .bind(update.enabled.map_or(-1, i64::from))
         .bind(now)
+        .bind(flag(update.limits.is_some()))
+        .bind(update.limits.as_ref().and_then(Limits::to_stored))
+        .bind(flag(update.owner.is_some()))
+        .bind(update.owner.as_ref().and_then(|o| o.as_ref()).map(|o| o.as_str()))
+        .bind(credits_op)
+        .bind(credits_amount)
+        .bind(credits_refill)
+        .bind(credits_period)
+        .bind(refill_amount)
         .fetch_optional(&self.pool)
         .await?;
         row.as_ref().map(key_record).transpose()

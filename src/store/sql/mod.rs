@@ -13,6 +13,7 @@ mod changes;
 mod dialect;
 mod gateway;
 mod keys;
+mod limits;
 mod lockout;
 pub mod postgres;
 pub(super) mod query;
@@ -61,5 +62,9 @@ impl<D: Dialect> Store for SqlStore<D> {
 
     async fn checkpoint(&self) -> Result<()> {
         D::checkpoint(&self.pool).await
+    }
+
+    async fn backup_into(&self, path: &std::path::Path) -> Result<()> {
+        D::backup_into(&self.pool, path).await
     }
 }

@@ -57,6 +57,9 @@ impl Dialect for Postgres {
         if options.get_application_name().is_none() {
             options = options.application_name("keygate");
         }
+        // The server's NOTICEs ("relation … already exists, skipping" from the migrator's
+        // `CREATE TABLE IF NOT EXISTS`, at every start) are not news; warnings still are.
+        options = options.options([("client_min_messages", "warning")]);
 
         // Migrations run on a connection of their own. sqlx's PostgreSQL migrator takes a
         // session-level advisory lock (pg_advisory_lock, keyed by the database name) around
@@ -162,6 +165,13 @@ impl Dialect for Postgres {
     async fn checkpoint(_: &Pool<Self>) -> Result<()> {
         // The server keeps its own files whole; a copy is `pg_dump`'s.
         Ok(())
+    }
+
+    async fn backup_into(_: &Pool<Self>, _: &std::path::Path) -> Result<()> {
+        Err(StoreError::Unsupported(
+            "keygate backup copies the embedded SQLite store; back PostgreSQL up with pg_dump, and keep the \
+             master key (KEYGATE_MASTER_KEY) beside it",
+        ))
     }
 
     async fn change_signal(pool: &Pool<Self>) -> Result<Option<Box<dyn ChangeSignal>>> {

@@ -105,8 +105,40 @@ impl Dialect for Sqlite {
         Ok(())
     }
 
+    async fn backup_into(pool: &Pool<Self>, path: &std::path::Path) -> Result<()> {
+        // One read transaction: the copy is the store as of one commit, whatever the server
+        // writes meanwhile, and it is compacted and complete (no log of its own). SQLite
+        // refuses to write into a file that exists and is not empty.
+        let target = path.to_str().ok_or_else(|| {
+            StoreError::Other(sqlx::Error::Protocol(format!("{} is not a UTF-8 path", path.display())))
+        })?;
+        sqlx::query("VACUUM INTO ?").bind(target).execute(pool).await?;
+        Ok(())
+    }
+
     async fn change_signal(_: &Pool<Self>) -> Result<Option<Box<dyn ChangeSignal>>> {
         Ok(None)
+    }
+}
+
+impl SqlStore<Sqlite> {
+    /// A backup file (`VACUUM INTO`'s), read-only and immutable: nothing is written beside
+    /// it, not even a journal. `NotAStore` if it is not a keygate store.
+    pub async fn open_backup(path: &std::path::Path) -> Result<Self> {
+        if !path.is_file() {
+            return Err(StoreError::NotAStore(path.display().to_string()));
+        }
+        let options = SqliteConnectOptions::new().filename(path).read_only(true).immutable(true);
+        let pool = SqlitePoolOptions::new().max_connections(1).connect_with(options).await?;
+        let keygate: Option<i64> =
+            sqlx::query_scalar("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'")
+                .fetch_optional(&pool)
+                .await
+                .map_err(|_| StoreError::NotAStore(path.display().to_string()))?;
+        if keygate.is_none() {
+            return Err(StoreError::NotAStore(path.display().to_string()));
+        }
+        Ok(Self { pool })
     }
 }
 

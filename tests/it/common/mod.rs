@@ -21,6 +21,7 @@ pub mod fixture;
 pub mod gateway;
 mod postgres;
 mod server;
+pub mod tls;
 
 pub use postgres::PgDatabase;
 use server::{InProcess, Turn};
@@ -217,6 +218,15 @@ impl Builder {
     }
 }
 
+/// A client builder for a server started with `env`: trusting its certificate, if it has one.
+pub fn client_for(env: &[(String, String)]) -> reqwest::ClientBuilder {
+    install_crypto_provider();
+    match env.iter().find(|(k, _)| k == "KEYGATE_TLS_CERT") {
+        Some((_, cert)) => tls::client_builder(Path::new(cert)),
+        None => Client::builder(),
+    }
+}
+
 pub fn keygate_command(env: &[(String, String)]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_keygate"));
     // The test's own environment must not leak settings into the server under test.
@@ -243,8 +253,18 @@ pub fn run_with_timeout(cmd: &mut Command, limit: Duration) -> Output {
     child.wait_with_output().unwrap()
 }
 
+/// reqwest is built with rustls but no crypto provider of its own (keygate's is aws-lc):
+/// every client of this process, TLS or not, takes the process's default, set here once.
+pub fn install_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    });
+}
+
 impl TestApp {
     pub fn builder() -> Builder {
+        install_crypto_provider();
         Builder {
             env: Vec::new(),
             dir: None,
@@ -283,8 +303,13 @@ impl TestApp {
                 (base, Server::InProcess(app))
             }
         };
-        let client = Client::builder().cookie_store(true).build().unwrap();
+        let client = client_for(&env).cookie_store(true).build().unwrap();
         TestApp { base, client, dir, env, server, logs, db, clock, turn }
+    }
+
+    /// A new client without cookies, that trusts this server's certificate if it has one.
+    pub fn new_client(&self) -> Client {
+        client_for(&self.env).build().unwrap()
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -466,7 +491,7 @@ impl TestApp {
     }
 
     pub async fn api_login(&self, api_key: &str, password: &str) -> Response {
-        Client::new()
+        self.new_client()
             .post(self.url("/auth/login"))
             .json(&json!({"api_key": api_key, "password": password}))
             .send()
@@ -531,7 +556,7 @@ impl TestApp {
 
     /// One admin login attempt with a fresh, cookie-less client; the raw response.
     pub async fn try_admin_login(&self, email: &str, password: &str) -> Response {
-        Client::new()
+        self.new_client()
             .post(self.url("/auth/login"))
             .json(&json!({"email": email, "password": password}))
             .send()

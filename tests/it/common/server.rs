@@ -89,6 +89,7 @@ impl InProcess {
     /// Builds and starts the application; returns once it listens, with its address.
     pub async fn start(env: &[(String, String)], logs: &Logs, clock: Clock) -> (String, InProcess) {
         let settings = settings(env).unwrap_or_else(|e| panic!("keygate did not start: {e}"));
+        let tls = settings.tls.is_some();
         // The lines the binary would write to stderr, in the format it writes them.
         let filter = tracing_subscriber::EnvFilter::new(&settings.log_filter);
         let subscriber = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false).with_writer({
@@ -135,7 +136,8 @@ impl InProcess {
             Ok(Err(_)) => panic!("keygate's thread ended before it listened:\n{}", logs.text()),
             Err(_) => panic!("keygate did not start within {START_LIMIT:?}:\n{}", logs.text()),
         };
-        (format!("http://{addr}"), InProcess { cache, kill: Some(kill), thread: Some(thread) })
+        let scheme = if tls { "https" } else { "http" };
+        (format!("{scheme}://{addr}"), InProcess { cache, kill: Some(kill), thread: Some(thread) })
     }
 
     /// Whether the caches answer: loaded, and the change log read within the lease.
@@ -215,8 +217,9 @@ impl Process {
             env.retain(|(k, _)| k != "KEYGATE_LISTEN");
             env.push(("KEYGATE_LISTEN".into(), format!("127.0.0.1:{port}")));
             let mut process = Process::spawn(command(&env), logs);
-            let base = format!("http://127.0.0.1:{port}");
-            match process.wait_until_serving(&base, probe).await {
+            let scheme = if env.iter().any(|(k, _)| k == "KEYGATE_TLS_CERT") { "https" } else { "http" };
+            let base = format!("{scheme}://127.0.0.1:{port}");
+            match process.wait_until_serving(&base, probe, &env).await {
                 Ok(()) => return (base, process),
                 Err(_) if logs.text().contains("cannot listen on") => continue,
                 Err(status) => panic!("keygate did not start ({status:?}):\n{}", logs.text()),
@@ -242,8 +245,13 @@ impl Process {
 
     /// Polls `base`'s `probe` until it answers 200; the exit status instead if the process
     /// ends first (`None`: still running at the limit, and now killed).
-    async fn wait_until_serving(&mut self, base: &str, probe: &str) -> Result<(), Option<ExitStatus>> {
-        let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
+    async fn wait_until_serving(
+        &mut self,
+        base: &str,
+        probe: &str,
+        env: &[(String, String)],
+    ) -> Result<(), Option<ExitStatus>> {
+        let client = super::client_for(env).timeout(Duration::from_secs(5)).build().unwrap();
         let deadline = Instant::now() + START_LIMIT;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
