@@ -118,3 +118,18 @@ async fn asset(Path(file): Path<String>) -> Response {
         None => ApiError::NotFound.into_response(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::store::AuditAction;
+
+    /// The audit view names each event in words; a new kind of event needs its words too.
+    #[test]
+    fn the_audit_view_has_words_for_every_action() {
+        let script = include_str!("console/console.js");
+        for action in AuditAction::ALL {
+            let entry = format!("'{}': '", action.as_str());
+            assert!(script.contains(&entry), "console.js has no words for {}", action.as_str());
+        }
+    }
+}

@@ -312,8 +312,13 @@ async function lifecycle({ context, page }) {
     ['ci-deploy', ['deploy'], undefined],
     ['reporting', ['reports:read'], 31_536_000],
   ];
+  const billing = {
+    limits: [{ name: 'burst', limit: 100, window_seconds: 60 }],
+    credits: { remaining: 10_000, refill: { amount: 10_000, interval: 'monthly', day: 1 } },
+  };
   for (const [name, scopes, expires_in] of names) {
-    const made = await fromPage(page, 'POST', '/auth/keys/generate', { name, scopes, expires_in });
+    const limits = name === 'billing-service' ? billing : {};
+    const made = await fromPage(page, 'POST', '/auth/keys/generate', { name, scopes, expires_in, ...limits });
     assert.equal(made.status, 200, JSON.stringify(made.body));
   }
   await page.getByRole('link', { name: 'Keys' }).click();
@@ -324,6 +329,12 @@ async function lifecycle({ context, page }) {
   await page.locator('#keys-body tr').first().waitFor();
   assert.deepEqual(await page.locator('#keys-body td[data-label=Name]').allTextContents(), ['billing-service']);
   assert.equal(await page.inputValue('#search-name'), 'billing-service');
+  step('usage: each limit with what is used of it, and the credits left');
+  await page.locator('#keys-body td[data-label=Usage] li').first().waitFor();
+  assert.deepEqual(await page.locator('#keys-body td[data-label=Usage] li').allTextContents(), [
+    'burst: 0 of 100 per minute',
+    '10000 credits left, refilled monthly',
+  ]);
   await page.goto(`${BASE}/console?name=nobody`);
   await page.locator('#keys-empty', { hasText: 'nobody' }).waitFor();
   await page.goto(`${BASE}/console?limit=2`);
@@ -359,6 +370,7 @@ async function lifecycle({ context, page }) {
   await assertSecretGone(page, shown.password);
 
   step('sign out: the session is dead on the server');
+  await page.waitForFunction(() => [...document.querySelectorAll('td[data-label=Usage]')].every((td) => td.textContent !== '…'));
   const cookie = await sessionCookie(context);
   await page.click('#sign-out');
   await page.locator('#sign-in').waitFor();
@@ -440,7 +452,8 @@ const scenarios = {
     [401, '/auth/login'],
     [429, '/auth/login'],
     [422, '/auth/keys/generate'],
-    [401, '/auth/keys/generate'],
+    // The session is ended behind the page's back: whatever it asks next is refused.
+    [401, '/auth/keys/'],
     [400, '/auth/keys/list'],
   ]],
 };

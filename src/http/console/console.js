@@ -142,6 +142,7 @@
   const view = document.body.dataset.view;
 
   function showSignIn(notice) {
+    usageRound++;
     for (const dialog of document.querySelectorAll('dialog[open]')) dialog.close();
     keys.clear();
     for (const id of ['keys-body', 'audit-body']) $(id)?.replaceChildren();
@@ -289,6 +290,49 @@
     if (params.name) empty.textContent = `No key is named “${params.name}”.`;
     else if (params.after) empty.textContent = 'No more keys.';
     else empty.textContent = 'No keys yet. Generate one to let an API client sign in.';
+    loadUsage(list);
+  }
+
+  // Usage: the list does not carry it, each key's own answer does. Read for the keys shown,
+  // a few at a time; a newer listing makes older answers moot.
+  let usageRound = 0;
+  async function loadUsage(list) {
+    const round = ++usageRound;
+    const queue = [...list];
+    const worker = async () => {
+      while (queue.length && round === usageRound) {
+        const key = queue.shift();
+        let content;
+        try {
+          const response = await call('GET', `/auth/keys/${encodeURIComponent(key.api_key_ref)}`);
+          content = usage(await response.json());
+        } catch {
+          content = el('span', { className: 'muted', text: '—' });
+        }
+        const target = round === usageRound && document.querySelector(`tr[data-ref="${CSS.escape(key.api_key_ref)}"] td[data-label="Usage"]`);
+        if (target) target.replaceChildren(content);
+      }
+    };
+    await Promise.all([worker(), worker(), worker(), worker()]);
+  }
+
+  const UNITS = [[86400, 'day'], [3600, 'hour'], [60, 'minute'], [1, 'second']];
+  function per(seconds) {
+    const [size, unit] = UNITS.find(([n]) => seconds % n === 0);
+    const count = seconds / size;
+    return count === 1 ? `per ${unit}` : `per ${count} ${unit}s`;
+  }
+
+  /** A key's limits (used of each), credits and owner, in a few words. */
+  function usage(key) {
+    const lines = (key.limits ?? []).map((l) => `${l.name}: ${l.used} of ${l.limit} ${per(l.window_seconds)}`);
+    if (key.credits) {
+      const refill = key.credits.refill ? `, refilled ${key.credits.refill.interval}` : '';
+      lines.push(`${key.credits.remaining} credits left${refill}`);
+    }
+    if (key.owner) lines.push(`Shares ${key.owner}'s limits`);
+    if (!lines.length) return el('span', { className: 'muted', text: 'No limits' });
+    return el('ul', { className: 'usage' }, ...lines.map((text) => el('li', { text })));
   }
 
   function keyRow(key) {
@@ -311,6 +355,7 @@
       cell('Last used', time(key.last_used_at, 'Never')),
       cell('Expires', time(key.expires_at, 'Never', dateOnly)),
       cell('Status', status),
+      cell('Usage', el('span', { className: 'muted', text: '…' })),
       cell('Actions', el('div', { className: 'row-actions' },
         action('Edit', 'edit'),
         action('Roll', 'roll'),
@@ -530,6 +575,8 @@
     'key.disabled': 'Key disabled',
     'key.enabled': 'Key enabled',
     'key.expired': 'Key expired',
+    'key.limits_changed': 'Key limits changed',
+    'owner.limits_changed': 'Owner limits changed',
     'lockout': 'Locked out',
     'lockout.cleared': 'Lockout cleared',
     'signing_key.rotated': 'Signing key rotated',

@@ -136,6 +136,7 @@ fn keys(signed_in: bool, name: &str) -> Markup {
                             th scope="col" { "Last used" }
                             th scope="col" { "Expires" }
                             th scope="col" { "Status" }
+                            th scope="col" { "Usage" }
                             th scope="col" { span.visually-hidden { "Actions" } }
                         }
                     }
