@@ -88,9 +88,8 @@ pub struct SettingsArgs {
     /// itself [default: true].
     #[arg(long, env = "KEYGATE_PIN_WORKERS", value_name = "BOOL")]
     pub pin_workers: Option<Given<bool>>,
-    /// What strict rate limits and credits do while the replicas' shared state cannot be
-    /// reached: open (allow, and count later) or closed (refuse with 503) [default: open].
-    #[arg(long, env = "KEYGATE_LIMITS_ON_FAILURE", value_name = "open|closed")]
+    /// Strict limits and credits while shared state is unreachable: open or closed [default: open].
+    #[arg(long, env = "KEYGATE_LIMITS_ON_FAILURE", value_name = "MODE")]
     pub limits_on_failure: Option<String>,
     /// Log filter, in tracing's EnvFilter syntax [default: info].
     #[arg(long, env = "KEYGATE_LOG", value_name = "FILTER")]
