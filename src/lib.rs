@@ -8,9 +8,9 @@
 //!   (`store::sql`, the differences behind its dialect seam); the hot-path cache in parts
 //!   (`store::cache`)
 //! - `service`: what keygate does, in domain terms
-//! - `http`: every route with its OpenAPI entry and the tower layers, in `http::app`; the one
-//!   error type; `listener`: connections, their limits and timeouts; `tls`: the listener's
-//!   certificate, reloaded while it serves
+//! - `http`: every API route with its OpenAPI entry and the tower layers, in `http::app`; the
+//!   one error type; the admin console's pages (`http::console`); `listener`: connections,
+//!   their limits and timeouts; `tls`: the listener's certificate, reloaded while it serves
 //! - `startup`: wiring it all together; `bootstrap`: what a first start creates;
 //!   `runtime`: the async runtime the server runs on
 //! - `cli`: the command line

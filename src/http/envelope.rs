@@ -39,8 +39,8 @@ use tracing::Span;
 use super::{MAX_BODY, error};
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// Every response that could be a document; a page that needs more must say so itself (there
-/// is none).
+/// Every response that could be a document, unless it carries a policy of its own (the
+/// console's pages, which load their script and style).
 const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// A caller's own request id is kept (gateways pass theirs along) up to this length.
@@ -259,10 +259,12 @@ fn finish(response: Response, id: HeaderValue, method: &Method) -> Response {
     if document {
         headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
         headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
-        // keygate serves no page, script or style. Should a response ever be rendered (an
-        // error page opened in a browser, a future console), it may load nothing, run nothing
-        // and be framed by no one (clickjacking).
-        headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CONTENT_SECURITY_POLICY));
+        // Should an API response ever be rendered (an error opened in a browser), it may load
+        // nothing, run nothing and be framed by no one (clickjacking). The console's answers
+        // set their own, as strict but for their own script and style.
+        if !headers.contains_key(header::CONTENT_SECURITY_POLICY) {
+            headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CONTENT_SECURITY_POLICY));
+        }
         headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     }
     response

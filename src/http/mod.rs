@@ -18,6 +18,7 @@ use verify::ForwardAuthLayer;
 
 mod audit;
 mod auth;
+pub mod console;
 mod cookie;
 mod envelope;
 pub mod error;
@@ -125,9 +126,13 @@ pub fn app(state: AppState, observability: Observability) -> App {
     doc.merge(verify::ForwardAuthDoc::openapi());
     let mut templates: Vec<String> = doc.paths.paths.keys().cloned().collect();
     templates.push("/openapi.json".into());
+    templates.extend(console::PATHS.map(String::from));
     let mut router = router
         // The document does not describe itself.
         .route("/openapi.json", get(meta::openapi).with_state(Arc::new(doc)))
+        // The admin console: pages for people, which the API document does not describe, each
+        // answered with the console's own security headers.
+        .merge(console::router().route_layer(axum::middleware::map_response(console::headers)))
         .with_state(state)
         .layer(DefaultBodyLimit::max(MAX_BODY));
     if let Some(exposition) = observability.metrics {

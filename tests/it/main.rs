@@ -13,6 +13,7 @@ mod cache;
 mod caddy;
 mod cli;
 mod connections;
+mod console;
 mod contract;
 mod deploy;
 mod gateway;

@@ -14,6 +14,7 @@ use keygate::clock::{Clock, ManualClock};
 use reqwest::{Client, Response, StatusCode};
 use serde_json::{Value, json};
 
+pub mod browser;
 pub mod cache;
 #[macro_use]
 pub mod fixture;
