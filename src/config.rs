@@ -88,6 +88,10 @@ pub struct SettingsArgs {
     /// itself [default: true].
     #[arg(long, env = "KEYGATE_PIN_WORKERS", value_name = "BOOL")]
     pub pin_workers: Option<Given<bool>>,
+    /// Redis for the limits' shared state, instead of the database: redis://[:password@]host[:port][/db]
+    /// or rediss://… for TLS [default: none].
+    #[arg(long, env = "KEYGATE_REDIS_URL", value_name = "URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
     /// Strict limits and credits while shared state is unreachable: open or closed [default: open].
     #[arg(long, env = "KEYGATE_LIMITS_ON_FAILURE", value_name = "MODE")]
     pub limits_on_failure: Option<String>,
@@ -339,6 +343,8 @@ pub struct Settings {
     pub log_filter: String,
     pub log_format: LogFormat,
     pub limits_on_failure: crate::service::limits::OnFailure,
+    /// `KEYGATE_REDIS_URL`: the limits' shared state in Redis.
+    pub redis_url: Option<String>,
     pub defences: DefenceSettings,
     pub connections: ConnectionSettings,
     pub operations: OperationSettings,
@@ -483,6 +489,12 @@ impl Settings {
             Some(_) => return Err(bad("KEYGATE_LIMITS_ON_FAILURE", "expected open or closed")),
         };
 
+        let redis_url = layers.get(|s| &s.redis_url).map(|url| url.trim().to_owned()).filter(|url| !url.is_empty());
+        if let Some(url) = &redis_url {
+            redis::Client::open(url.as_str())
+                .map_err(|_| bad("KEYGATE_REDIS_URL", "expected redis://[:password@]host[:port][/db] or rediss://…"))?;
+        }
+
         let tls = match (layers.get(|s| &s.tls_cert), layers.get(|s| &s.tls_key)) {
             (None, None) => None,
             (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
@@ -533,6 +545,7 @@ impl Settings {
             log_filter,
             log_format,
             limits_on_failure,
+            redis_url,
             defences,
             connections,
             operations,

@@ -121,13 +121,14 @@ impl Application {
         // The hot paths' reads from memory. Logins too on the embedded store, whose keys
         // only this process deletes; see store::cache::keys for why not with PostgreSQL.
         let cache = Arc::new(CachedStore::new(store.clone(), settings.is_embedded()).with_clock(clock.clone()));
-        // Replicas share their limits' counts through the database; one server keeps them
-        // in memory.
-        let shared: Option<Arc<dyn service::limits::SharedCounters>> = match settings.is_embedded() {
-            true => None,
-            false => Some(Arc::new(service::limits::StoreCounters(store.clone()))),
-        };
+        // Replicas share their limits' counts through Redis when given, else the database;
+        // one server on its embedded store keeps them in memory.
         let credits: Arc<dyn store::CreditStore> = store.clone();
+        let shared: Option<Arc<dyn service::limits::SharedCounters>> = match &settings.redis_url {
+            Some(url) => Some(Arc::new(service::limits::RedisCounters::new(url, credits.clone())?)),
+            None if settings.is_embedded() => None,
+            None => Some(Arc::new(service::limits::StoreCounters::new(store.clone()))),
+        };
         let limiter = service::limits::Limiter::new(shared, credits, settings.limits_on_failure);
         let auth = AuthService::new(store, policy, clock, api_hasher, admin_hasher.clone(), ring, sealer)
             .with_hot_path(cache.hot_path())

@@ -62,6 +62,7 @@ pub fn check(settings: &Settings) -> anyhow::Result<()> {
         ("KEYGATE_ACCESS_LOG", s.operations.access_log.to_string()),
         ("KEYGATE_SHUTDOWN_TIMEOUT", seconds(s.operations.shutdown_timeout.as_secs())),
         ("KEYGATE_DB_CONNECT_TIMEOUT", seconds(s.operations.db_connect_timeout.as_secs())),
+        ("KEYGATE_REDIS_URL", or_none(s.redis_url.as_deref().map(mask_url))),
         ("KEYGATE_LIMITS_ON_FAILURE", format!("{:?}", s.limits_on_failure).to_lowercase()),
         ("KEYGATE_TLS_CERT", or_none(s.tls.as_ref().map(|f| f.cert.display().to_string()))),
         ("KEYGATE_TLS_KEY", or_none(s.tls.as_ref().map(|f| f.key.display().to_string()))),

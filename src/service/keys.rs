@@ -147,16 +147,16 @@ impl AuthService {
     pub async fn key(&self, session: &AdminSession, key_ref: &str) -> Result<KeyDetails> {
         let key_ref = parse_ref(key_ref)?;
         let key = self.store.key_details(session.account_id, key_ref).await?.ok_or(AuthError::NotFound)?;
-        Ok(self.with_recent_balance(self.with_recent_use(key)))
+        Ok(self.with_recent_balance(self.with_recent_use(key)).await)
     }
 
     /// `key` with this server's balance of its credits, if newer than the stored one (one
     /// server), and the refill due applied.
-    fn with_recent_balance(&self, mut key: KeyDetails) -> KeyDetails {
+    async fn with_recent_balance(&self, mut key: KeyDetails) -> KeyDetails {
         if let Some(credits) = key.credits.as_mut() {
             let now = self.clock.now();
             let scope = CreditScope::Key(key.key_ref);
-            match self.limiter.balance(&scope, credits.refill, now) {
+            match self.limiter.balance(&scope, credits.refill, now).await {
                 Some(left) => credits.remaining = left,
                 None => {
                     if let Some(refill) = credits.refill.filter(|r| credits.period < r.period(now)) {

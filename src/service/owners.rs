@@ -49,7 +49,7 @@ impl AuthService {
         let now = self.clock.now();
         if let Some(credits) = credits.as_mut() {
             let scope = CreditScope::Owner(session.account_id, owner.clone());
-            match self.limiter.balance(&scope, credits.refill, now) {
+            match self.limiter.balance(&scope, credits.refill, now).await {
                 Some(left) => credits.remaining = left,
                 None => {
                     if let Some(refill) = credits.refill.filter(|r| credits.period < r.period(now)) {

@@ -106,6 +106,10 @@ pub trait OwnerStore: Send + Sync {
     async fn owner(&self, account: AccountId, owner: &OwnerId) -> Result<Option<OwnerRecord>>;
 }
 
+/// What runs while balances stay locked (`CreditStore::spend_credits_locked`,
+/// `credit_balance_locked`), before the transaction commits.
+pub type WhileLocked<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
+
 /// Credit balances, the durable half of credits.
 #[async_trait]
 pub trait CreditStore: Send + Sync {
@@ -116,6 +120,15 @@ pub trait CreditStore: Send + Sync {
     /// Spends credits counted while they could not be checked (shared state unreachable),
     /// never below zero: (scope, spent, period, refill amount).
     async fn spend_credits(&self, spent: &[(CreditScope, i64, i64, i64)]) -> Result<()>;
+    /// As `spend_credits`, with `then` run after the spends and before they commit: the
+    /// balances stay locked meanwhile, so no `credit_balance_locked` reads between the two.
+    async fn spend_credits_locked(&self, spent: &[(CreditScope, i64, i64, i64)], then: WhileLocked<'_>) -> Result<()>;
+    /// The balance as stored, with `then` run on it while it stays locked.
+    async fn credit_balance_locked<'a>(
+        &'a self,
+        scope: &'a CreditScope,
+        then: Box<dyn FnOnce(Option<StoredCredits>) -> WhileLocked<'a> + Send + 'a>,
+    ) -> Result<()>;
 }
 
 /// The rate-limit counters replicas share through the store.

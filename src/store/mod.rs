@@ -45,7 +45,7 @@ pub use cache::{CachedStore, HotPath};
 pub use changes::{Change, ChangeFeed, ChangeSignal};
 pub use limits::{
     CounterStore, CounterTake, CreditScope, CreditStore, CreditTake, OwnerRecord, OwnerStore, Quota, StoredCredits,
-    Taken,
+    Taken, WhileLocked,
 };
 pub use paging::KeyPageStore;
 pub use retention::RetentionStore;

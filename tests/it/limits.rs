@@ -89,7 +89,7 @@ async fn assert_quota_exceeded(response: Response, violated: &[&str]) -> u64 {
     retry_after
 }
 
-backends! {
+backends_with_redis! {
     async fn a_fast_limit_is_exact_on_one_server(builder: Builder) {
         let app = builder.spawn().await;
         app.admin_login().await;
@@ -321,24 +321,33 @@ backends! {
 
 #[tokio::test]
 async fn credits_spent_on_one_server_survive_a_sigterm() {
-    let app = Builder::sqlite().process().spawn().await;
+    credits_survive_a_sigterm(Builder::sqlite()).await;
+}
+
+#[tokio::test]
+async fn credits_spent_through_redis_survive_a_sigterm() {
+    let Some(redis) = RedisServer::start().await else { return };
+    credits_survive_a_sigterm(Builder::sqlite().redis(&redis)).await;
+}
+
+/// Spends credits, stops the server with SIGTERM, and reads the balance back from the store
+/// alone (a server without Redis).
+async fn credits_survive_a_sigterm(builder: Builder) {
+    let mut app = builder.process().spawn().await;
     app.admin_login().await;
     let (key_ref, token) = limited_key(&app, &json!({"credits": {"remaining": 1000}})).await;
     for _ in 0..25 {
         assert_eq!(verify(&app, &token, "?cost=2").await.status(), StatusCode::OK);
     }
-    let mut app = app;
     assert!(app.terminate().await.success());
-    let app = app.sibling().spawn().await;
+    let app = app.sibling().without_env("KEYGATE_REDIS_URL").spawn().await;
     app.admin_login().await;
     assert_eq!(get_key(&app, &key_ref).await["credits"]["remaining"], 950);
 }
 
-/// Two replicas sharing a strict limit through PostgreSQL: 400 concurrent requests, spread
-/// over both, admit exactly the limit.
-#[tokio::test]
-async fn a_strict_limit_across_two_replicas_admits_exactly_its_limit() {
-    let Some(builder) = Builder::postgres().await else { return };
+/// Two replicas sharing a strict limit: 400 concurrent requests, spread over both, admit
+/// exactly the limit.
+async fn a_strict_limit_across_two_replicas_admits_exactly_its_limit(builder: Builder) {
     // Alone: a take that waits past the 100 ms bound on a machine busy with other tests
     // would be decided by the failure setting instead.
     let a = builder.alone().spawn().await;
@@ -354,12 +363,23 @@ async fn a_strict_limit_across_two_replicas_admits_exactly_its_limit() {
     assert_eq!((ok, limited, all), (100, 300, 400));
 }
 
+#[tokio::test]
+async fn a_strict_limit_across_two_replicas_on_postgresql_admits_exactly_its_limit() {
+    let Some(builder) = Builder::postgres().await else { return };
+    a_strict_limit_across_two_replicas_admits_exactly_its_limit(builder).await;
+}
+
+#[tokio::test]
+async fn a_strict_limit_across_two_replicas_on_redis_admits_exactly_its_limit() {
+    let Some(redis) = RedisServer::start().await else { return };
+    let Some(builder) = Builder::postgres().await else { return };
+    a_strict_limit_across_two_replicas_admits_exactly_its_limit(builder.redis(&redis)).await;
+}
+
 /// A fast limit on two replicas overshoots by at most what the other replica admitted since
 /// it last heard of this one's counts: with 60 of 100 used and shared, a burst over both
 /// admits at most 40 on each, 140 in all, and never less than the limit.
-#[tokio::test]
-async fn a_fast_limits_overshoot_across_two_replicas_stays_within_the_bound() {
-    let Some(builder) = Builder::postgres().await else { return };
+async fn a_fast_limits_overshoot_across_two_replicas_stays_within_the_bound(builder: Builder) {
     let a = builder.spawn().await;
     let b = a.replica().spawn().await;
     a.admin_login().await;
@@ -386,4 +406,113 @@ async fn a_fast_limits_overshoot_across_two_replicas_stays_within_the_bound() {
     let (ok, _, _) = burst(&[&a, &b], &token, 200).await;
     let admitted = 60 + ok;
     assert!((100..=140).contains(&admitted), "admitted {admitted} of a limit of 100 (bound 140)");
+}
+
+#[tokio::test]
+async fn a_fast_limits_overshoot_across_two_replicas_on_postgresql_stays_within_the_bound() {
+    let Some(builder) = Builder::postgres().await else { return };
+    a_fast_limits_overshoot_across_two_replicas_stays_within_the_bound(builder).await;
+}
+
+#[tokio::test]
+async fn a_fast_limits_overshoot_across_two_replicas_on_redis_stays_within_the_bound() {
+    let Some(redis) = RedisServer::start().await else { return };
+    let Some(builder) = Builder::postgres().await else { return };
+    a_fast_limits_overshoot_across_two_replicas_stays_within_the_bound(builder.redis(&redis)).await;
+}
+
+/// Redis killed and started again (empty) while two replicas answer a steady load of a key
+/// with credits and a strict limit: no request waits long, the strict limit follows the
+/// failure setting meanwhile, and every credit spent is spent once, in Redis's new copy and
+/// in the store alike.
+async fn redis_stopped_and_started_during_load(on_failure: &str) {
+    let Some(redis) = RedisServer::start().await else { return };
+    let Some(builder) = Builder::postgres().await else { return };
+    let a = builder.redis(&redis).env("KEYGATE_LIMITS_ON_FAILURE", on_failure).spawn().await;
+    let b = a.replica().spawn().await;
+    a.admin_login().await;
+    let body = json!({
+        "limits": [{"name": "strict", "limit": 100000, "window_seconds": 3600, "consistency": "strict"}],
+        "credits": {"remaining": 100000},
+    });
+    let (key_ref, token) = limited_key(&a, &body).await;
+    let client = Client::new();
+    let statuses = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let load = |app: &TestApp, phase: &'static str| {
+        let (client, token, statuses, url) = (client.clone(), token.clone(), statuses.clone(), app.url("/auth/verify"));
+        async move {
+            for _ in 0..40 {
+                let started = Instant::now();
+                let r = client.get(&url).bearer_auth(&token).timeout(Duration::from_secs(10)).send().await;
+                let status = r.expect("no answer within 10 s").status();
+                // Generous for a loaded machine; a request waiting on a dead Redis would
+                // wait for its TCP timeout, minutes.
+                assert!(started.elapsed() < Duration::from_secs(5), "{phase}: a request took {:?}", started.elapsed());
+                statuses.lock().unwrap().push((phase, status));
+            }
+        }
+    };
+    let both = |phase| futures_util::future::join(load(&a, phase), load(&b, phase));
+    both("up").await;
+    redis.stop();
+    both("down").await;
+    redis.start_again().await;
+    // Each replica reconnects within a few syncs; from then on Redis decides again. What
+    // this admits counts too.
+    let mut admitted = 0;
+    for app in [&a, &b] {
+        let started = Instant::now();
+        loop {
+            let status = verify(app, &token, "").await.status();
+            admitted += i64::from(status == StatusCode::OK);
+            if status == StatusCode::OK && app.logs().contains("limit state reachable again") {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(30), "never reconnected: {}", app.logs());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    both("up again").await;
+
+    let statuses = statuses.lock().unwrap().clone();
+    let count = |phase: &str, status: StatusCode| statuses.iter().filter(|(p, s)| *p == phase && *s == status).count();
+    assert_eq!(count("up", StatusCode::OK), 80);
+    match on_failure {
+        "open" => assert_eq!(count("down", StatusCode::OK), 80, "{statuses:?}"),
+        _ => assert_eq!(count("down", StatusCode::SERVICE_UNAVAILABLE), 80, "{statuses:?}"),
+    }
+    assert_eq!(count("up again", StatusCode::OK), 80);
+    assert!(a.logs().contains("limit state unreachable"), "a warning says so");
+    admitted += statuses.iter().filter(|(_, s)| *s == StatusCode::OK).count() as i64;
+
+    // Within a few syncs Redis's copy (what a server with Redis shows) is down by exactly
+    // what was admitted, and stays so; the store (what a server without Redis shows) too.
+    let expected = 100_000 - admitted;
+    let started = Instant::now();
+    while get_key(&a, &key_ref).await["credits"]["remaining"] != expected {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "Redis's copy: {} != {expected}",
+            get_key(&a, &key_ref).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(SYNCS).await;
+    assert_eq!(get_key(&a, &key_ref).await["credits"]["remaining"], expected, "Redis's copy, later");
+    let store = a.replica().without_env("KEYGATE_REDIS_URL").spawn().await;
+    store.admin_login().await;
+    assert_eq!(get_key(&store, &key_ref).await["credits"]["remaining"], expected, "the store");
+}
+
+/// A few rounds of the limits' upkeep.
+const SYNCS: Duration = Duration::from_millis(2000);
+
+#[tokio::test]
+async fn redis_stopped_and_started_during_load_strict_limits_stay_open() {
+    redis_stopped_and_started_during_load("open").await;
+}
+
+#[tokio::test]
+async fn redis_stopped_and_started_during_load_strict_limits_close() {
+    redis_stopped_and_started_during_load("closed").await;
 }

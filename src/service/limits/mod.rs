@@ -20,14 +20,16 @@ use std::{
     time::Duration,
 };
 
+mod redis_state;
 mod shared;
 pub mod window;
 
-pub use shared::{SharedCounters, StoreCounters};
+pub use redis_state::RedisCounters;
+pub use shared::{SharedCounters, SharedError, SharedResult, StoreCounters};
 
 use crate::{
     domain::{CREDITS, Consistency, Limit, Refill},
-    store::{CounterTake, CreditScope, CreditStore, CreditTake, Quota, StoreError, Taken, UnixTime},
+    store::{CounterTake, CreditScope, CreditStore, CreditTake, Quota, Taken, UnixTime},
 };
 
 /// How often fast limits' counts are shared, and a single server's balances written.
@@ -150,8 +152,6 @@ impl Balance {
 struct State {
     counters: HashMap<String, Counter>,
     balances: HashMap<CreditScope, Balance>,
-    /// Credits spent while the shared state was unreachable: (spent, period, refill amount).
-    deferred: HashMap<CreditScope, (i64, i64, i64)>,
 }
 
 /// Whether the shared state is reachable, so that an outage is warned of once.
@@ -161,6 +161,8 @@ pub struct Outages {
     count: AtomicU64,
     /// Strict takes that got no answer in time, and so followed the failure setting.
     slow: AtomicU64,
+    /// Whether recording credit spends failed last round, so that it is warned of once.
+    spends_failing: AtomicBool,
 }
 
 impl Outages {
@@ -332,7 +334,7 @@ impl Limiter {
                         for credit in &credit_items {
                             let period = credit.refill.map_or(0, |r| r.period(now));
                             let amount = credit.refill.map_or(0, |r| r.amount as i64);
-                            defer(&mut state, credit.scope.clone(), period, amount, cost);
+                            shared.defer_spend(credit.scope.clone(), period, amount, cost);
                         }
                     }
                 }
@@ -421,7 +423,7 @@ impl Limiter {
     /// Settles the takes that answered after their request was decided: an admitted
     /// request whose take did not count it is counted now; a refused one whose take counted
     /// it is taken back.
-    async fn reconcile(&self) {
+    async fn reconcile(&self, shared: &dyn SharedCounters) {
         let finished: Vec<Late> = {
             let mut late = self.late();
             let (done, waiting): (Vec<Late>, Vec<Late>) = late.drain(..).partition(|l| l.handle.is_finished());
@@ -442,7 +444,7 @@ impl Limiter {
                 }
             }
             for (scope, period, amount) in late.credits {
-                defer(&mut state, scope, period, amount, delta);
+                shared.defer_spend(scope, period, amount, delta);
             }
         }
     }
@@ -542,8 +544,12 @@ impl Limiter {
         self.policies(&items, &[], now, &[])
     }
 
-    /// A single server's balance in memory, if it holds one: newer than the store's.
-    pub fn balance(&self, scope: &CreditScope, refill: Option<Refill>, now: UnixTime) -> Option<i64> {
+    /// The balance this server holds in memory (one server) or the shared state holds
+    /// (Redis), if any: newer than the store's.
+    pub async fn balance(&self, scope: &CreditScope, refill: Option<Refill>, now: UnixTime) -> Option<i64> {
+        if let Some(shared) = &self.shared {
+            return shared.balance(scope, refill, now).await;
+        }
         let state = self.state();
         let period = refill.map_or(0, |r| r.period(now));
         state.balances.get(scope).map(|b| b.available(refill, period))
@@ -584,7 +590,16 @@ impl Limiter {
         write: impl std::future::Future<Output = T>,
     ) -> T {
         let _io = self.balances_io.lock().await;
+        if let Some(shared) = &self.shared {
+            // This server's spends first, so that the change starts from them.
+            let _ = shared.flush().await;
+        }
         let written = write.await;
+        if let Some(shared) = &self.shared {
+            if let Err(e) = shared.balance_changed(scope).await {
+                tracing::warn!(error = %e, "cannot drop the limit state's copy of a changed credit balance");
+            }
+        }
         if self.shared.is_none() {
             let mut state = self.state();
             let current = state.balances.get(scope).map(|b| b.remaining);
@@ -635,8 +650,9 @@ impl Limiter {
                 }
             }
             Some(shared) => {
-                self.reconcile().await;
-                self.share(shared.as_ref(), now).await
+                self.reconcile(shared.as_ref()).await;
+                self.share(shared.as_ref(), now).await;
+                self.flush_spends(shared.as_ref()).await;
             }
         }
         let mut state = self.state();
@@ -662,20 +678,14 @@ impl Limiter {
             }
             batch
         };
-        let deferred: Vec<(CreditScope, i64, i64, i64)> = {
-            let mut state = self.state();
-            state.deferred.drain().map(|(scope, (spent, period, amount))| (scope, spent, period, amount)).collect()
-        };
         let hits: Vec<(&str, UnixTime, i64, UnixTime)> =
             batch.iter().map(|(id, start, n, w, _)| (id.as_str(), *start, *n, *start + 2 * *w)).collect();
-        let probe = hits.is_empty() && deferred.is_empty() && self.outages.is_down();
+        let probe = hits.is_empty() && self.outages.is_down();
         let shared_call = async {
             if probe {
                 shared.probe().await?;
             }
-            let totals = shared.add_hits(&hits).await?;
-            self.credits.spend_credits(&deferred).await?;
-            Ok::<_, StoreError>(totals)
+            shared.add_hits(&hits, now).await
         };
         match tokio::time::timeout(SHARED_TIMEOUT * 10, shared_call).await {
             Ok(Ok(totals)) => {
@@ -708,15 +718,29 @@ impl Limiter {
                         }
                     }
                 }
-                for (scope, spent, period, amount) in deferred {
-                    state.deferred.entry(scope).or_insert((0, period, amount)).0 += spent;
+            }
+        }
+    }
+
+    /// Records the credit spends the store does not have yet; what fails is kept for the
+    /// next round, by the shared state itself.
+    async fn flush_spends(&self, shared: &dyn SharedCounters) {
+        match shared.flush().await {
+            Ok(()) => {
+                if self.outages.spends_failing.swap(false, Ordering::AcqRel) {
+                    tracing::info!("credit spends recorded again");
+                }
+            }
+            Err(e) => {
+                if !self.outages.spends_failing.swap(true, Ordering::AcqRel) {
+                    tracing::warn!(error = %e, "cannot record credit spends in the store; retrying every round");
                 }
             }
         }
     }
 
     /// Deletes the shared windows that are over (replicas only).
-    pub async fn purge(&self, now: UnixTime) -> Result<u64, StoreError> {
+    pub async fn purge(&self, now: UnixTime) -> SharedResult<u64> {
         match &self.shared {
             Some(shared) => shared.purge(now).await,
             None => Ok(0),
@@ -725,16 +749,6 @@ impl Limiter {
 
     pub fn is_shared(&self) -> bool {
         self.shared.is_some()
-    }
-}
-
-/// Credits to spend (or, negative, give back) once the shared state answers.
-fn defer(state: &mut State, scope: CreditScope, period: i64, amount: i64, cost: i64) {
-    let entry = state.deferred.entry(scope).or_insert((0, period, amount));
-    if entry.1 == period {
-        entry.0 += cost;
-    } else if entry.1 < period {
-        *entry = (cost, period, amount);
     }
 }
 
@@ -748,7 +762,7 @@ enum Failure {
 
 /// A take that answered after its request was decided.
 struct Late {
-    handle: tokio::task::JoinHandle<Result<Taken, StoreError>>,
+    handle: tokio::task::JoinHandle<SharedResult<Taken>>,
     ids: Vec<String>,
     credits: Vec<(CreditScope, i64, i64)>,
     cost: i64,

@@ -7,7 +7,7 @@ use crate::{
     domain::{AccountId, Limits, OwnerId},
     store::{
         CounterStore, CounterTake, CreditScope, CreditStore, CreditTake, OwnerRecord, OwnerStore, Result,
-        StoredCredits, Taken, UnixTime,
+        StoredCredits, Taken, UnixTime, WhileLocked,
         rows::{Columns, owner_record, stored_credits},
     },
 };
@@ -197,9 +197,18 @@ impl<D: Dialect> CreditStore for SqlStore<D> {
     }
 
     async fn spend_credits(&self, spent: &[(CreditScope, i64, i64, i64)]) -> Result<()> {
+        self.spend_credits_locked(spent, Box::pin(async {})).await
+    }
+
+    async fn spend_credits_locked(&self, spent: &[(CreditScope, i64, i64, i64)], then: WhileLocked<'_>) -> Result<()> {
         if spent.is_empty() {
+            then.await;
             return Ok(());
         }
+        // Rows locked in one order, so that two servers spending on the same balances queue
+        // instead of deadlocking.
+        let mut spent: Vec<&(CreditScope, i64, i64, i64)> = spent.iter().collect();
+        spent.sort_by_key(|(scope, ..)| scope_args(scope));
         let mut tx = D::begin_write(&self.pool).await?;
         for (scope, cost, period, amount) in spent {
             let (id, owner) = scope_args(scope);
@@ -240,6 +249,40 @@ impl<D: Dialect> CreditStore for SqlStore<D> {
                 }
             };
         }
+        then.await;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn credit_balance_locked<'a>(
+        &'a self,
+        scope: &'a CreditScope,
+        then: Box<dyn FnOnce(Option<StoredCredits>) -> WhileLocked<'a> + Send + 'a>,
+    ) -> Result<()> {
+        let (id, owner) = scope_args(scope);
+        let mut tx = D::begin_write(&self.pool).await?;
+        let row = match owner {
+            None => {
+                D::query(sql!(
+                    "SELECT credits_remaining, credits_refill, credits_period FROM api_keys \
+                     WHERE key_ref = $1::uuid FOR UPDATE"
+                ))
+                .bind(id)
+                .fetch_optional(&mut tx)
+                .await?
+            }
+            Some(owner) => {
+                D::query(sql!(
+                    "SELECT credits_remaining, credits_refill, credits_period FROM owners \
+                     WHERE account_id = $1::uuid AND owner = $2 FOR UPDATE"
+                ))
+                .bind(id)
+                .bind(owner)
+                .fetch_optional(&mut tx)
+                .await?
+            }
+        };
+        then(row.as_ref().map(stored_credits).transpose()?.flatten()).await;
         tx.commit().await?;
         Ok(())
     }

@@ -20,10 +20,12 @@ pub mod cache;
 pub mod fixture;
 pub mod gateway;
 mod postgres;
+mod redis;
 mod server;
 pub mod tls;
 
 pub use postgres::PgDatabase;
+pub use redis::RedisServer;
 use server::{InProcess, Turn};
 pub use server::{Logs, Process};
 
@@ -101,6 +103,43 @@ macro_rules! backends {
     };
 }
 
+/// As `backends!`, and each backend again with the limits' shared state in Redis
+/// (`KEYGATE_REDIS_URL`, a redis-server of the test's own): `sqlite_redis`, `postgres_redis`.
+/// Without redis-server those pass with a printed notice that `.ci/run` refuses.
+#[macro_export]
+macro_rules! backends_with_redis {
+    ($(async fn $name:ident($builder:ident: Builder) $body:block)*) => {
+        $(mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            async fn run($builder: $crate::common::Builder) $body
+            #[tokio::test]
+            async fn sqlite() {
+                run($crate::common::Builder::sqlite()).await
+            }
+            #[tokio::test]
+            async fn postgres() {
+                if let Some(builder) = $crate::common::Builder::postgres().await {
+                    run(builder).await
+                }
+            }
+            #[tokio::test]
+            async fn sqlite_redis() {
+                if let Some(redis) = $crate::common::RedisServer::start().await {
+                    run($crate::common::Builder::sqlite().redis(&redis)).await
+                }
+            }
+            #[tokio::test]
+            async fn postgres_redis() {
+                let Some(redis) = $crate::common::RedisServer::start().await else { return };
+                if let Some(builder) = $crate::common::Builder::postgres().await {
+                    run(builder.redis(&redis)).await
+                }
+            }
+        })*
+    };
+}
+
 impl Builder {
     /// A fresh embedded store in a new temporary directory.
     pub fn sqlite() -> Self {
@@ -147,6 +186,11 @@ impl Builder {
         self.env.retain(|(k, _)| k != key);
         self.env.push((key.into(), value.into()));
         self
+    }
+
+    /// The limits' shared state in `redis`, which must outlive the apps.
+    pub fn redis(self, redis: &RedisServer) -> Self {
+        self.env("KEYGATE_REDIS_URL", &redis.url())
     }
 
     /// Leaves a setting the harness would give out, so the server's default applies.
