@@ -48,6 +48,8 @@ const BASELINE: &str = "hello-world baseline (GET)";
 const VERIFY: &str = "GET /auth/verify";
 const VERIFY_FAST: &str = "GET /auth/verify, one fast limit";
 const VERIFY_STRICT: &str = "GET /auth/verify, one strict limit (SQLite: in memory)";
+const VERIFY_STRICT_REDIS: &str = "GET /auth/verify, one strict limit (Redis)";
+const VERIFY_STRICT_POSTGRES: &str = "GET /auth/verify, one strict limit (PostgreSQL)";
 const SHAPED: &str = "  hello-world answering as a verify 200";
 const LOGIN: &str = "POST /auth/login (API key)";
 const TOKEN: &str = "POST /oauth/token";
@@ -333,12 +335,45 @@ fn main() -> anyhow::Result<()> {
         true => OidcProvider::start(dir.path())?,
         false => None,
     };
+    // Strict limits in shared state: a keygate of their own each, on a fresh store.
+    let redis = match opts.runs("verify") {
+        true => RedisProcess::start()?,
+        false => None,
+    };
+    let on_redis = match &redis {
+        Some(redis) => {
+            let mut env = server_env(&dir.path().join("redis"));
+            env.push(("KEYGATE_REDIS_URL".into(), redis.url()));
+            Some(StrictServer::start(&env, dir.path(), "verify_strict_redis.lua", &runtime)?)
+        }
+        None => None,
+    };
+    let postgres = match (opts.runs("verify"), std::env::var("KEYGATE_BENCH_POSTGRES")) {
+        (true, Ok(url)) => Some(PgBenchDatabase::create(&url)?),
+        _ => None,
+    };
+    let on_postgres = match &postgres {
+        Some(db) => {
+            let mut env = server_env(&dir.path().join("postgres"));
+            env.push(("KEYGATE_DATABASE_URL".into(), db.url.clone()));
+            env.push(("KEYGATE_MASTER_KEY".into(), base64_key()));
+            env.push(("KEYGATE_ISSUER".into(), "http://keygate.bench".into()));
+            Some(StrictServer::start(&env, dir.path(), "verify_strict_postgres.lua", &runtime)?)
+        }
+        None => None,
+    };
     let keygate = server.child.id();
     let mut compared = vec![Series::new(BASELINE, hello.child.id(), format!("{}/", hello.base), None)];
     if let Some(shaped) = &shaped {
         compared.push(Series::new(VERIFY, keygate, format!("{base}/auth/verify"), Some(&scripts.verify)));
         compared.push(Series::new(VERIFY_FAST, keygate, format!("{base}/auth/verify"), Some(&verify_fast)));
         compared.push(Series::new(VERIFY_STRICT, keygate, format!("{base}/auth/verify"), Some(&verify_strict)));
+        for (name, strict) in [(VERIFY_STRICT_REDIS, &on_redis), (VERIFY_STRICT_POSTGRES, &on_postgres)] {
+            if let Some(strict) = strict {
+                let url = format!("{}/auth/verify", strict.server.base);
+                compared.push(Series::new(name, strict.server.child.id(), url, Some(&strict.script)));
+            }
+        }
         let url = format!("{}/auth/verify", shaped.base);
         compared.push(Series::new(SHAPED, shaped.child.id(), url, Some(&scripts.verify)));
     }
@@ -393,7 +428,19 @@ fn main() -> anyhow::Result<()> {
     if let (Some(verify), Some(shaped)) = (series(VERIFY), series(SHAPED)) {
         let ceiling = format!("verify at {:.2}× of this", verify.ratio(shaped));
         record(VERIFY, verify.summary(), Some(verify.ratio(baseline)), "≥ 0.80× baseline, p99 ≤ 5 ms".into(), &server);
-        for (name, target) in [(VERIFY_FAST, "≥ 0.90× plain verify"), (VERIFY_STRICT, "printed")] {
+        let limited = [
+            (VERIFY_FAST, "≥ 0.90× plain verify"),
+            (VERIFY_STRICT, "printed"),
+            (VERIFY_STRICT_REDIS, "≥ 0.30× plain verify"),
+            (VERIFY_STRICT_POSTGRES, "printed"),
+        ];
+        if redis.is_none() && opts.runs("verify") {
+            eprintln!("no redis-server: the strict limit on Redis is not measured");
+        }
+        if postgres.is_none() && opts.runs("verify") {
+            eprintln!("KEYGATE_BENCH_POSTGRES unset: the strict limit on PostgreSQL is not measured");
+        }
+        for (name, target) in limited {
             if let Some(limited) = series(name) {
                 let target = format!("{target}: {:.2}× plain verify", limited.ratio(verify));
                 record(name, limited.summary(), Some(limited.ratio(baseline)), target, &server);
@@ -465,6 +512,122 @@ fn main() -> anyhow::Result<()> {
     drop(hello);
     drop(server);
     Ok(())
+}
+
+/// A keygate whose `HOT_KEYS` keys, made through its API, have one strict limit (too large
+/// to be reached), and the wrk script verifying their tokens.
+struct StrictServer {
+    server: Server,
+    script: PathBuf,
+}
+
+impl StrictServer {
+    fn start(
+        env: &[(String, String)],
+        dir: &Path,
+        script: &str,
+        runtime: &tokio::runtime::Runtime,
+    ) -> anyhow::Result<Self> {
+        let server = Server::start(env)?;
+        let base = server.base.clone();
+        let tokens = runtime.block_on(async {
+            let client = reqwest::Client::builder().cookie_store(true).build()?;
+            let r = client
+                .post(format!("{base}/auth/login"))
+                .json(&serde_json::json!({"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}))
+                .send()
+                .await?;
+            anyhow::ensure!(r.status().is_success(), "admin login: {}", r.status());
+            let body = serde_json::json!({
+                "scopes": ["orders:read", "orders:write"],
+                "limits": [{"name": "bench", "limit": 1_000_000_000_000u64, "window_seconds": 60, "consistency": "strict"}],
+            });
+            let mut tokens = Vec::new();
+            for _ in 0..HOT_KEYS {
+                let key: serde_json::Value =
+                    client.post(format!("{base}/auth/keys/generate")).json(&body).send().await?.json().await?;
+                let login = serde_json::json!({"api_key": key["api_key"], "password": key["password"]});
+                let r = client.post(format!("{base}/auth/login")).json(&login).send().await?;
+                tokens.push(r.json::<String>().await?);
+            }
+            anyhow::Ok(tokens)
+        })?;
+        Ok(Self { script: verify_script(dir, script, &tokens)?, server })
+    }
+}
+
+/// A redis-server of the benchmark's own, keeping nothing on disk.
+struct RedisProcess {
+    child: Child,
+    port: u16,
+}
+
+impl RedisProcess {
+    /// `None` when there is no redis-server to run.
+    fn start() -> anyhow::Result<Option<Self>> {
+        if Command::new("redis-server").arg("--version").stdout(Stdio::null()).status().is_err() {
+            return Ok(None);
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()?;
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            anyhow::ensure!(started.elapsed() < Duration::from_secs(10), "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(Some(Self { child, port }))
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for RedisProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A database of the benchmark's own on the PostgreSQL server `KEYGATE_BENCH_POSTGRES`
+/// names (e.g. postgres://postgres@127.0.0.1:5432), made and dropped with psql.
+struct PgBenchDatabase {
+    server: String,
+    name: String,
+    url: String,
+}
+
+impl PgBenchDatabase {
+    fn create(server: &str) -> anyhow::Result<Self> {
+        let server = server.trim_end_matches('/').to_owned();
+        let name = format!("keygate_bench_{}", std::process::id());
+        let db = Self { url: format!("{server}/{name}"), server, name };
+        db.psql(&format!("DROP DATABASE IF EXISTS {}", db.name))?;
+        db.psql(&format!("CREATE DATABASE {}", db.name))?;
+        Ok(db)
+    }
+
+    fn psql(&self, statement: &str) -> anyhow::Result<()> {
+        let out = Command::new("psql").args(["-w", "-X", "-q", "-d", &self.server, "-c", statement]).output()?;
+        anyhow::ensure!(out.status.success(), "psql: {}", String::from_utf8_lossy(&out.stderr));
+        Ok(())
+    }
+}
+
+impl Drop for PgBenchDatabase {
+    fn drop(&mut self) {
+        let _ = self.psql(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
+    }
+}
+
+/// A fresh `KEYGATE_MASTER_KEY`.
+fn base64_key() -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(keygate::crypto::random_bytes::<32>())
 }
 
 /// keygate's defaults but for the address, the data directory, a first admin and cookies

@@ -50,7 +50,8 @@ pub use limits::{
 pub use paging::KeyPageStore;
 pub use retention::RetentionStore;
 pub use transfer::{
-    AccountRecord, AdminExport, Counts, KeyExport, SessionExport, Snapshot, TransferError, TransferStore, copy,
+    AccountRecord, AdminExport, Counts, KeyExport, OwnerExport, SessionExport, Snapshot, TransferError, TransferStore,
+    copy,
 };
 pub use usage::KeyUsageStore;
 

@@ -8,7 +8,7 @@ use sqlx::{ColumnIndex, Decode, Row, Type};
 
 use super::{
     AccountRecord, AdminExport, AdminId, AdminRecord, AuditEvent, AuditRecord, Counts, KeyAbout, KeyDetails, KeyExport,
-    KeyRecord, KeyStatus, NewAdmin, OwnerRecord, PreviousSecret, Quota, Result, Revocation, SessionExport,
+    KeyRecord, KeyStatus, NewAdmin, OwnerExport, OwnerRecord, PreviousSecret, Quota, Result, Revocation, SessionExport,
     SessionRecord, SigningKeyRecord, StoreError, StoredCredits, corrupt,
 };
 use crate::{
@@ -153,6 +153,16 @@ pub(super) fn stored_credits(row: &impl Columns) -> Result<Option<StoredCredits>
 /// `limits` and the credits' columns of `owners`.
 pub(super) fn owner_record(row: &impl Columns) -> Result<OwnerRecord> {
     Ok(OwnerRecord { limits: limits(row, "limits")?, credits: stored_credits(row)? })
+}
+
+/// `account_id, owner, updated_at` and `owner_record`'s columns.
+pub(super) fn owner_export(row: &impl Columns) -> Result<OwnerExport> {
+    Ok(OwnerExport {
+        account_id: account_id(row, "account_id")?,
+        owner: owner(row)?.ok_or_else(|| StoreError::Corrupt("an owner row without its owner".into()))?,
+        record: owner_record(row)?,
+        updated_at: row.int("updated_at")?,
+    })
 }
 
 fn key_name(row: &impl Columns) -> Result<Option<KeyName>> {
@@ -300,6 +310,7 @@ pub(super) fn audit_record(row: &impl Columns) -> Result<AuditRecord> {
 /// How many rows each table holds, as one row of `COUNTS`.
 pub(super) const COUNTS: &str = "SELECT (SELECT count(*) FROM accounts) AS accounts, \
      (SELECT count(*) FROM admins) AS admins, (SELECT count(*) FROM api_keys) AS keys, \
+     (SELECT count(*) FROM owners) AS owners, \
      (SELECT count(*) FROM sessions) AS sessions, (SELECT count(*) FROM signing_keys) AS signing_keys, \
      (SELECT count(*) FROM revoked_tokens) AS revocations, (SELECT count(*) FROM audit_log) AS audit";
 
@@ -309,6 +320,7 @@ pub(super) fn counts(row: &impl Columns) -> Result<Counts> {
         accounts: get("accounts")?,
         admins: get("admins")?,
         keys: get("keys")?,
+        owners: get("owners")?,
         sessions: get("sessions")?,
         signing_keys: get("signing_keys")?,
         revocations: get("revocations")?,

@@ -16,7 +16,8 @@ use super::{
 };
 use crate::{
     crypto::session::SessionHash,
-    domain::{AccountId, AccountName},
+    domain::{AccountId, AccountName, OwnerId},
+    store::OwnerRecord,
 };
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +43,15 @@ pub struct KeyExport {
     pub disabled_at: Option<UnixTime>,
 }
 
+/// An owner's limits and credits.
+#[derive(Debug, Clone)]
+pub struct OwnerExport {
+    pub account_id: AccountId,
+    pub owner: OwnerId,
+    pub record: OwnerRecord,
+    pub updated_at: UnixTime,
+}
+
 #[derive(Debug, Clone)]
 pub struct SessionExport {
     pub hash: SessionHash,
@@ -55,6 +65,7 @@ pub struct Snapshot {
     pub accounts: Vec<AccountRecord>,
     pub admins: Vec<AdminExport>,
     pub keys: Vec<KeyExport>,
+    pub owners: Vec<OwnerExport>,
     pub sessions: Vec<SessionExport>,
     pub signing_keys: Vec<SigningKeyRecord>,
     /// Revoked tokens: copied so that a migration cannot bring a revoked token back.
@@ -70,6 +81,7 @@ impl Snapshot {
             accounts: self.accounts.len() as u64,
             admins: self.admins.len() as u64,
             keys: self.keys.len() as u64,
+            owners: self.owners.len() as u64,
             sessions: self.sessions.len() as u64,
             signing_keys: self.signing_keys.len() as u64,
             revocations: self.revocations.len() as u64,
@@ -84,6 +96,7 @@ pub struct Counts {
     pub accounts: u64,
     pub admins: u64,
     pub keys: u64,
+    pub owners: u64,
     pub sessions: u64,
     pub signing_keys: u64,
     pub revocations: u64,
@@ -92,7 +105,14 @@ pub struct Counts {
 
 impl Counts {
     pub fn total(&self) -> u64 {
-        self.accounts + self.admins + self.keys + self.sessions + self.signing_keys + self.revocations + self.audit
+        self.accounts
+            + self.admins
+            + self.keys
+            + self.owners
+            + self.sessions
+            + self.signing_keys
+            + self.revocations
+            + self.audit
     }
 }
 
@@ -100,8 +120,16 @@ impl fmt::Display for Counts {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} accounts, {} admins, {} API keys, {} sessions, {} signing keys, {} revoked tokens, {} audit events",
-            self.accounts, self.admins, self.keys, self.sessions, self.signing_keys, self.revocations, self.audit
+            "{} accounts, {} admins, {} API keys, {} owners, {} sessions, {} signing keys, {} revoked tokens, {} audit \
+             events",
+            self.accounts,
+            self.admins,
+            self.keys,
+            self.owners,
+            self.sessions,
+            self.signing_keys,
+            self.revocations,
+            self.audit
         )
     }
 }

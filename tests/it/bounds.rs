@@ -40,9 +40,10 @@ async fn connected_clients(app: &TestApp, n: usize) -> Vec<Client> {
 }
 
 /// The burst: `wrong` wrong guesses for the bootstrap admin at once, spread over `servers`,
-/// then (while they are still being answered) the right password. Returns the statuses of
-/// the wrong guesses and the right password's response.
-async fn admin_burst(servers: &[&TestApp], wrong: usize) -> (Vec<StatusCode>, reqwest::Response) {
+/// then, once the lock holds (`auditor` sees it audited) and while the guesses may still be
+/// answered, the right password. Returns the statuses of the wrong guesses and the right
+/// password's response.
+async fn admin_burst(servers: &[&TestApp], auditor: &Client, wrong: usize) -> (Vec<StatusCode>, reqwest::Response) {
     let clients = connected_clients(servers[0], wrong + 1).await;
     let mut guesses = Vec::new();
     for (i, client) in clients.iter().take(wrong).enumerate() {
@@ -54,8 +55,13 @@ async fn admin_burst(servers: &[&TestApp], wrong: usize) -> (Vec<StatusCode>, re
         tokio::spawn(
             async move { join_all(guesses).await.into_iter().map(|r| r.unwrap().status()).collect::<Vec<_>>() },
         );
-    // Behind the wrong guesses, but well before they are all answered: argon2 takes longer.
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    // Not before the lock: the right password let in ahead of the guesses would rightly clear
+    // their count, and on a loaded machine the guesses may reach the server after it.
+    let started = std::time::Instant::now();
+    while audited(servers[0], auditor, "lockout").await.is_empty() {
+        assert!(started.elapsed() < Duration::from_secs(60), "the burst never locked the admin");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let right = clients[wrong]
         .post(servers[servers.len() - 1].url("/auth/login"))
         .json(&json!({"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}))
@@ -82,7 +88,7 @@ fn check_admin_burst(statuses: &[StatusCode], right: &reqwest::Response, failed_
 async fn a_burst_of_admin_guesses_gets_at_most_the_threshold_checked() {
     let app = TestApp::builder().env("KEYGATE_LOCKOUT_THRESHOLD", "5").spawn().await;
     let auditor = app.new_admin("auditor@example.com", "default").await;
-    let (statuses, right) = admin_burst(&[&app], 65).await;
+    let (statuses, right) = admin_burst(&[&app], &auditor, 65).await;
     let failed = audited(&app, &auditor, "admin.login_failed").await;
     check_admin_burst(&statuses, &right, failed.len());
     assert_eq!(audited(&app, &auditor, "lockout").await.len(), 1);
@@ -96,7 +102,7 @@ async fn a_burst_across_two_replicas_gets_at_most_the_threshold_checked() {
     let a = builder.env("KEYGATE_LOCKOUT_THRESHOLD", "5").spawn().await;
     let b = a.replica().spawn().await;
     let auditor = a.new_admin("auditor@example.com", "default").await;
-    let (statuses, right) = admin_burst(&[&a, &b], 129).await;
+    let (statuses, right) = admin_burst(&[&a, &b], &auditor, 129).await;
     let failed = audited(&a, &auditor, "admin.login_failed").await;
     check_admin_burst(&statuses, &right, failed.len());
     // Exactly one replica audited the lock.

@@ -25,6 +25,14 @@ async fn sqlite_to_postgres_keeps_keys_passwords_sessions_and_signing_keys() {
     let (key2, password2) = source.generate_key().await;
     let other = source.new_admin("other@example.com", "other").await;
     let (other_key, other_password) = source.generate_key_with(&other).await;
+    // An owner's limits and credits, and a key with its own that names it.
+    let owner =
+        json!({"limits": [{"name": "monthly", "limit": 500, "window_seconds": 2678400}], "credits": {"remaining": 40}});
+    let r = source.client.put(source.url("/auth/owners/cus_1/limits")).json(&owner).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let limited = json!({"owner": "cus_1", "limits": [{"name": "burst", "limit": 9, "window_seconds": 60}], "credits": {"remaining": 7}});
+    let limited: Value = source.post_json("/auth/keys/generate", &limited).await.json().await.unwrap();
+    let limited_ref = limited["api_key_ref"].as_str().unwrap().to_owned();
     let token_before = source.token(&key, &password).await;
     let jwks_before = jwks(&source).await;
     let login = Client::new()
@@ -41,9 +49,9 @@ async fn sqlite_to_postgres_keeps_keys_passwords_sessions_and_signing_keys() {
     let out = source.cli(&["migrate", "--from", &from, "--to", &db_url], "");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "migrate failed: {}", String::from_utf8_lossy(&out.stderr));
-    // 2 accounts, 2 admins, 3 keys; sessions: the harness login, `other`'s, the one above.
+    // 2 accounts, 2 admins, 4 keys, 1 owner; sessions: the harness login, `other`'s, the one above.
     assert!(
-        stdout.contains("copied and verified 2 accounts, 2 admins, 3 API keys, 3 sessions, 1 signing keys"),
+        stdout.contains("copied and verified 2 accounts, 2 admins, 4 API keys, 1 owners, 3 sessions, 1 signing keys"),
         "{stdout}"
     );
     assert!(stdout.contains("KEYGATE_MASTER_KEY"), "{stdout}");
@@ -72,9 +80,15 @@ async fn sqlite_to_postgres_keeps_keys_passwords_sessions_and_signing_keys() {
     // between them is the order of their random refs.
     let mut mine: Vec<String> = app.list_keys().await.into_iter().map(|(_, k)| k).collect();
     mine.sort();
-    let mut expected = vec![key.clone(), key2.clone()];
+    let mut expected = vec![key.clone(), key2.clone(), limited["api_key"].as_str().unwrap().to_owned()];
     expected.sort();
     assert_eq!(mine, expected);
+    let key: Value =
+        app.client.get(app.url(&format!("/auth/keys/{limited_ref}"))).send().await.unwrap().json().await.unwrap();
+    assert_eq!((key["owner"].clone(), key["credits"]["remaining"].clone()), (json!("cus_1"), json!(7)));
+    assert_eq!(key["limits"][0]["limit"], 9);
+    let owner: Value = app.client.get(app.url("/auth/owners/cus_1/limits")).send().await.unwrap().json().await.unwrap();
+    assert_eq!((owner["limits"][0]["limit"].clone(), owner["credits"]["remaining"].clone()), (json!(500), json!(40)));
     let theirs = Client::builder().cookie_store(true).build().unwrap();
     app.login_admin_as(&theirs, "other@example.com", ADMIN_PASSWORD).await;
     let theirs: Vec<String> = app.list_keys_with(&theirs).await.into_iter().map(|(_, k)| k).collect();

@@ -212,19 +212,16 @@ pub struct Limiter {
     pub outages: Outages,
 }
 
-/// Strict takes sent at once: fewer than the database pool's connections, which other
-/// requests need too.
-const TAKES_IN_FLIGHT: usize = 2;
-
 impl Limiter {
     pub fn new(shared: Option<Arc<dyn SharedCounters>>, credits: Arc<dyn CreditStore>, on_failure: OnFailure) -> Self {
+        let in_flight = shared.as_ref().map_or(1, |s| s.takes_in_flight());
         Self {
             shared,
             credits,
             on_failure,
             state: Mutex::default(),
             balances_io: tokio::sync::Mutex::new(()),
-            takes: Arc::new(tokio::sync::Semaphore::new(TAKES_IN_FLIGHT)),
+            takes: Arc::new(tokio::sync::Semaphore::new(in_flight)),
             late: Mutex::default(),
             outages: Outages::default(),
         }

@@ -423,6 +423,11 @@ impl SharedCounters for RedisCounters {
         let _: String = redis::cmd("PING").query_async(&mut redis).await?;
         Ok(())
     }
+
+    /// Pipelined on one connection, and each a script Redis runs in microseconds.
+    fn takes_in_flight(&self) -> usize {
+        64
+    }
 }
 
 fn counter_key(counter: &str, window_start: UnixTime) -> String {

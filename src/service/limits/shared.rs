@@ -55,6 +55,8 @@ pub trait SharedCounters: Send + Sync {
     async fn purge(&self, now: UnixTime) -> SharedResult<u64>;
     /// A cheap round trip: whether the shared state answers.
     async fn probe(&self) -> SharedResult<()>;
+    /// How many strict takes one server sends at once.
+    fn takes_in_flight(&self) -> usize;
 }
 
 /// Spends waiting to be recorded: (spent, refill period, refill amount) per balance. A spend
@@ -137,5 +139,10 @@ impl SharedCounters for StoreCounters {
 
     async fn probe(&self) -> SharedResult<()> {
         Ok(self.store.ping().await?)
+    }
+
+    /// Fewer than the database pool's connections, which other requests need too.
+    fn takes_in_flight(&self) -> usize {
+        2
     }
 }

@@ -22,6 +22,32 @@ impl<D: Dialect> OwnerStore for SqlStore<D> {
         credits: Option<&StoredCredits>,
         now: UnixTime,
     ) -> Result<()> {
+        upsert_owner::<D>((&self.pool).into(), account, owner, limits, credits, now).await
+    }
+
+    async fn owner(&self, account: AccountId, owner: &OwnerId) -> Result<Option<OwnerRecord>> {
+        let row = D::query(sql!(
+            "SELECT limits, credits_remaining, credits_refill, credits_period FROM owners \
+             WHERE account_id = $1::uuid AND owner = $2"
+        ))
+        .bind(account.to_string())
+        .bind(owner.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(owner_record).transpose()
+    }
+}
+
+/// Sets the owner's limits and credits, creating the owner if new.
+pub(super) async fn upsert_owner<D: Dialect>(
+    on: Exec<'_, D>,
+    account: AccountId,
+    owner: &OwnerId,
+    limits: &Limits,
+    credits: Option<&StoredCredits>,
+    now: UnixTime,
+) -> Result<()> {
+    {
         D::query(sql!(
             "INSERT INTO owners (account_id, owner, limits, credits_remaining, credits_refill, credits_period, \
              updated_at) VALUES ($1::uuid, $2, $3, $4, $5, $6, $7) \
@@ -36,21 +62,9 @@ impl<D: Dialect> OwnerStore for SqlStore<D> {
         .bind(credits.and_then(|c| c.refill).map(|r| r.to_stored()))
         .bind(credits.map_or(0, |c| c.period))
         .bind(now)
-        .execute(&self.pool)
+        .execute(on)
         .await?;
         Ok(())
-    }
-
-    async fn owner(&self, account: AccountId, owner: &OwnerId) -> Result<Option<OwnerRecord>> {
-        let row = D::query(sql!(
-            "SELECT limits, credits_remaining, credits_refill, credits_period FROM owners \
-             WHERE account_id = $1::uuid AND owner = $2"
-        ))
-        .bind(account.to_string())
-        .bind(owner.as_str())
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(owner_record).transpose()
     }
 }
 

@@ -9,6 +9,7 @@ use super::{
     audit::insert_audit,
     dialect::Lock,
     keys::{EXPORT_COLUMNS, KEY_COLUMNS, insert_key},
+    limits::upsert_owner,
     query::{Exec, Sql},
     sessions::insert_session,
     sql,
@@ -16,7 +17,7 @@ use super::{
 use crate::store::{
     Counts, Result, Snapshot, StoreError, TransferStore,
     rows::{
-        COUNTS, account_record, admin_export, audit_record, counts as counts_row, key_export, revocation,
+        COUNTS, account_record, admin_export, audit_record, counts as counts_row, key_export, owner_export, revocation,
         session_export, signing_key,
     },
 };
@@ -59,6 +60,15 @@ impl<D: Dialect> TransferStore for SqlStore<D> {
             key_export,
         )
         .await?;
+        let owners = all(
+            &mut tx,
+            sql!(
+                "SELECT account_id::text AS account_id, owner, limits, credits_remaining, credits_refill, \
+                 credits_period, updated_at FROM owners ORDER BY account_id, owner"
+            ),
+            owner_export,
+        )
+        .await?;
         let sessions = all(
             &mut tx,
             sql!(
@@ -90,7 +100,7 @@ impl<D: Dialect> TransferStore for SqlStore<D> {
         )
         .await?;
         tx.commit().await?;
-        Ok(Snapshot { accounts, admins, keys, sessions, signing_keys, revocations, audit })
+        Ok(Snapshot { accounts, admins, keys, owners, sessions, signing_keys, revocations, audit })
     }
 
     async fn import(&self, snapshot: &Snapshot) -> Result<()> {
@@ -112,6 +122,11 @@ impl<D: Dialect> TransferStore for SqlStore<D> {
         }
         for k in &snapshot.keys {
             insert_key::<D>((&mut tx).into(), k).await?;
+        }
+        for o in &snapshot.owners {
+            let credits = o.record.credits.as_ref();
+            upsert_owner::<D>((&mut tx).into(), o.account_id, &o.owner, &o.record.limits, credits, o.updated_at)
+                .await?;
         }
         for s in &snapshot.sessions {
             insert_session::<D>((&mut tx).into(), &s.hash, &s.session).await?;
