@@ -42,6 +42,9 @@ const BALANCE_TTL_SECONDS: i64 = 7 * 86_400;
 /// A spend recorded in the store whose copy could not be charged is given up after this:
 /// by then Redis has most likely lost that copy anyway.
 const OWED_FOR: Duration = Duration::from_secs(600);
+/// At most this many such spends are kept (one per balance and round while Redis is away),
+/// the oldest given up first.
+const MAX_OWED: usize = 100_000;
 
 /// `a * b <= c * d` exactly in Lua's doubles, for `a`, `c` below 2^41 and `b`, `d` below
 /// 2^22 (counts and limits up to `MAX_AMOUNT`, windows up to `MAX_WINDOW`).
@@ -151,7 +154,25 @@ struct Owed {
     decided: bool,
     charged: bool,
     stored: bool,
+    /// Its id went to Redis in a charge, which may have been applied: it is never merged
+    /// with another spend.
+    sent: bool,
     since: Instant,
+}
+
+impl Owed {
+    fn new(
+        scope: CreditScope,
+        period: i64,
+        amount: i64,
+        cost: i64,
+        generation: Option<Arc<str>>,
+        decided: bool,
+    ) -> Self {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let (charged, stored, sent, since) = (false, false, false, Instant::now());
+        Self { id, scope, period, amount, cost, generation, decided, charged, stored, sent, since }
+    }
 }
 
 #[derive(Default)]
@@ -261,17 +282,33 @@ impl Inner {
         let _round = self.round.lock().await;
         let mut owed = {
             let mut books = self.books();
-            let mut owed = std::mem::take(&mut books.owed);
-            let since = Instant::now();
-            let id = || uuid::Uuid::new_v4().simple().to_string();
-            for ((scope, period, generation), (cost, amount)) in books.decided.drain() {
-                let (generation, decided, charged, stored) = (Some(generation), true, false, false);
-                owed.push(Owed { id: id(), scope, period, amount, cost, generation, decided, charged, stored, since });
-            }
+            let mut fresh: Vec<Owed> = books
+                .decided
+                .drain()
+                .map(|((scope, period, generation), (cost, amount))| {
+                    Owed::new(scope, period, amount, cost, Some(generation), true)
+                })
+                .collect();
             for (scope, cost, period, amount) in self.deferred.drain() {
                 let generation = books.generations.get(&scope).cloned();
-                let (decided, charged, stored) = (false, false, false);
-                owed.push(Owed { id: id(), scope, period, amount, cost, generation, decided, charged, stored, since });
+                fresh.push(Owed::new(scope, period, amount, cost, generation, false));
+            }
+            // One entry per balance while the store stays away, rather than one per round.
+            let mut owed = std::mem::take(&mut books.owed);
+            let mut waiting: HashMap<_, usize> = owed
+                .iter()
+                .enumerate()
+                .filter(|(_, o)| !o.stored && !o.sent)
+                .map(|(i, o)| ((o.scope.clone(), o.period, o.generation.clone(), o.decided), i))
+                .collect();
+            for o in fresh {
+                match waiting.entry((o.scope.clone(), o.period, o.generation.clone(), o.decided)) {
+                    std::collections::hash_map::Entry::Occupied(e) => owed[*e.get()].cost += o.cost,
+                    std::collections::hash_map::Entry::Vacant(e) => {
+                        e.insert(owed.len());
+                        owed.push(o);
+                    }
+                }
             }
             owed
         };
@@ -281,11 +318,16 @@ impl Inner {
             let spends: Vec<(CreditScope, i64, i64, i64)> =
                 unstored.iter().map(|o| (o.scope.clone(), o.cost, o.period, o.amount)).collect();
             let charged: Mutex<Option<SharedResult<()>>> = Mutex::new(None);
+            let sent = std::sync::atomic::AtomicBool::new(false);
             let then = Box::pin(async {
+                sent.store(true, std::sync::atomic::Ordering::Relaxed);
                 let result = self.charge(&unstored).await;
                 *charged.lock().unwrap_or_else(|p| p.into_inner()) = Some(result);
             });
             let stored = self.store.spend_credits_locked(&spends, then).await;
+            if sent.into_inner() {
+                owed.iter_mut().filter(|o| !o.stored).for_each(|o| o.sent = true);
+            }
             let charged = charged.into_inner().unwrap_or_else(|p| p.into_inner()).unwrap_or(Ok(()));
             match stored {
                 Ok(()) => {
@@ -310,6 +352,15 @@ impl Inner {
             }
         }
         owed.retain(|o| !o.stored || (!o.charged && o.since.elapsed() <= OWED_FOR));
+        let uncharged = owed.iter().filter(|o| o.stored).count();
+        if uncharged > MAX_OWED {
+            owed.sort_by_key(|o| (!o.stored, o.since));
+            owed.drain(..uncharged - MAX_OWED);
+            tracing::warn!(
+                given_up = uncharged - MAX_OWED,
+                "Redis long unreachable: the oldest credit spends will not be charged to its copies"
+            );
+        }
         self.books().owed.extend(owed);
         failed.map_or(Ok(()), Err)
     }
