@@ -312,7 +312,9 @@ impl Inner {
             }
             owed
         };
-        let mut failed = None;
+        // The store's failures are the round's; Redis's are the outage's, which `Limiter`
+        // warns of.
+        let (mut failed, mut reached) = (None, true);
         let unstored: Vec<&Owed> = owed.iter().filter(|o| !o.stored).collect();
         if !unstored.is_empty() {
             let spends: Vec<(CreditScope, i64, i64, i64)> =
@@ -338,17 +340,18 @@ impl Inner {
                         o.charged = charged.is_ok() || o.decided;
                     }
                     if let Err(e) = charged {
-                        failed = Some(e);
+                        tracing::debug!(error = %e, "credit spends not charged to Redis's copies yet");
+                        reached = false;
                     }
                 }
                 Err(e) => failed = Some(e.into()),
             }
         }
         let later: Vec<&Owed> = owed.iter().filter(|o| o.stored && !o.charged).collect();
-        if !later.is_empty() && failed.is_none() {
+        if !later.is_empty() && reached {
             match self.charge(&later).await {
                 Ok(()) => owed.iter_mut().for_each(|o| o.charged |= o.stored),
-                Err(e) => failed = Some(e),
+                Err(e) => tracing::debug!(error = %e, "credit spends not charged to Redis's copies yet"),
             }
         }
         owed.retain(|o| !o.stored || (!o.charged && o.since.elapsed() <= OWED_FOR));
