@@ -47,25 +47,23 @@ pub(super) async fn upsert_owner<D: Dialect>(
     credits: Option<&StoredCredits>,
     now: UnixTime,
 ) -> Result<()> {
-    {
-        D::query(sql!(
-            "INSERT INTO owners (account_id, owner, limits, credits_remaining, credits_refill, credits_period, \
-             updated_at) VALUES ($1::uuid, $2, $3, $4, $5, $6, $7) \
-             ON CONFLICT (account_id, owner) DO UPDATE SET limits = EXCLUDED.limits, \
-             credits_remaining = EXCLUDED.credits_remaining, credits_refill = EXCLUDED.credits_refill, \
-             credits_period = EXCLUDED.credits_period, updated_at = EXCLUDED.updated_at"
-        ))
-        .bind(account.to_string())
-        .bind(owner.as_str())
-        .bind(limits.to_stored())
-        .bind(credits.map(|c| c.remaining))
-        .bind(credits.and_then(|c| c.refill).map(|r| r.to_stored()))
-        .bind(credits.map_or(0, |c| c.period))
-        .bind(now)
-        .execute(on)
-        .await?;
-        Ok(())
-    }
+    D::query(sql!(
+        "INSERT INTO owners (account_id, owner, limits, credits_remaining, credits_refill, credits_period, \
+         updated_at) VALUES ($1::uuid, $2, $3, $4, $5, $6, $7) \
+         ON CONFLICT (account_id, owner) DO UPDATE SET limits = EXCLUDED.limits, \
+         credits_remaining = EXCLUDED.credits_remaining, credits_refill = EXCLUDED.credits_refill, \
+         credits_period = EXCLUDED.credits_period, updated_at = EXCLUDED.updated_at"
+    ))
+    .bind(account.to_string())
+    .bind(owner.as_str())
+    .bind(limits.to_stored())
+    .bind(credits.map(|c| c.remaining))
+    .bind(credits.and_then(|c| c.refill).map(|r| r.to_stored()))
+    .bind(credits.map_or(0, |c| c.period))
+    .bind(now)
+    .execute(on)
+    .await?;
+    Ok(())
 }
 
 /// The balance's row: (table's statement, first argument, second argument).

@@ -89,16 +89,7 @@ macro_rules! backends {
             #[allow(unused_imports)]
             use super::*;
             async fn run($builder: $crate::common::Builder) $body
-            #[tokio::test]
-            async fn sqlite() {
-                run($crate::common::Builder::sqlite()).await
-            }
-            #[tokio::test]
-            async fn postgres() {
-                if let Some(builder) = $crate::common::Builder::postgres().await {
-                    run(builder).await
-                }
-            }
+            $crate::backend_tests!(run);
         })*
     };
 }
@@ -113,16 +104,7 @@ macro_rules! backends_with_redis {
             #[allow(unused_imports)]
             use super::*;
             async fn run($builder: $crate::common::Builder) $body
-            #[tokio::test]
-            async fn sqlite() {
-                run($crate::common::Builder::sqlite()).await
-            }
-            #[tokio::test]
-            async fn postgres() {
-                if let Some(builder) = $crate::common::Builder::postgres().await {
-                    run(builder).await
-                }
-            }
+            $crate::backend_tests!(run);
             #[tokio::test]
             async fn sqlite_redis() {
                 if let Some(redis) = $crate::common::RedisServer::start().await {
@@ -137,6 +119,24 @@ macro_rules! backends_with_redis {
                 }
             }
         })*
+    };
+}
+
+/// The `sqlite` and `postgres` tests of `backends!`, running `$run`.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! backend_tests {
+    ($run:ident) => {
+        #[tokio::test]
+        async fn sqlite() {
+            $run($crate::common::Builder::sqlite()).await
+        }
+        #[tokio::test]
+        async fn postgres() {
+            if let Some(builder) = $crate::common::Builder::postgres().await {
+                $run(builder).await
+            }
+        }
     };
 }
 
