@@ -145,7 +145,10 @@ impl AuthService {
 
     /// One key of the session's account, with its metadata.
     pub async fn key(&self, session: &AdminSession, key_ref: &str) -> Result<KeyDetails> {
-        let key_ref = parse_ref(key_ref)?;
+        self.key_details(session, parse_ref(key_ref)?).await
+    }
+
+    async fn key_details(&self, session: &AdminSession, key_ref: KeyRef) -> Result<KeyDetails> {
         let key = self.store.key_details(session.account_id, key_ref).await?.ok_or(AuthError::NotFound)?;
         Ok(self.with_recent_balance(self.with_recent_use(key)).await)
     }
@@ -222,8 +225,7 @@ impl AuthService {
             self.audit_key(session, AuditAction::KeyLimitsChanged, key_ref).await;
         }
         tracing::info!(account = %session.account_id, key_ref = %key_ref, "api key updated");
-        let fields = update.name.is_some() || update.scopes.is_some() || update.expires_at.is_some();
-        if fields || update.metadata.is_some() {
+        if update.name.is_some() || update.scopes.is_some() || update.expires_at.is_some() || update.metadata.is_some() {
             self.audit_key(session, AuditAction::KeyUpdated, key_ref).await;
         }
         match update.enabled {
@@ -231,7 +233,7 @@ impl AuthService {
             Some(false) => self.audit_key(session, AuditAction::KeyDisabled, key_ref).await,
             None => {}
         }
-        self.key(session, &key_ref.to_string()).await
+        self.key_details(session, key_ref).await
     }
 
     /// A new password for the key; the current one keeps working for `grace_seconds`
