@@ -225,7 +225,8 @@ impl AuthService {
             self.audit_key(session, AuditAction::KeyLimitsChanged, key_ref).await;
         }
         tracing::info!(account = %session.account_id, key_ref = %key_ref, "api key updated");
-        if update.name.is_some() || update.scopes.is_some() || update.expires_at.is_some() || update.metadata.is_some() {
+        if update.name.is_some() || update.scopes.is_some() || update.expires_at.is_some() || update.metadata.is_some()
+        {
             self.audit_key(session, AuditAction::KeyUpdated, key_ref).await;
         }
         match update.enabled {

@@ -14,7 +14,7 @@ use std::{
     time::Duration,
 };
 
-use crate::common::gateway::*;
+use crate::common::{Builder, TestApp, gateway::*};
 use axum::{Json, http::HeaderMap};
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
@@ -161,16 +161,23 @@ fn substitute(config: &str, keygate: &str, upstream: &str, port: u16) -> String 
     out
 }
 
-backends! {
-async fn nginx_lets_only_live_tokens_through_to_the_upstream(builder: Builder) {
+/// keygate from `builder`, an upstream, and nginx in front of both as the shipped config has
+/// it, with the upstream's hit counter; `None`, with the skip notice, without nginx.
+async fn behind_nginx(builder: Builder) -> Option<(TestApp, Nginx, Arc<AtomicUsize>)> {
     let Some(binary) = nginx_binary() else {
         println!("SKIPPED-NGINX: nginx is not installed (apt-get install -y nginx); the gateway test did not run");
-        return;
+        return None;
     };
     let app = builder.spawn().await;
     let (upstream, hits) = start_upstream().await;
     let keygate = app.base.trim_start_matches("http://").to_owned();
     let nginx = Nginx::start(&binary, &keygate, &upstream).await;
+    Some((app, nginx, hits))
+}
+
+backends! {
+async fn nginx_lets_only_live_tokens_through_to_the_upstream(builder: Builder) {
+    let Some((app, nginx, hits)) = behind_nginx(builder).await else { return };
     let client = Client::new();
 
     app.admin_login().await;
@@ -283,14 +290,7 @@ async fn nginx_lets_only_live_tokens_through_to_the_upstream(builder: Builder) {
 }
 
 async fn nginx_answers_keygates_429_as_a_429_and_copies_the_ratelimit_headers(builder: Builder) {
-    let Some(binary) = nginx_binary() else {
-        println!("SKIPPED-NGINX: nginx is not installed (apt-get install -y nginx); the gateway test did not run");
-        return;
-    };
-    let app = builder.spawn().await;
-    let (upstream, hits) = start_upstream().await;
-    let keygate = app.base.trim_start_matches("http://").to_owned();
-    let nginx = Nginx::start(&binary, &keygate, &upstream).await;
+    let Some((app, nginx, hits)) = behind_nginx(builder).await else { return };
     let client = Client::new();
     app.admin_login().await;
     let body = json!({"scopes": ["orders:read"], "limits": [{"name": "burst", "limit": 2, "window_seconds": 3600}]});
