@@ -137,8 +137,10 @@ impl Balance {
 
 #[derive(Default)]
 struct State {
-    /// By the quotas' counter ids, shared with them rather than copied per request.
-    counters: HashMap<Arc<str>, Counter>,
+    /// By the quotas' counter ids, shared with them rather than copied per request. Each
+    /// counted verification hashes its ids: foldhash, as SipHash's resistance to chosen keys
+    /// buys nothing for ids that admins' settings and random key refs make.
+    counters: HashMap<Arc<str>, Counter, foldhash::fast::RandomState>,
     balances: HashMap<CreditScope, Balance>,
     /// Credits spent while the shared state was unreachable: (spent, period, refill amount).
     deferred: HashMap<CreditScope, (i64, i64, i64)>,
