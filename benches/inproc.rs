@@ -1,7 +1,9 @@
 //! The CPU one `/auth/verify` costs keygate's own code, without sockets or a load generator:
 //! the whole application (envelope, token cache, key and revocation look-ups, response) called
-//! in a loop on one current-thread runtime with a cached token, against the same loop through
-//! an axum hello-world; then an API login the same way, and the ES256 signature it contains.
+//! in a loop on one current-thread runtime with a cached token, as the load benchmark's verify
+//! rows send it (a required scope, and a key with one `fast` limit for the second), against
+//! the same loop through an axum hello-world; then an API login the same way, and the ES256
+//! signature it contains.
 //! `cargo bench --bench inproc [-- REQUESTS]`; prints nanoseconds per request, the best of
 //! seven passes. Steadier than the load benchmark for changes of a few percent; it leaves out
 //! hyper, the kernel and contention between workers.
@@ -45,17 +47,31 @@ fn main() -> anyhow::Result<()> {
         let app = application.app();
         // Served too, so its caches load as a server's do, and for the token.
         tokio::spawn(application.run_until(std::future::pending()));
-        let (credentials, token) = credentials_and_token(&base).await?;
-        let bearer = format!("Bearer {token}");
+        let scopes = serde_json::json!({"scopes": ["orders:read", "orders:write"]});
+        let (credentials, token) = credentials_and_token(&base, &scopes).await?;
+        // A limit too large to be reached, as in the load benchmark.
+        let fast = serde_json::json!({
+            "scopes": ["orders:read", "orders:write"],
+            "limits": [{"name": "bench", "limit": 1_000_000_000_000u64, "window_seconds": 60, "consistency": "fast"}],
+        });
+        let (_, fast_token) = credentials_and_token(&base, &fast).await?;
+        let (bearer, fast_bearer) = (format!("Bearer {token}"), format!("Bearer {fast_token}"));
         tokio::time::sleep(Duration::from_secs(1)).await;
 
-        let verify = || {
-            Request::get("/auth/verify").header(header::AUTHORIZATION, &bearer).body(Body::empty()).unwrap_or_default()
+        let verify_as = |bearer: &str| {
+            Request::get("/auth/verify?scope=orders:read")
+                .header(header::AUTHORIZATION, bearer)
+                .body(Body::empty())
+                .unwrap_or_default()
         };
+        let verify = || verify_as(&bearer);
+        let verify_fast = || verify_as(&fast_bearer);
         let hello = axum::Router::new().route("/", axum::routing::get(|| async { "Hello, World!" }));
         let hello_request = || Request::get("/").body(Body::empty()).unwrap_or_default();
         let status = app.clone().oneshot(verify()).await?.status();
         anyhow::ensure!(status.is_success(), "verify answered {status}");
+        let limited = app.clone().oneshot(verify_fast()).await?;
+        anyhow::ensure!(limited.headers().contains_key("ratelimit"), "verify with a limit answered {limited:?}");
 
         let login = || {
             Request::post("/auth/login")
@@ -67,6 +83,7 @@ fn main() -> anyhow::Result<()> {
         anyhow::ensure!(status.is_success(), "login answered {status}");
 
         let verify_ns = best_of_seven(requests, app.clone(), verify).await?;
+        let fast_ns = best_of_seven(requests, app.clone(), verify_fast).await?;
         let hello_ns = best_of_seven(requests, hello, hello_request).await?;
         // A login (a signature) costs many verifications: fewer of them make a pass as long.
         let logins = (requests / 20).max(1);
@@ -74,6 +91,7 @@ fn main() -> anyhow::Result<()> {
         let sign_ns = es256_sign_ns(logins).await?;
         println!("in process, {requests} requests a pass ({logins} for logins and signatures), best of 7 passes:");
         println!("  GET /auth/verify (cached token)  {verify_ns:>6.0} ns/request");
+        println!("    with one fast limit            {fast_ns:>6.0} ns/request");
         println!("  axum hello-world                 {hello_ns:>6.0} ns/request");
         println!("  POST /auth/login (API key)       {login_ns:>6.0} ns/request");
         println!("    of which an ES256 signature    {sign_ns:>6.0} ns (signed alone)");
@@ -124,13 +142,23 @@ async fn es256_sign_ns(signatures: u32) -> anyhow::Result<f64> {
     best_of_seven(signatures, sign, Request::default).await
 }
 
-/// An API key's login body, and a token from it; the admin generates the key over HTTP.
-async fn credentials_and_token(base: &str) -> anyhow::Result<(serde_json::Value, String)> {
+/// An API key's login body, and a token from it; the admin generates the key over HTTP, from
+/// `generate` (its scopes, limits).
+async fn credentials_and_token(
+    base: &str,
+    generate: &serde_json::Value,
+) -> anyhow::Result<(serde_json::Value, String)> {
     let client = reqwest::Client::builder().cookie_store(true).build()?;
     let login = serde_json::json!({"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD});
     client.post(format!("{base}/auth/login")).json(&login).send().await?.error_for_status()?;
-    let key: serde_json::Value =
-        client.post(format!("{base}/auth/keys/generate")).send().await?.error_for_status()?.json().await?;
+    let key: serde_json::Value = client
+        .post(format!("{base}/auth/keys/generate"))
+        .json(generate)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
     let login = serde_json::json!({"api_key": key["api_key"], "password": key["password"]});
     let token = client.post(format!("{base}/auth/login")).json(&login).send().await?.error_for_status()?;
     Ok((login, token.json::<String>().await.context("the token")?))

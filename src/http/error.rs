@@ -227,9 +227,11 @@ impl From<AuthError> for ApiError {
             AuthError::Locked { retry_after } => Self::TooManyRequests { retry_after },
             AuthError::RevocationLimit { retry_after } => Self::TooManyRevocations { retry_after },
             AuthError::QuotaExceeded(refusal) => match *refusal {
-                Refusal::Exceeded { policies, violated, retry_after } => {
-                    Self::QuotaExceeded { violated, retry_after, headers: super::ratelimit::headers(&policies) }
-                }
+                Refusal::Exceeded { policies, violated, retry_after } => Self::QuotaExceeded {
+                    violated: violated.iter().map(|name| name.to_string()).collect(),
+                    retry_after,
+                    headers: super::ratelimit::headers(&policies),
+                },
                 Refusal::Unavailable => Self::Unavailable,
             },
             AuthError::LimitsUnavailable => Self::Unavailable,

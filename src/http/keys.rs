@@ -378,7 +378,7 @@ pub async fn get(
     Path(key_ref): Path<String>,
 ) -> Result<Json<KeyResponse>, ApiError> {
     let key = state.auth.key(&session, &key_ref).await?;
-    let usage = state.auth.key_usage(&key, session.account_id);
+    let usage = state.auth.key_usage(&key);
     Ok(Json(KeyResponse::new(&key, &usage)))
 }
 
@@ -491,7 +491,7 @@ pub async fn update(
         credits: request.credits.map(parse_credits_patch).transpose()?,
     };
     let key = state.auth.update_key(&session, &key_ref, change).await?;
-    let usage = state.auth.key_usage(&key, session.account_id);
+    let usage = state.auth.key_usage(&key);
     Ok(Json(KeyResponse::new(&key, &usage)))
 }
 

@@ -14,6 +14,7 @@
 //! (docs/benchmarks.md).
 
 use std::{
+    borrow::Cow,
     convert::Infallible,
     sync::Arc,
     task::{Context, Poll},
@@ -254,12 +255,13 @@ async fn verify(
             *refusal = Some(*why);
         }
     })?;
-    if let Some(required) = required_scopes(headers, query)? {
+    let query = Query::parse(query);
+    if let Some(required) = required_scopes(headers, &query)? {
         if !required.is_subset_of(&verified.scopes) {
             return Err(ApiError::InsufficientScope(required));
         }
     }
-    let cost = request_cost(headers, query)?;
+    let cost = request_cost(headers, &query)?;
     // A key that nothing limits costs this one branch.
     let limited = match verified.quota {
         None => None,
@@ -282,14 +284,34 @@ async fn verify(
     Ok(response)
 }
 
+/// What the auth URL's query says: its `scope` parameters, and its first `cost`.
+#[derive(Default)]
+struct Query<'q> {
+    scopes: Vec<Cow<'q, str>>,
+    cost: Option<Cow<'q, str>>,
+}
+
+impl<'q> Query<'q> {
+    /// One pass over the query, whatever else it holds.
+    fn parse(query: Option<&'q str>) -> Self {
+        let mut parsed = Self::default();
+        for (name, value) in query.into_iter().flat_map(|q| form_urlencoded::parse(q.as_bytes())) {
+            match &*name {
+                "scope" => parsed.scopes.push(value),
+                "cost" if parsed.cost.is_none() => parsed.cost = Some(value),
+                _ => {}
+            }
+        }
+        parsed
+    }
+}
+
 /// The scopes a gateway requires: every `scope` query parameter and `X-Required-Scopes`
 /// header together; `None` when it names none.
-fn required_scopes(headers: &HeaderMap, query: Option<&str>) -> Result<Option<Scopes>, ApiError> {
-    let from_query = query.into_iter().flat_map(|q| form_urlencoded::parse(q.as_bytes())).filter(|(k, _)| k == "scope");
-    let mut lists: Vec<std::borrow::Cow<'_, str>> = from_query.map(|(_, v)| v).collect();
+fn required_scopes(headers: &HeaderMap, query: &Query<'_>) -> Result<Option<Scopes>, ApiError> {
+    let mut lists: Vec<&str> = query.scopes.iter().map(|s| &**s).collect();
     for value in headers.get_all(REQUIRED_SCOPES) {
-        let value = value.to_str().map_err(|_| bad_scopes())?;
-        lists.push(value.into());
+        lists.push(value.to_str().map_err(|_| bad_scopes())?);
     }
     if lists.is_empty() {
         return Ok(None);
@@ -300,19 +322,13 @@ fn required_scopes(headers: &HeaderMap, query: Option<&str>) -> Result<Option<Sc
 
 /// What the gateway charges for the request: `?cost=N` or `X-Request-Cost: N`, 0 to 1000;
 /// 1 when it says nothing.
-fn request_cost(headers: &HeaderMap, query: Option<&str>) -> Result<u64, ApiError> {
+fn request_cost(headers: &HeaderMap, query: &Query<'_>) -> Result<u64, ApiError> {
     let bad = || ApiError::BadRequest("cost (query) and X-Request-Cost: a whole number from 0 to 1000".into());
     let parse = |raw: &str| raw.trim().parse::<u64>().ok().filter(|n| *n <= MAX_COST).ok_or_else(bad);
     if let Some(value) = headers.get(ratelimit::REQUEST_COST) {
         return parse(value.to_str().map_err(|_| bad())?);
     }
-    match query.filter(|q| q.contains("cost=")) {
-        Some(q) => match form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "cost") {
-            Some((_, v)) => parse(&v),
-            None => Ok(1),
-        },
-        None => Ok(1),
-    }
+    query.cost.as_deref().map_or(Ok(1), parse)
 }
 
 fn bad_scopes() -> ApiError {
@@ -445,17 +461,35 @@ mod tests {
 
     #[test]
     fn required_scopes_come_from_the_query_and_the_header_together() {
+        let required = |h: &HeaderMap, query: Option<&str>| required_scopes(h, &Query::parse(query));
         let none = HeaderMap::new();
-        assert_eq!(required_scopes(&none, None).unwrap(), None);
-        assert_eq!(required_scopes(&none, Some("x=1")).unwrap(), None);
-        assert_eq!(required_scopes(&none, Some("scope=")).unwrap(), None);
-        let got = required_scopes(&none, Some("scope=orders:read%20orders:write&x=1")).unwrap().unwrap();
+        assert_eq!(required(&none, None).unwrap(), None);
+        assert_eq!(required(&none, Some("x=1")).unwrap(), None);
+        assert_eq!(required(&none, Some("scope=")).unwrap(), None);
+        let got = required(&none, Some("scope=orders:read%20orders:write&x=1")).unwrap().unwrap();
+        assert_eq!(got.as_str(), "orders:read orders:write");
+        let got = required(&none, Some("scope=orders:read&cost=3&scope=orders:write")).unwrap().unwrap();
         assert_eq!(got.as_str(), "orders:read orders:write");
         let mut h = HeaderMap::new();
         h.insert(REQUIRED_SCOPES, HeaderValue::from_static("admin orders:read"));
-        let got = required_scopes(&h, Some("scope=orders:read+orders:write")).unwrap().unwrap();
+        let got = required(&h, Some("scope=orders:read+orders:write")).unwrap().unwrap();
         assert_eq!(got.as_str(), "orders:read orders:write admin");
-        assert!(required_scopes(&none, Some("scope=%22quoted%22")).is_err());
+        assert!(required(&none, Some("scope=%22quoted%22")).is_err());
+    }
+
+    #[test]
+    fn the_cost_comes_from_the_header_or_else_the_querys_first_cost() {
+        let cost = |h: &HeaderMap, query: Option<&str>| request_cost(h, &Query::parse(query)).ok();
+        let none = HeaderMap::new();
+        assert_eq!(cost(&none, None), Some(1));
+        assert_eq!(cost(&none, Some("scope=a&xcost=5")), Some(1));
+        assert_eq!(cost(&none, Some("scope=a&cost=5&cost=7")), Some(5));
+        assert_eq!(cost(&none, Some("cost=%201000")), Some(1000));
+        assert_eq!(cost(&none, Some("cost=1001")), None);
+        assert_eq!(cost(&none, Some("cost=")), None);
+        let mut h = HeaderMap::new();
+        h.insert(ratelimit::REQUEST_COST, HeaderValue::from_static("0"));
+        assert_eq!(cost(&h, Some("cost=5")), Some(0));
     }
 
     #[test]

@@ -58,30 +58,14 @@ impl AuthService {
                 }
             }
         }
-        let quota = Quota {
-            key_ref: crate::domain::KeyRef::generate(),
-            account_id: session.account_id,
-            limits: Limits::default(),
-            credits: None,
-            owner: Some(owner.clone()),
-            owner_limits: limits.clone(),
-            owner_credits: None,
-        };
+        let quota = Quota::default().with_owner(session.account_id, &owner, &limits, None);
         let usage = self.limiter.usage(&quota, now);
         Ok(OwnerLimits { owner, limits, credits, usage })
     }
 
     /// What is used of the key's own limits now, as this server knows it.
-    pub fn key_usage(&self, key: &crate::store::KeyDetails, account: crate::domain::AccountId) -> Usage {
-        let quota = Quota {
-            key_ref: key.key_ref,
-            account_id: account,
-            limits: key.limits.clone(),
-            credits: None,
-            owner: None,
-            owner_limits: Limits::default(),
-            owner_credits: None,
-        };
+    pub fn key_usage(&self, key: &crate::store::KeyDetails) -> Usage {
+        let quota = Quota::key(key.key_ref, &key.limits, None);
         self.limiter.usage(&quota, self.clock.now())
     }
 }

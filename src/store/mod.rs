@@ -44,8 +44,8 @@ pub use admins::{AdminDeletion, AdminManagementStore, AdminSummary};
 pub use cache::{CachedStore, HotPath};
 pub use changes::{Change, ChangeFeed, ChangeSignal};
 pub use limits::{
-    CounterStore, CounterTake, CreditScope, CreditStore, CreditTake, OwnerRecord, OwnerStore, Quota, StoredCredits,
-    Taken, WhileLocked,
+    CounterStore, CounterTake, CreditScope, CreditStore, CreditTake, OwnerRecord, OwnerStore, Quota, QuotaCredits,
+    QuotaLimit, StoredCredits, Taken, WhileLocked,
 };
 pub use paging::KeyPageStore;
 pub use retention::RetentionStore;

@@ -108,14 +108,13 @@ pub(super) fn key_status(row: &impl Columns, key_ref: KeyRef) -> Result<KeyStatu
             None => None,
         })
     };
-    let quota = Quota {
-        key_ref,
-        account_id: account,
-        limits: limits(row, "limits")?,
-        credits: plan("credits_remaining", "credits_refill")?,
-        owner: owner(row)?,
-        owner_limits: limits(row, "owner_limits")?,
-        owner_credits: plan("owner_credits_remaining", "owner_credits_refill")?,
+    let quota = Quota::key(key_ref, &limits(row, "limits")?, plan("credits_remaining", "credits_refill")?);
+    let owner = owner(row)?;
+    let (owner_limits, owner_credits) =
+        (limits(row, "owner_limits")?, plan("owner_credits_remaining", "owner_credits_refill")?);
+    let quota = match owner {
+        Some(owner) => quota.with_owner(account, &owner, &owner_limits, owner_credits),
+        None => quota,
     };
     Ok(KeyStatus {
         account_id: account,

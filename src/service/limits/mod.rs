@@ -28,8 +28,8 @@ pub use redis_state::RedisCounters;
 pub use shared::{SharedCounters, SharedError, SharedResult, StoreCounters};
 
 use crate::{
-    domain::{CREDITS, Consistency, Limit, Refill},
-    store::{CounterTake, CreditScope, CreditStore, CreditTake, Quota, Taken, UnixTime},
+    domain::{Consistency, Refill},
+    store::{CounterTake, CreditScope, CreditStore, CreditTake, Quota, QuotaCredits, QuotaLimit, Taken, UnixTime},
 };
 
 /// How often fast limits' counts are shared, and a single server's balances written.
@@ -53,8 +53,8 @@ pub enum OnFailure {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicyState {
     /// The limit's name; `owner.<name>` for an owner's, `credits` and `owner.credits` for
-    /// the balances.
-    pub name: String,
+    /// the balances. Shared with the quota, which names each policy once.
+    pub name: Arc<str>,
     pub quota: u64,
     pub window: Option<u64>,
     pub remaining: u64,
@@ -73,22 +73,9 @@ pub struct Admission {
 #[derive(Debug, Clone)]
 pub enum Refusal {
     /// Over one or more limits, or out of credits: nothing was counted.
-    Exceeded { policies: Vec<PolicyState>, violated: Vec<String>, retry_after: u64 },
+    Exceeded { policies: Vec<PolicyState>, violated: Vec<Arc<str>>, retry_after: u64 },
     /// A strict limit or credits could not be checked, and `OnFailure::Closed` says refuse.
     Unavailable,
-}
-
-/// One limit of a request: its counter, and how the headers name it.
-struct Item<'a> {
-    id: String,
-    name: String,
-    limit: &'a Limit,
-}
-
-struct CreditItem {
-    scope: CreditScope,
-    name: &'static str,
-    refill: Option<Refill>,
 }
 
 /// A counter in memory: this window's and the previous one's hits as last heard from the
@@ -150,7 +137,10 @@ impl Balance {
 
 #[derive(Default)]
 struct State {
-    counters: HashMap<String, Counter>,
+    /// By the quotas' counter ids, shared with them rather than copied per request. Each
+    /// counted verification hashes its ids: foldhash, as SipHash's resistance to chosen keys
+    /// buys nothing for ids that admins' settings and random key refs make.
+    counters: HashMap<Arc<str>, Counter, foldhash::fast::RandomState>,
     balances: HashMap<CreditScope, Balance>,
 }
 
@@ -234,16 +224,18 @@ impl Limiter {
     /// Decides a request of `cost` against everything `quota` names, at `now`, and counts it
     /// if admitted. A cost of 0 is always admitted and counts nothing.
     pub async fn admit(&self, quota: &Quota, cost: u64, now: UnixTime) -> Result<Admission, Refusal> {
-        let items = items(quota);
-        let credit_items = credit_items(quota);
+        let (items, credit_items) = (quota.limits(), quota.credits());
         let cost = cost as i64;
         if self.shared.is_none() {
-            self.load_balances(&credit_items).await;
+            self.load_balances(credit_items).await;
         }
+        let takes = self.shared.is_some()
+            && cost > 0
+            && (!credit_items.is_empty() || items.iter().any(|i| i.limit.consistency == Consistency::Strict));
         let mut violated = Vec::new();
         {
             let mut state = self.state();
-            for item in &items {
+            for item in items {
                 let counter = counter(&mut state, item, now);
                 let (_, elapsed) = window::position(now, counter.window);
                 if cost > 0
@@ -260,11 +252,11 @@ impl Limiter {
                 }
             }
             if self.shared.is_none() && cost > 0 {
-                for credit in &credit_items {
+                for credit in credit_items {
                     let period = credit.refill.map_or(0, |r| r.period(now));
                     let available = state.balances.get(&credit.scope).map_or(0, |b| b.available(credit.refill, period));
                     if available < cost {
-                        violated.push(credit.name.to_owned());
+                        violated.push(credit.name.clone());
                     }
                 }
             }
@@ -272,12 +264,12 @@ impl Limiter {
                 // Counted now, before any wait on the shared state, so concurrent requests
                 // on this server see it; taken back if a strict limit refuses.
                 for item in items.iter().filter(|i| self.shared.is_none() || i.limit.consistency == Consistency::Fast) {
-                    if let Some(c) = state.counters.get_mut(&item.id) {
+                    if let Some(c) = state.counters.get_mut(&item.counter) {
                         c.pending += cost;
                     }
                 }
                 if self.shared.is_none() {
-                    for credit in &credit_items {
+                    for credit in credit_items {
                         let period = credit.refill.map_or(0, |r| r.period(now));
                         if let Some(b) = state.balances.get_mut(&credit.scope) {
                             b.remaining = b.available(credit.refill, period) - cost;
@@ -287,57 +279,60 @@ impl Limiter {
                     }
                 }
             }
+            // Decided here, with nothing to ask the shared state: answered under the same lock.
+            if violated.is_empty() && !takes {
+                return Ok(Admission { policies: policies(&state, items, credit_items, now, &[]) });
+            }
         }
         if !violated.is_empty() {
-            return Err(self.refused(&items, &credit_items, violated, cost, now, None));
+            return Err(self.refused(items, credit_items, violated, cost, now, None));
         }
         let mut remaining = Vec::new();
-        if let Some(shared) = self.shared.as_ref().filter(|_| cost > 0) {
-            let strict: Vec<&Item<'_>> = items.iter().filter(|i| i.limit.consistency == Consistency::Strict).collect();
-            if !strict.is_empty() || !credit_items.is_empty() {
-                match self.take(shared, &strict, &credit_items, cost, now).await {
-                    Ok(Taken::All { hits, remaining: left }) => {
-                        let mut state = self.state();
-                        for (item, hits) in strict.iter().zip(hits) {
-                            if let Some(c) = state.counters.get_mut(&item.id) {
-                                c.known = c.known.max(hits - c.pending);
-                            }
+        if let Some(shared) = self.shared.as_ref().filter(|_| takes) {
+            let strict: Vec<&QuotaLimit> =
+                items.iter().filter(|i| i.limit.consistency == Consistency::Strict).collect();
+            match self.take(shared, &strict, credit_items, cost, now).await {
+                Ok(Taken::All { hits, remaining: left }) => {
+                    let mut state = self.state();
+                    for (item, hits) in strict.iter().zip(hits) {
+                        if let Some(c) = state.counters.get_mut(&item.counter) {
+                            c.known = c.known.max(hits - c.pending);
                         }
-                        remaining = left;
                     }
-                    Ok(refused) => {
-                        self.give_back(&items, cost);
-                        let violated = match refused {
-                            Taken::Counter(i) => strict[i].name.clone(),
-                            Taken::Credits(i) => credit_items[i].name.to_owned(),
-                            Taken::All { .. } => String::new(),
-                        };
-                        return Err(self.refused(&items, &credit_items, vec![violated], cost, now, None));
-                    }
-                    Err(_) if self.on_failure == OnFailure::Closed => {
-                        self.give_back(&items, cost);
-                        return Err(Refusal::Unavailable);
-                    }
-                    // Allowed; `reconcile` counts it once the late take has answered.
-                    Err(Failure::Late) => {}
-                    Err(Failure::Unreachable) => {
-                        // Allowed; counted once the shared state answers again.
-                        let mut state = self.state();
-                        for item in &strict {
-                            if let Some(c) = state.counters.get_mut(&item.id) {
-                                c.pending += cost;
-                            }
+                    remaining = left;
+                }
+                Ok(refused) => {
+                    self.give_back(items, cost);
+                    let violated = match refused {
+                        Taken::Counter(i) => strict[i].name.clone(),
+                        Taken::Credits(i) => credit_items[i].name.clone(),
+                        Taken::All { .. } => "".into(),
+                    };
+                    return Err(self.refused(items, credit_items, vec![violated], cost, now, None));
+                }
+                Err(_) if self.on_failure == OnFailure::Closed => {
+                    self.give_back(items, cost);
+                    return Err(Refusal::Unavailable);
+                }
+                // Allowed; `reconcile` counts it once the late take has answered.
+                Err(Failure::Late) => {}
+                Err(Failure::Unreachable) => {
+                    // Allowed; counted once the shared state answers again.
+                    let mut state = self.state();
+                    for item in &strict {
+                        if let Some(c) = state.counters.get_mut(&item.counter) {
+                            c.pending += cost;
                         }
-                        for credit in &credit_items {
-                            let period = credit.refill.map_or(0, |r| r.period(now));
-                            let amount = credit.refill.map_or(0, |r| r.amount as i64);
-                            shared.defer_spend(credit.scope.clone(), period, amount, cost);
-                        }
+                    }
+                    for credit in credit_items {
+                        let period = credit.refill.map_or(0, |r| r.period(now));
+                        let amount = credit.refill.map_or(0, |r| r.amount as i64);
+                        shared.defer_spend(credit.scope.clone(), period, amount, cost);
                     }
                 }
             }
         }
-        Ok(Admission { policies: self.policies(&items, &credit_items, now, &remaining) })
+        Ok(Admission { policies: policies(&self.state(), items, credit_items, now, &remaining) })
     }
 
     /// The shared take, bounded by `SHARED_TIMEOUT`. One that answers later is not cut
@@ -346,8 +341,8 @@ impl Limiter {
     async fn take(
         &self,
         shared: &Arc<dyn SharedCounters>,
-        strict: &[&Item<'_>],
-        credit_items: &[CreditItem],
+        strict: &[&QuotaLimit],
+        credit_items: &[QuotaCredits],
         cost: i64,
         now: UnixTime,
     ) -> Result<Taken, Failure> {
@@ -356,12 +351,12 @@ impl Limiter {
         if self.outages.is_down() {
             return Err(Failure::Unreachable);
         }
-        let counters: Vec<(String, UnixTime, i64, i64, i64)> = strict
+        let counters: Vec<(Arc<str>, UnixTime, i64, i64, i64)> = strict
             .iter()
             .map(|item| {
                 let w = item.limit.window_seconds as i64;
                 let (start, elapsed) = window::position(now, w);
-                (item.id.clone(), start, w, elapsed, item.limit.limit as i64)
+                (item.counter.clone(), start, w, elapsed, item.limit.limit as i64)
             })
             .collect();
         let credits: Vec<(CreditScope, i64, i64)> = credit_items
@@ -447,10 +442,10 @@ impl Limiter {
     }
 
     /// Takes back the fast counts `admit` made for a request that was refused after all.
-    fn give_back(&self, items: &[Item<'_>], cost: i64) {
+    fn give_back(&self, items: &[QuotaLimit], cost: i64) {
         let mut state = self.state();
         for item in items.iter().filter(|i| i.limit.consistency == Consistency::Fast) {
-            if let Some(c) = state.counters.get_mut(&item.id) {
+            if let Some(c) = state.counters.get_mut(&item.counter) {
                 c.pending -= cost;
             }
         }
@@ -458,20 +453,20 @@ impl Limiter {
 
     fn refused(
         &self,
-        items: &[Item<'_>],
-        credit_items: &[CreditItem],
-        violated: Vec<String>,
+        items: &[QuotaLimit],
+        credit_items: &[QuotaCredits],
+        violated: Vec<Arc<str>>,
         cost: i64,
         now: UnixTime,
         remaining: Option<&[i64]>,
     ) -> Refusal {
-        let mut policies = self.policies(items, credit_items, now, remaining.unwrap_or(&[]));
-        let mut retry_after = 1;
         let state = self.state();
+        let mut policies = policies(&state, items, credit_items, now, remaining.unwrap_or(&[]));
+        let mut retry_after = 1;
         for policy in policies.iter_mut().filter(|p| violated.contains(&p.name)) {
             policy.remaining = 0;
             let wait = match items.iter().find(|i| i.name == policy.name) {
-                Some(item) => state.counters.get(&item.id).map_or(1, |c| {
+                Some(item) => state.counters.get(&item.counter).map_or(1, |c| {
                     let (_, elapsed) = window::position(now, c.window);
                     window::wait(item.limit.limit as i64, c.window, elapsed, c.current(), c.previous, cost)
                 }),
@@ -490,55 +485,9 @@ impl Limiter {
         Refusal::Exceeded { policies, violated, retry_after }
     }
 
-    /// Each policy as it stands now, for the headers; `remaining` the balances the shared
-    /// state returned, if it was asked.
-    fn policies(
-        &self,
-        items: &[Item<'_>],
-        credit_items: &[CreditItem],
-        now: UnixTime,
-        remaining: &[i64],
-    ) -> Vec<PolicyState> {
-        let state = self.state();
-        let mut out = Vec::with_capacity(items.len() + credit_items.len());
-        for item in items {
-            let w = item.limit.window_seconds as i64;
-            let (_, elapsed) = window::position(now, w);
-            let (current, previous) = state.counters.get(&item.id).map_or((0, 0), |c| (c.current(), c.previous));
-            out.push(PolicyState {
-                name: item.name.clone(),
-                quota: item.limit.limit,
-                window: Some(item.limit.window_seconds),
-                remaining: window::remaining(item.limit.limit as i64, w, elapsed, current, previous),
-                reset: Some((w - elapsed) as u64),
-            });
-        }
-        for (i, credit) in credit_items.iter().enumerate() {
-            let left = match remaining.get(i) {
-                Some(left) => *left,
-                None => {
-                    let period = credit.refill.map_or(0, |r| r.period(now));
-                    state.balances.get(&credit.scope).map_or(0, |b| b.available(credit.refill, period))
-                }
-            }
-            .max(0) as u64;
-            out.push(PolicyState {
-                name: credit.name.to_owned(),
-                quota: credit.refill.map_or(left, |r| r.amount),
-                window: credit
-                    .refill
-                    .and_then(|r| matches!(r.interval, crate::domain::Interval::Daily).then_some(86_400)),
-                remaining: left,
-                reset: credit.refill.map(|r| (r.next_refill_at(r.period(now)) - now).max(0) as u64),
-            });
-        }
-        out
-    }
-
     /// Each of the key's and its owner's limits as used now (the counts this server knows).
     pub fn usage(&self, quota: &Quota, now: UnixTime) -> Vec<PolicyState> {
-        let items = items(quota);
-        self.policies(&items, &[], now, &[])
+        policies(&self.state(), quota.limits(), &[], now, &[])
     }
 
     /// The balance this server holds in memory (one server) or the shared state holds
@@ -553,7 +502,7 @@ impl Limiter {
     }
 
     /// Reads into memory the balances not held yet (one server only).
-    async fn load_balances(&self, credit_items: &[CreditItem]) {
+    async fn load_balances(&self, credit_items: &[QuotaCredits]) {
         if credit_items.iter().all(|c| self.state().balances.contains_key(&c.scope)) {
             return;
         }
@@ -659,7 +608,7 @@ impl Limiter {
     /// Sends this server's counts and reads back everyone's.
     async fn share(&self, shared: &dyn SharedCounters, now: UnixTime) {
         // (id, window start, hits to add, is the current window)
-        let batch: Vec<(String, UnixTime, i64, i64, bool)> = {
+        let batch: Vec<(Arc<str>, UnixTime, i64, i64, bool)> = {
             let mut state = self.state();
             let mut batch = Vec::new();
             for (id, c) in state.counters.iter_mut() {
@@ -676,7 +625,7 @@ impl Limiter {
             batch
         };
         let hits: Vec<(&str, UnixTime, i64, UnixTime)> =
-            batch.iter().map(|(id, start, n, w, _)| (id.as_str(), *start, *n, *start + 2 * *w)).collect();
+            batch.iter().map(|(id, start, n, w, _)| (&**id, *start, *n, *start + 2 * *w)).collect();
         let probe = hits.is_empty() && self.outages.is_down();
         let shared_call = async {
             if probe {
@@ -760,7 +709,7 @@ enum Failure {
 /// A take that answered after its request was decided.
 struct Late {
     handle: tokio::task::JoinHandle<SharedResult<Taken>>,
-    ids: Vec<String>,
+    ids: Vec<Arc<str>>,
     credits: Vec<(CreditScope, i64, i64)>,
     cost: i64,
     /// Whether the request was let through (the failure setting `open`).
@@ -768,40 +717,52 @@ struct Late {
 }
 
 /// The counter of `item` at `now`, created if new, rolled on to `now`'s window.
-fn counter<'s>(state: &'s mut State, item: &Item<'_>, now: UnixTime) -> &'s mut Counter {
+fn counter<'s>(state: &'s mut State, item: &QuotaLimit, now: UnixTime) -> &'s mut Counter {
     let w = item.limit.window_seconds as i64;
     let (start, _) = window::position(now, w);
-    let counter = state.counters.entry(item.id.clone()).or_insert_with(|| Counter::new(w, start));
+    let counter = state.counters.entry(item.counter.clone()).or_insert_with(|| Counter::new(w, start));
     counter.roll(start);
     counter
 }
 
-fn items(quota: &Quota) -> Vec<Item<'_>> {
-    let mut items = Vec::new();
-    for limit in quota.limits.iter() {
-        let id = format!("k/{}/{}/{}", quota.key_ref, limit.name, limit.window_seconds);
-        items.push(Item { id, name: limit.name.to_string(), limit });
-    }
-    if let Some(owner) = &quota.owner {
-        for limit in quota.owner_limits.iter() {
-            let id = format!("o/{}/{}/{}/{}", quota.account_id, limit.window_seconds, limit.name, owner);
-            items.push(Item { id, name: format!("owner.{}", limit.name), limit });
-        }
-    }
-    items
-}
-
-fn credit_items(quota: &Quota) -> Vec<CreditItem> {
-    let mut items = Vec::new();
-    if let Some(refill) = quota.credits {
-        items.push(CreditItem { scope: CreditScope::Key(quota.key_ref), name: CREDITS, refill });
-    }
-    if let (Some(owner), Some(refill)) = (&quota.owner, quota.owner_credits) {
-        items.push(CreditItem {
-            scope: CreditScope::Owner(quota.account_id, owner.clone()),
-            name: "owner.credits",
-            refill,
+/// Each policy as it stands in `state` at `now`, for the headers; `remaining` the balances
+/// the shared state returned, if it was asked.
+fn policies(
+    state: &State,
+    items: &[QuotaLimit],
+    credit_items: &[QuotaCredits],
+    now: UnixTime,
+    remaining: &[i64],
+) -> Vec<PolicyState> {
+    let mut out = Vec::with_capacity(items.len() + credit_items.len());
+    for item in items {
+        let w = item.limit.window_seconds as i64;
+        let (_, elapsed) = window::position(now, w);
+        let (current, previous) = state.counters.get(&item.counter).map_or((0, 0), |c| (c.current(), c.previous));
+        out.push(PolicyState {
+            name: item.name.clone(),
+            quota: item.limit.limit,
+            window: Some(item.limit.window_seconds),
+            remaining: window::remaining(item.limit.limit as i64, w, elapsed, current, previous),
+            reset: Some((w - elapsed) as u64),
         });
     }
-    items
+    for (i, credit) in credit_items.iter().enumerate() {
+        let left = match remaining.get(i) {
+            Some(left) => *left,
+            None => {
+                let period = credit.refill.map_or(0, |r| r.period(now));
+                state.balances.get(&credit.scope).map_or(0, |b| b.available(credit.refill, period))
+            }
+        }
+        .max(0) as u64;
+        out.push(PolicyState {
+            name: credit.name.clone(),
+            quota: credit.refill.map_or(left, |r| r.amount),
+            window: credit.refill.and_then(|r| matches!(r.interval, crate::domain::Interval::Daily).then_some(86_400)),
+            remaining: left,
+            reset: credit.refill.map(|r| (r.next_refill_at(r.period(now)) - now).max(0) as u64),
+        });
+    }
+    out
 }
