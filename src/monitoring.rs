@@ -28,6 +28,7 @@ pub const CACHE_LEASE_VALID: &str = "keygate_cache_lease_valid";
 pub const BUILD_INFO: &str = "keygate_build_info";
 pub const LIMIT_STATE_OUTAGES: &str = "keygate_limit_state_outages_total";
 pub const LIMIT_STATE_SLOW: &str = "keygate_limit_state_slow_total";
+pub const LIMIT_STATE_REACHABLE: &str = "keygate_limit_state_reachable";
 
 /// Seconds: from a cached verification to a request held up by the database.
 const DURATION_BUCKETS: &[f64] =
@@ -137,6 +138,7 @@ fn describe() {
         LIMIT_STATE_SLOW,
         "Strict rate-limit checks decided by KEYGATE_LIMITS_ON_FAILURE for want of an answer within 100 ms"
     );
+    describe_gauge!(LIMIT_STATE_REACHABLE, "0 while the replicas' shared rate-limit state cannot be reached, else 1");
     describe_gauge!(ADMIN_HASH_QUEUE, "Admin password checks running or waiting for a hashing thread");
     describe_counter!(ADMIN_HASH_REJECTED, "Admin password checks refused because the hashing queue was full");
     describe_gauge!(STORE_POOL_CONNECTIONS, "Database pool connections, by state (idle, busy)");

@@ -245,6 +245,11 @@ impl AuthService {
         self.limiter.sync(self.clock.now()).await;
     }
 
+    /// Whether the limits' shared state answers (always, with none).
+    pub fn limit_state_reachable(&self) -> bool {
+        !self.limiter.outages.is_down()
+    }
+
     /// How many outages of the limits' shared state this server has seen.
     pub fn limit_state_outages(&self) -> u64 {
         self.limiter.outages.count()

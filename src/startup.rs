@@ -299,12 +299,14 @@ fn exposition(
     );
     let queue = metrics::gauge!(monitoring::ADMIN_HASH_QUEUE);
     let lease = metrics::gauge!(monitoring::CACHE_LEASE_VALID);
+    let limit_state = metrics::gauge!(monitoring::LIMIT_STATE_REACHABLE);
     let (auth, cache, admin_hasher) = (Arc::downgrade(auth), cache.clone(), admin_hasher.clone());
     Exposition::new(handle).sampling(move || {
         if let Some(auth) = auth.upgrade() {
             let pool = auth.store().pool_state();
             idle.set(f64::from(pool.idle));
             busy.set(f64::from(pool.open.saturating_sub(pool.idle)));
+            limit_state.set(if auth.limit_state_reachable() { 1.0 } else { 0.0 });
         }
         queue.set(admin_hasher.in_use() as f64);
         lease.set(if cache.is_trusted() { 1.0 } else { 0.0 });
