@@ -531,21 +531,16 @@ impl StrictServer {
         let server = Server::start(env)?;
         let base = server.base.clone();
         let tokens = runtime.block_on(async {
-            let client = reqwest::Client::builder().cookie_store(true).build()?;
-            let r = client
-                .post(format!("{base}/auth/login"))
-                .json(&serde_json::json!({"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}))
-                .send()
-                .await?;
-            anyhow::ensure!(r.status().is_success(), "admin login: {}", r.status());
+            let cookie = session_cookie(&base).await?;
+            let client = reqwest::Client::new();
             let body = serde_json::json!({
                 "scopes": ["orders:read", "orders:write"],
                 "limits": [{"name": "bench", "limit": 1_000_000_000_000u64, "window_seconds": 60, "consistency": "strict"}],
             });
             let mut tokens = Vec::new();
             for _ in 0..HOT_KEYS {
-                let key: serde_json::Value =
-                    client.post(format!("{base}/auth/keys/generate")).json(&body).send().await?.json().await?;
+                let generate = client.post(format!("{base}/auth/keys/generate")).header("cookie", &cookie);
+                let key: serde_json::Value = generate.json(&body).send().await?.json().await?;
                 let login = serde_json::json!({"api_key": key["api_key"], "password": key["password"]});
                 let r = client.post(format!("{base}/auth/login")).json(&login).send().await?;
                 tokens.push(r.json::<String>().await?);

@@ -232,6 +232,10 @@ impl App {
     }
 }
 
+/// The Lua function `le(a, b, c, d)` (`a * b <= c * d`, exactly) that keygate's Redis scripts
+/// judge sliding windows with.
+pub const REDIS_LE: &str = crate::service::limits::redis_state::LE;
+
 #[cfg(test)]
 mod tests {
     use super::*;

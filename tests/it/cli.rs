@@ -165,6 +165,7 @@ fn config_check_prints_the_settings_with_secrets_hidden() {
         ("KEYGATE_ISSUER", "https://auth.example.com"),
         ("KEYGATE_BOOTSTRAP_ADMIN_EMAIL", "ops@example.com"),
         ("KEYGATE_BOOTSTRAP_ADMIN_PASSWORD", "hunter2 the admin password"),
+        ("KEYGATE_REDIS_URL", "redis://:hunter2-redis@cache.internal:6379/2"),
     ];
     let out = run(&env, &["config", "check", "--token-ttl", "600", "--listen", "0.0.0.0:8080"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
@@ -186,6 +187,7 @@ fn config_check_prints_the_settings_with_secrets_hidden() {
     );
     assert!(row("KEYGATE_SIGNING_ALG").ends_with("default"));
     assert!(row("KEYGATE_DATABASE_URL").contains("postgres://keygate:****@db.internal:5432/keygate?sslmode=require"));
+    assert!(row("KEYGATE_REDIS_URL").contains("redis://:****@cache.internal:6379/2"));
     assert!(row("KEYGATE_MASTER_KEY").contains("hidden"));
     assert!(row("KEYGATE_BOOTSTRAP_ADMIN_EMAIL").contains("ops@example.com"));
     assert!(row("KEYGATE_BOOTSTRAP_ADMIN_PASSWORD").contains("hidden"));

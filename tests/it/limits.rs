@@ -505,9 +505,9 @@ async fn redis_stopped_and_started_during_load(on_failure: &str) {
 
 /// `keygate_limit_state_reachable` on `app`'s `/metrics`.
 async fn limit_state_reachable(app: &TestApp) -> u8 {
-    let text = Client::new().get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    let line = text.lines().find(|l| l.starts_with("keygate_limit_state_reachable ")).expect("the gauge");
-    line.rsplit(' ').next().unwrap().parse().unwrap()
+    let (_, samples) = crate::common::metrics::scrape(&app.url("/metrics")).await;
+    assert!(samples.has("keygate_limit_state_reachable"), "the gauge");
+    samples.get("keygate_limit_state_reachable") as u8
 }
 
 /// A few rounds of the limits' upkeep.
@@ -521,4 +521,51 @@ async fn redis_stopped_and_started_during_load_strict_limits_stay_open() {
 #[tokio::test]
 async fn redis_stopped_and_started_during_load_strict_limits_close() {
     redis_stopped_and_started_during_load("closed").await;
+}
+
+/// The Redis scripts' `le`, which decides every strict limit there: exact where doubles alone
+/// are not. Products of counts up to the largest limit (10^12) and windows up to 31 days that
+/// differ by -1, 0 or 1, judged against i128.
+#[tokio::test]
+async fn the_redis_scripts_compare_products_exactly() {
+    let Some(redis) = RedisServer::start().await else { return };
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let script = redis::Script::new(&format!(
+        "{}\nreturn le(tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])) and 1 or 0",
+        keygate::fuzzing::REDIS_LE
+    ));
+    // A fixed xorshift, so that a failure repeats.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = |below: i128| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        i128::from(x) % below
+    };
+    let inverse = |b: i128, m: i128| {
+        // Extended Euclid: b * inverse ≡ 1 (mod m).
+        let (mut r0, mut r1, mut s0, mut s1) = (m, b, 0i128, 1i128);
+        while r1 != 0 {
+            let q = r0 / r1;
+            (r0, r1, s0, s1) = (r1, r0 - q * r1, s1, s0 - q * s1);
+        }
+        (r0 == 1).then(|| s0.rem_euclid(m))
+    };
+    let mut judged = 0;
+    while judged < 600 {
+        let d = 1_000 + next(2_678_400 - 1_000);
+        let b = 1 + next(d);
+        let Some(b_inverse) = inverse(b, d) else { continue };
+        let r = next(3) - 1;
+        // a * b - c * d = r: a ≡ r / b (mod d), then as large as a limit may be.
+        let a0 = (r * b_inverse).rem_euclid(d);
+        let a = a0 + d * next((1_000_000_000_000 - a0) / d + 1);
+        let c = (a * b - r) / d;
+        assert_eq!(a * b - c * d, r);
+        let exact: i64 =
+            script.arg(a as i64).arg(b as i64).arg(c as i64).arg(d as i64).invoke_async(&mut connection).await.unwrap();
+        assert_eq!(exact == 1, r <= 0, "le({a}, {b}, {c}, {d}) with a * b - c * d = {r}");
+        judged += 1;
+    }
 }

@@ -20,7 +20,7 @@ use std::{
     time::Duration,
 };
 
-mod redis_state;
+pub(crate) mod redis_state;
 mod shared;
 pub mod window;
 

@@ -48,7 +48,7 @@ const MAX_OWED: usize = 100_000;
 
 /// `a * b <= c * d` exactly in Lua's doubles, for `a`, `c` below 2^41 and `b`, `d` below
 /// 2^22 (counts and limits up to `MAX_AMOUNT`, windows up to `MAX_WINDOW`).
-const LE: &str = r"
+pub(crate) const LE: &str = r"
 local function le(a, b, c, d)
   local b1, b0 = math.floor(b / 2048), b % 2048
   local d1, d0 = math.floor(d / 2048), d % 2048
@@ -441,11 +441,7 @@ impl SharedCounters for RedisCounters {
         // done again.
         let inner = self.0.clone();
         let round = tokio::spawn(async move { inner.round().await });
-        match tokio::time::timeout(super::SHARED_TIMEOUT * 10, round).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(SharedError::Reply("the round stopped".into())),
-            Err(_) => Err(SharedError::Timeout),
-        }
+        tokio::time::timeout(super::SHARED_TIMEOUT * 10, round).await.map_err(|_| SharedError::Timeout)??
     }
 
     async fn balance_changed(&self, scope: &CreditScope) -> SharedResult<()> {

@@ -26,6 +26,9 @@ pub enum SharedError {
     Reply(String),
     #[error("no answer in time")]
     Timeout,
+    /// The task recording credit spends ended without finishing (it panicked).
+    #[error("credit spends: {0}")]
+    Stopped(#[from] tokio::task::JoinError),
 }
 
 pub type SharedResult<T> = Result<T, SharedError>;

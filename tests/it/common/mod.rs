@@ -19,6 +19,7 @@ pub mod cache;
 #[macro_use]
 pub mod fixture;
 pub mod gateway;
+pub mod metrics;
 mod postgres;
 mod redis;
 mod server;

@@ -9,8 +9,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
 pub struct RedisServer {
     port: u16,
     child: Mutex<Option<Child>>,
@@ -59,11 +57,9 @@ impl RedisServer {
     }
 
     async fn answers(&self) -> bool {
-        let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await else { return false };
-        let mut reply = [0u8; 7];
-        stream.write_all(b"PING\r\n").await.is_ok()
-            && stream.read_exact(&mut reply).await.is_ok()
-            && &reply == b"+PONG\r\n"
+        let Ok(client) = redis::Client::open(self.url()) else { return false };
+        let Ok(mut connection) = client.get_multiplexed_async_connection().await else { return false };
+        redis::cmd("PING").query_async::<String>(&mut connection).await.is_ok()
     }
 }
 
